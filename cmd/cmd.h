@@ -1,0 +1,83 @@
+/* Shared pieces of the subcommands: the command table entry, option
+ * parsing on top of popt, error printing, output modes and progress. */
+#ifndef IMGTOOL_CMD_H
+#define IMGTOOL_CMD_H
+
+#include <popt.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "formats/blockdev.h"
+#include "formats/props.h"
+#include "formats/util.h"
+
+/* Exit statuses shared by all subcommands (documented in imgtool(1)). */
+enum {
+    EXIT_OK = 0,
+    EXIT_ERROR = 1,         /* failure, or bad usage */
+    EXIT_CANCELLED = 130,   /* interrupted by SIGINT/SIGTERM (128 + SIGINT) */
+};
+
+struct command {
+    const char *name;
+    int (*run)(const struct command *cmd, int argc, const char **argv);
+    const char *summary;    /* one line, the same as in the man page NAME */
+    const char *usage;      /* arguments after the options */
+};
+
+const struct command *command_find(const char *name);
+extern const struct command commands[];
+
+/* Output mode for --output. */
+enum output_mode { OUTPUT_HUMAN, OUTPUT_JSON };
+
+/* Parsed command line of one subcommand. */
+struct cmdline {
+    const struct command *cmd;
+    poptContext ctx;
+    const char **args;      /* positional arguments */
+    int nargs;
+    int usage_status;       /* exit status for usage errors (1, or 2 for compare) */
+};
+
+/* Parse argv with `options` (a popt table; --help/-h is added).  Returns -1
+ * to go on, or an exit status to return at once (after --help, or after a
+ * usage error, which prints one line plus a hint).  Options whose val is
+ * non-zero are passed to `on_option` (may be NULL). */
+int cmd_parse(struct cmdline *cl, const struct command *cmd, int argc, const char **argv,
+              const struct poptOption *options, int min_args, int max_args,
+              int (*on_option)(struct cmdline *cl, int val, const char *arg, void *opaque),
+              void *opaque);
+void cmd_done(struct cmdline *cl);
+
+/* "imgtool CMD: message" plus the usage hint; returns cl->usage_status. */
+int cmd_usage_error(struct cmdline *cl, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Print an error (one line, "imgtool: ...") to stderr. */
+void cmd_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void cmd_print_err(const struct err *e);
+void cmd_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+int cmd_parse_output(struct cmdline *cl, const char *s, enum output_mode *mode);
+int cmd_parse_size_arg(struct cmdline *cl, const char *what, const char *s, uint64_t *out);
+
+/* Render a property tree as JSON (4-space indentation like qemu-img). */
+void json_print(FILE *out, const struct prop *p, int indent);
+void json_print_string(FILE *out, const char *s);
+
+/* Progress bar: drawn on stderr only when enabled and stderr is a terminal. */
+struct progress {
+    bool enabled;
+    uint64_t total;
+    int last_permille;
+};
+void progress_init(struct progress *p, bool requested, uint64_t total);
+void progress_update(struct progress *p, uint64_t done);
+void progress_finish(struct progress *p);
+
+/* Open flags for common options. */
+unsigned cmd_open_flags(bool writable, bool force_share, const char *cache, struct err *e,
+                        int *ret);
+
+#endif

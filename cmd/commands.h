@@ -1,0 +1,17 @@
+/* One function per subcommand, each in cmd/<name>.c. */
+#ifndef IMGTOOL_COMMANDS_H
+#define IMGTOOL_COMMANDS_H
+
+#include "cmd/cmd.h"
+
+#define DECLARE_COMMAND(fn) int fn(const struct command *cmd, int argc, const char **argv)
+
+DECLARE_COMMAND(cmd_create);
+DECLARE_COMMAND(cmd_info);
+DECLARE_COMMAND(cmd_map);
+DECLARE_COMMAND(cmd_compare);
+DECLARE_COMMAND(cmd_convert);
+DECLARE_COMMAND(cmd_resize);
+DECLARE_COMMAND(cmd_io);
+
+#endif

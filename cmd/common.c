@@ -1,0 +1,234 @@
+#include "cmd/cmd.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static void print_help(struct cmdline *cl, const struct command *cmd)
+{
+    printf("imgtool %s - %s\n\n", cmd->name, cmd->summary);
+    poptPrintHelp(cl->ctx, stdout, 0);
+    printf("\nSee imgtool-%s(1) for details and exit statuses.\n", cmd->name);
+}
+
+int cmd_usage_error(struct cmdline *cl, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "imgtool %s: ", cl->cmd->name);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'imgtool %s --help' for more information.\n", cl->cmd->name);
+    return cl->usage_status;
+}
+
+int cmd_parse(struct cmdline *cl, const struct command *cmd, int argc, const char **argv,
+              const struct poptOption *options, int min_args, int max_args,
+              int (*on_option)(struct cmdline *cl, int val, const char *arg, void *opaque),
+              void *opaque)
+{
+    enum { OPT_HELP = 0x7fff0001 };
+    struct poptOption table[] = {
+        { NULL, '\0', POPT_ARG_INCLUDE_TABLE, (void *)options, 0, "Options:", NULL },
+        { "help", 'h', POPT_ARG_NONE, NULL, OPT_HELP, "show this help and exit", NULL },
+        POPT_TABLEEND
+    };
+    if (!cl->usage_status)
+        cl->usage_status = EXIT_ERROR;
+    cl->cmd = cmd;
+    cl->ctx = poptGetContext(cmd->name, argc, argv, table, 0);
+    if (!cl->ctx) {
+        cmd_error("out of memory");
+        return EXIT_ERROR;
+    }
+    char usage[256];
+    snprintf(usage, sizeof(usage), "%s", cmd->usage);
+    poptSetOtherOptionHelp(cl->ctx, usage);
+    int rc;
+    while ((rc = poptGetNextOpt(cl->ctx)) > 0) {
+        if (rc == OPT_HELP) {
+            print_help(cl, cmd);
+            return EXIT_OK;
+        }
+        if (on_option) {
+            int st = on_option(cl, rc, poptGetOptArg(cl->ctx), opaque);
+            if (st >= 0)
+                return st;
+        }
+    }
+    if (rc < -1)
+        return cmd_usage_error(cl, "%s: %s", poptBadOption(cl->ctx, POPT_BADOPTION_NOALIAS),
+                               poptStrerror(rc));
+    cl->args = poptGetArgs(cl->ctx);
+    cl->nargs = 0;
+    while (cl->args && cl->args[cl->nargs])
+        cl->nargs++;
+    if (cl->nargs < min_args)
+        return cmd_usage_error(cl, "missing argument (usage: imgtool %s %s)", cmd->name,
+                               cmd->usage);
+    if (max_args >= 0 && cl->nargs > max_args)
+        return cmd_usage_error(cl, "unexpected argument '%s'", cl->args[max_args]);
+    return -1;
+}
+
+void cmd_done(struct cmdline *cl)
+{
+    if (cl->ctx)
+        poptFreeContext(cl->ctx);
+    cl->ctx = NULL;
+}
+
+void cmd_error(const char *fmt, ...)
+{
+    va_list ap;
+    fputs("imgtool: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+void cmd_warn(const char *fmt, ...)
+{
+    va_list ap;
+    fputs("imgtool: warning: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+void cmd_print_err(const struct err *e)
+{
+    cmd_error("%s", e->msg[0] ? e->msg : strerror(e->code ? e->code : EIO));
+}
+
+int cmd_parse_output(struct cmdline *cl, const char *s, enum output_mode *mode)
+{
+    if (!s || !strcmp(s, "human")) {
+        *mode = OUTPUT_HUMAN;
+        return -1;
+    }
+    if (!strcmp(s, "json")) {
+        *mode = OUTPUT_JSON;
+        return -1;
+    }
+    return cmd_usage_error(cl, "--output must be 'human' or 'json', not '%s'", s);
+}
+
+int cmd_parse_size_arg(struct cmdline *cl, const char *what, const char *s, uint64_t *out)
+{
+    int ret = parse_size(s, out);
+    if (ret == -ERANGE)
+        return cmd_usage_error(cl, "%s '%s' is too large", what, s);
+    if (ret < 0)
+        return cmd_usage_error(cl, "%s '%s' is not a valid size (use e.g. 512, 64k, 10G)",
+                               what, s);
+    return -1;
+}
+
+unsigned cmd_open_flags(bool writable, bool force_share, const char *cache, struct err *e,
+                        int *ret)
+{
+    unsigned flags = 0;
+    *ret = 0;
+    if (writable)
+        flags |= BLK_OPEN_RDWR;
+    if (force_share)
+        flags |= BLK_OPEN_FORCE_SHARE;
+    if (cache) {
+        if (!strcmp(cache, "none") || !strcmp(cache, "directsync"))
+            flags |= BLK_OPEN_DIRECT;
+        else if (strcmp(cache, "writeback") && strcmp(cache, "unsafe") &&
+                 strcmp(cache, "writethrough"))
+            *ret = err_set(e, EINVAL, "invalid cache mode '%s' (use none, writeback, "
+                           "writethrough, directsync or unsafe)", cache);
+    }
+    return flags;
+}
+
+void json_print_string(FILE *out, const char *s)
+{
+    fputc('"', out);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        switch (*p) {
+        case '"': fputs("\\\"", out); break;
+        case '\\': fputs("\\\\", out); break;
+        case '\n': fputs("\\n", out); break;
+        case '\t': fputs("\\t", out); break;
+        case '\r': fputs("\\r", out); break;
+        default:
+            if (*p < 0x20)
+                fprintf(out, "\\u%04x", *p);
+            else
+                fputc(*p, out);
+        }
+    }
+    fputc('"', out);
+}
+
+void json_print(FILE *out, const struct prop *p, int indent)
+{
+    switch (p->type) {
+    case PROP_STRING: json_print_string(out, p->v.s); return;
+    case PROP_INT: fprintf(out, "%" PRId64, p->v.i); return;
+    case PROP_UINT: fprintf(out, "%" PRIu64, p->v.u); return;
+    case PROP_BOOL: fputs(p->v.b ? "true" : "false", out); return;
+    case PROP_OBJECT:
+    case PROP_ARRAY: break;
+    }
+    bool obj = p->type == PROP_OBJECT;
+    if (!p->first) {
+        fputs(obj ? "{}" : "[]", out);
+        return;
+    }
+    fputs(obj ? "{\n" : "[\n", out);
+    for (const struct prop *c = p->first; c; c = c->next) {
+        fprintf(out, "%*s", indent + 4, "");
+        if (obj) {
+            json_print_string(out, c->key ? c->key : "");
+            fputs(": ", out);
+        }
+        json_print(out, c, indent + 4);
+        fputs(c->next ? ",\n" : "\n", out);
+    }
+    fprintf(out, "%*s%c", indent, "", obj ? '}' : ']');
+}
+
+void progress_init(struct progress *p, bool requested, uint64_t total)
+{
+    p->enabled = requested && isatty(STDERR_FILENO);
+    p->total = total;
+    p->last_permille = -1;
+    progress_update(p, 0);
+}
+
+void progress_update(struct progress *p, uint64_t done)
+{
+    if (!p->enabled)
+        return;
+    int permille = p->total ? (int)(done * 1000 / p->total) : 1000;
+    if (permille > 1000)
+        permille = 1000;
+    if (permille == p->last_permille)
+        return;
+    p->last_permille = permille;
+    char bar[41];
+    int filled = permille * 40 / 1000;
+    memset(bar, '#', (size_t)filled);
+    memset(bar + filled, '-', (size_t)(40 - filled));
+    bar[40] = '\0';
+    fprintf(stderr, "\r    (%5.1f/100%%) [%s]", permille / 10.0, bar);
+    fflush(stderr);
+}
+
+void progress_finish(struct progress *p)
+{
+    if (!p->enabled)
+        return;
+    progress_update(p, p->total);
+    fputc('\n', stderr);
+}

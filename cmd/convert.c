@@ -1,0 +1,159 @@
+/* imgtool convert: copy an image into a new (or, with -n, an existing)
+ * image, in any format, skipping holes and zeroes by block status.  A new
+ * target is built under a temporary name and appears whole or not at all. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cmd/commands.h"
+#include "cmd/signals.h"
+#include "mirror/copy.h"
+
+enum { OPT_O = 1 };
+
+struct convert_args {
+    struct kvopts opts;
+    struct err e;
+};
+
+static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
+{
+    struct convert_args *a = opaque;
+    if (val == OPT_O && kvopts_parse(&a->opts, arg, &a->e) < 0)
+        return cmd_usage_error(cl, "-o %s: %s", arg, a->e.msg);
+    return -1;
+}
+
+static void on_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    (void)total;
+    progress_update(opaque, done);
+}
+
+int cmd_convert(const struct command *cmd, int argc, const char **argv)
+{
+    char *src_fmt = NULL, *dst_fmt = NULL, *cache = NULL, *src_cache = NULL;
+    char *buf_size_s = NULL;
+    int no_create = 0, progress = 0, quiet = 0, force_share = 0, target_is_zero = 0;
+    struct convert_args a = { 0 };
+    struct poptOption options[] = {
+        { "format", 'f', POPT_ARG_STRING, &src_fmt, 0, "source format (default: probe)",
+          "FMT" },
+        { "target-format", 'O', POPT_ARG_STRING, &dst_fmt, 0, "target format (default raw)",
+          "FMT" },
+        { "options", 'o', POPT_ARG_STRING, NULL, OPT_O, "target format options", "OPT=VAL,..." },
+        { "no-create", 'n', POPT_ARG_NONE, &no_create, 0,
+          "write into an existing target instead of creating one", NULL },
+        { "target-is-zero", '\0', POPT_ARG_NONE, &target_is_zero, 0,
+          "with -n: the target already reads as zeroes, do not write zeroes", NULL },
+        { "cache", 't', POPT_ARG_STRING, &cache, 0, "target cache mode (none = O_DIRECT)",
+          "MODE" },
+        { "source-cache", 'T', POPT_ARG_STRING, &src_cache, 0, "source cache mode", "MODE" },
+        { "buf-size", '\0', POPT_ARG_STRING, &buf_size_s, 0, "bytes per request (default 2M)",
+          "SIZE" },
+        { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
+          "read the source even if another process is writing it", NULL },
+        { "progress", 'p', POPT_ARG_NONE, &progress, 0, "show a progress bar on a terminal",
+          NULL },
+        { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
+        POPT_TABLEEND
+    };
+    struct cmdline cl = { 0 };
+    struct blockdev *src = NULL, *dst = NULL;
+    struct err e = { 0 };
+    char *tmp_path = NULL;
+    const char *src_name = NULL, *dst_name = NULL;
+    uint64_t buf_size = 0;
+    int status = cmd_parse(&cl, cmd, argc, argv, options, 2, 2, on_option, &a);
+    if (status >= 0)
+        goto out;
+    if (buf_size_s && (status = cmd_parse_size_arg(&cl, "buffer size", buf_size_s,
+                                                   &buf_size)) >= 0)
+        goto out;
+    if (buf_size_s && (buf_size < 4096 || buf_size > (256u << 20) || buf_size % 512)) {
+        status = cmd_usage_error(&cl, "--buf-size must be a multiple of 512 between 4k and 256M");
+        goto out;
+    }
+    if (target_is_zero && !no_create) {
+        status = cmd_usage_error(&cl, "--target-is-zero needs -n (a new target is always zero)");
+        goto out;
+    }
+    if (no_create && a.opts.count) {
+        status = cmd_usage_error(&cl, "-o cannot be used with -n (the target exists)");
+        goto out;
+    }
+    src_name = cl.args[0];
+    dst_name = cl.args[1];
+    int ret;
+    unsigned sflags = cmd_open_flags(false, force_share, src_cache, &e, &ret);
+    status = EXIT_ERROR;
+    if (ret < 0 || blk_open(src_name, src_fmt, sflags, &src, &e) < 0)
+        goto fail;
+
+    unsigned dflags = cmd_open_flags(true, false, cache, &e, &ret);
+    if (ret < 0)
+        goto fail;
+    const char *open_name = dst_name;
+    if (!no_create) {
+        struct blk_create_params p = {
+            .filename = dst_name, .size = src->size, .opts = &a.opts,
+        };
+        if (blk_create_begin(dst_fmt ? dst_fmt : "raw", &p, &tmp_path, &e) < 0)
+            goto fail;
+        open_name = tmp_path;
+    }
+    if (blk_open(open_name, no_create ? dst_fmt : (dst_fmt ? dst_fmt : "raw"), dflags, &dst,
+                 &e) < 0)
+        goto fail;
+    if (dst->size < src->size) {
+        err_set(&e, EINVAL, "%s: target is smaller (%" PRIu64 " bytes) than the source "
+                "(%" PRIu64 " bytes); resize it first", dst_name, dst->size, src->size);
+        goto fail;
+    }
+    struct progress bar;
+    progress_init(&bar, progress && !quiet, src->size);
+    install_cancel_handlers();
+    struct copy_job job = {
+        .src = src, .dst = dst, .offset = 0, .length = src->size,
+        .target_is_zero = !no_create || target_is_zero,
+        .buf_size = (size_t)buf_size,
+        .progress = on_progress, .opaque = &bar,
+        .cancel = &cancel_requested,
+    };
+    ret = copy_run(&job, &e);
+    progress_finish(&bar);
+    if (ret == 0)
+        ret = blk_flush(dst, &e);
+    if (ret < 0) {
+        if (ret == -ECANCELED) {
+            status = EXIT_CANCELLED;
+            err_set(&e, ECANCELED, "%s: convert cancelled%s", dst_name,
+                    no_create ? "; the target holds a partial copy" : "; no image was created");
+        }
+        goto fail;
+    }
+    blk_close(dst);
+    dst = NULL;
+    if (tmp_path && blk_create_commit(tmp_path, dst_name, &e) < 0) {
+        free(tmp_path);
+        tmp_path = NULL;
+        goto fail;
+    }
+    free(tmp_path);
+    tmp_path = NULL;
+    status = EXIT_OK;
+    goto out;
+fail:
+    cmd_print_err(&e);
+out:
+    blk_close(dst);
+    if (tmp_path) {
+        blk_create_abort(tmp_path, dst_name);
+        free(tmp_path);
+    }
+    blk_close(src);
+    kvopts_free(&a.opts);
+    cmd_done(&cl);
+    return status;
+}

@@ -1,0 +1,76 @@
+/* imgtool: the command table and dispatch. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cmd/commands.h"
+
+/* The one command table: name, function, summary (the man page's NAME
+ * line), arguments.  Adding a subcommand = one file in cmd/ + one line. */
+const struct command commands[] = {
+    { "create",  cmd_create,  "create a new disk image", "[OPTIONS] FILENAME [SIZE]" },
+    { "info",    cmd_info,    "show information about a disk image", "[OPTIONS] FILENAME" },
+    { "map",     cmd_map,     "show how the data of an image is laid out", "[OPTIONS] FILENAME" },
+    { "compare", cmd_compare, "compare the contents of two images", "[OPTIONS] FILENAME1 FILENAME2" },
+    { "convert", cmd_convert, "copy an image, converting its format", "[OPTIONS] SOURCE TARGET" },
+    { "resize",  cmd_resize,  "change the virtual size of an image", "[OPTIONS] FILENAME [+|-]SIZE" },
+    { "io",      cmd_io,      "read, write, zero and discard ranges of an image", "[OPTIONS] -c COMMAND... FILENAME" },
+    { NULL, NULL, NULL, NULL },
+};
+
+const struct command *command_find(const char *name)
+{
+    for (const struct command *c = commands; c->name; c++)
+        if (strcmp(c->name, name) == 0)
+            return c;
+    return NULL;
+}
+
+static void print_usage(FILE *out)
+{
+    fprintf(out, "usage: imgtool <command> [options] [arguments]\n"
+                 "       imgtool help [<command>]\n"
+                 "       imgtool --version\n\n"
+                 "Commands:\n");
+    for (const struct command *c = commands; c->name; c++)
+        fprintf(out, "  %-10s %s\n", c->name, c->summary);
+    fprintf(out, "\n'imgtool help <command>' or 'imgtool <command> --help' shows the options "
+                 "of a command;\nsee imgtool(1) and imgtool-<command>(1).\n");
+}
+
+static int run_help(int argc, const char **argv)
+{
+    if (argc < 2) {
+        print_usage(stdout);
+        return EXIT_OK;
+    }
+    const struct command *c = command_find(argv[1]);
+    if (!c) {
+        cmd_error("unknown command '%s'; 'imgtool help' lists the commands", argv[1]);
+        return EXIT_ERROR;
+    }
+    const char *help_argv[] = { c->name, "--help", NULL };
+    return c->run(c, 2, help_argv);
+}
+
+int main(int argc, char **argv)
+{
+    const char **args = (const char **)argv;
+    if (argc < 2) {
+        print_usage(stderr);
+        return EXIT_ERROR;
+    }
+    const char *name = args[1];
+    if (!strcmp(name, "--version") || !strcmp(name, "-V")) {
+        printf("imgtool version %s\n", IMGTOOL_VERSION);
+        return EXIT_OK;
+    }
+    if (!strcmp(name, "help") || !strcmp(name, "--help") || !strcmp(name, "-h"))
+        return run_help(argc - 1, args + 1);
+    const struct command *c = command_find(name);
+    if (!c) {
+        cmd_error("unknown command '%s'", name);
+        fprintf(stderr, "Try 'imgtool help' for the list of commands.\n");
+        return EXIT_ERROR;
+    }
+    return c->run(c, argc - 1, args + 1);
+}

@@ -1,0 +1,68 @@
+/* imgtool resize: grow or (with --shrink) shrink the virtual disk. */
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include "cmd/commands.h"
+
+int cmd_resize(const struct command *cmd, int argc, const char **argv)
+{
+    char *format = NULL;
+    int shrink = 0, quiet = 0;
+    struct poptOption options[] = {
+        { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
+        { "shrink", '\0', POPT_ARG_NONE, &shrink, 0,
+          "allow making the image smaller (data past the new end is lost)", NULL },
+        { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
+        POPT_TABLEEND
+    };
+    struct cmdline cl = { 0 };
+    struct blockdev *bs = NULL;
+    struct err e = { 0 };
+    int status = cmd_parse(&cl, cmd, argc, argv, options, 2, 2, NULL, NULL);
+    if (status >= 0)
+        goto out;
+    const char *size_arg = cl.args[1];
+    int sign = 0;
+    if (size_arg[0] == '+' || size_arg[0] == '-')
+        sign = *size_arg++ == '+' ? 1 : -1;
+    uint64_t amount;
+    if ((status = cmd_parse_size_arg(&cl, "size", size_arg, &amount)) >= 0)
+        goto out;
+    status = EXIT_ERROR;
+    if (blk_open(cl.args[0], format, BLK_OPEN_RDWR | BLK_OPEN_NO_BACKING, &bs, &e) < 0)
+        goto fail;
+    uint64_t new_size = amount;
+    if (sign > 0) {
+        if (amount > UINT64_MAX - bs->size) {
+            err_set(&e, EFBIG, "%s: new size is too large", bs->filename);
+            goto fail;
+        }
+        new_size = bs->size + amount;
+    } else if (sign < 0) {
+        if (amount > bs->size) {
+            err_set(&e, EINVAL, "%s: cannot shrink by %" PRIu64 " bytes, the image has only %"
+                    PRIu64, bs->filename, amount, bs->size);
+            goto fail;
+        }
+        new_size = bs->size - amount;
+    }
+    if (new_size < bs->size && !shrink) {
+        err_set(&e, EINVAL, "%s: shrinking from %" PRIu64 " to %" PRIu64 " bytes loses the data "
+                "past the new end; use --shrink if that is what you want", bs->filename,
+                bs->size, new_size);
+        goto fail;
+    }
+    if (blk_truncate(bs, new_size, &e) < 0 || blk_flush(bs, &e) < 0)
+        goto fail;
+    if (!quiet)
+        printf("Image resized.\n");
+    status = EXIT_OK;
+    goto out;
+fail:
+    cmd_print_err(&e);
+out:
+    blk_close(bs);
+    cmd_done(&cl);
+    return status;
+}

@@ -1,0 +1,555 @@
+/* The generic block layer: the driver table, probing, opening backing
+ * chains, bounds-checked I/O and block status resolved through the chain. */
+#include "blockdev.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+extern const struct blockdrv blockdrv_raw;
+
+/* The one driver table.  Probing asks each driver for a score; raw is the
+ * fallback (it scores 1 on anything). */
+static const struct blockdrv *const drivers[] = {
+    &blockdrv_raw,
+    NULL,
+};
+
+const struct blockdrv *const *blk_drivers(void)
+{
+    return drivers;
+}
+
+const struct blockdrv *blk_find_driver(const char *name)
+{
+    for (const struct blockdrv *const *d = blk_drivers(); *d; d++)
+        if (strcmp((*d)->name, name) == 0)
+            return *d;
+    return NULL;
+}
+
+static int unknown_format(const char *name, struct err *e)
+{
+    char list[256] = "";
+    for (const struct blockdrv *const *d = blk_drivers(); *d; d++) {
+        strncat(list, list[0] ? ", " : "", sizeof(list) - strlen(list) - 1);
+        strncat(list, (*d)->name, sizeof(list) - strlen(list) - 1);
+    }
+    return err_set(e, EINVAL, "unknown format '%s' (supported: %s)", name, list);
+}
+
+int blk_probe_file(struct hostfile *f, const struct blockdrv **drv, struct err *e)
+{
+    uint8_t buf[4096];
+    int ret = hostfile_pread(f, 0, buf, sizeof(buf), e);
+    if (ret < 0)
+        return ret;
+    uint64_t size;
+    ret = hostfile_size(f, &size, e);
+    if (ret < 0)
+        return ret;
+    size_t len = size < sizeof(buf) ? (size_t)size : sizeof(buf);
+    int best = -1;
+    for (const struct blockdrv *const *d = blk_drivers(); *d; d++) {
+        int score = (*d)->probe ? (*d)->probe(buf, len) : 0;
+        if (score > best) {
+            best = score;
+            *drv = *d;
+        }
+    }
+    return 0;
+}
+
+char *blk_resolve_backing_path(const char *image_path, const char *backing_name)
+{
+    /* Absolute names and protocol-style names are used as they are;
+     * relative ones are relative to the directory of the image. */
+    if (backing_name[0] == '/' || !strchr(image_path, '/'))
+        return strdup(backing_name);
+    const char *slash = strrchr(image_path, '/');
+    size_t dirlen = (size_t)(slash - image_path) + 1;
+    char *path = malloc(dirlen + strlen(backing_name) + 1);
+    if (path) {
+        memcpy(path, image_path, dirlen);
+        strcpy(path + dirlen, backing_name);
+    }
+    return path;
+}
+
+/* Backing chains are bounded so that a loop or a hostile chain cannot make
+ * us open files forever. */
+#define MAX_CHAIN_DEPTH 256
+
+static int open_layer(const char *filename, const char *format, unsigned flags, int depth,
+                      struct blockdev **out, struct err *e);
+
+static int open_backing(struct blockdev *bs, unsigned flags, int depth, struct err *e)
+{
+    if (!bs->backing_name || !bs->backing_name[0] || (flags & BLK_OPEN_NO_BACKING))
+        return 0;
+    if (depth >= MAX_CHAIN_DEPTH)
+        return err_set(e, ELOOP, "%s: backing chain is longer than %d images (a loop?)",
+                       bs->filename, MAX_CHAIN_DEPTH);
+    bs->backing_path = blk_resolve_backing_path(bs->filename, bs->backing_name);
+    if (!bs->backing_path)
+        return err_set(e, ENOMEM, "%s: out of memory", bs->filename);
+    unsigned bflags = flags & ~BLK_OPEN_RDWR;
+    int ret = open_layer(bs->backing_path, bs->backing_format, bflags, depth + 1,
+                         &bs->backing, e);
+    if (ret < 0)
+        err_prefix(e, "%s: cannot open backing file: ", bs->filename);
+    return ret;
+}
+
+static int open_layer(const char *filename, const char *format, unsigned flags, int depth,
+                      struct blockdev **out, struct err *e)
+{
+    const struct blockdrv *drv = NULL;
+    if (format && !(drv = blk_find_driver(format)))
+        return unknown_format(format, e);
+
+    unsigned fflags = 0;
+    if (flags & BLK_OPEN_RDWR)
+        fflags |= HOSTFILE_RDWR;
+    if (flags & BLK_OPEN_DIRECT)
+        fflags |= HOSTFILE_DIRECT;
+    if (flags & BLK_OPEN_FORCE_SHARE)
+        fflags |= HOSTFILE_FORCE_SHARE;
+    if (flags & BLK_OPEN_NO_LOCK)
+        fflags |= HOSTFILE_NO_LOCK;
+
+    struct blockdev *bs = calloc(1, sizeof(*bs));
+    if (!bs || !(bs->filename = strdup(filename))) {
+        free(bs);
+        return err_set(e, ENOMEM, "%s: out of memory", filename);
+    }
+    bs->open_flags = flags;
+    bs->read_only = !(flags & BLK_OPEN_RDWR);
+    int ret = hostfile_open(filename, fflags, &bs->file, e);
+    if (ret < 0)
+        goto fail;
+    if (!drv && (ret = blk_probe_file(bs->file, &drv, e)) < 0)
+        goto fail;
+    bs->drv = drv;
+    ret = drv->open(bs, e);
+    if (ret < 0) {
+        bs->drv = NULL;     /* open failed: nothing for close() to release */
+        goto fail;
+    }
+    ret = open_backing(bs, flags, depth, e);
+    if (ret < 0)
+        goto fail;
+    *out = bs;
+    return 0;
+fail:
+    blk_close(bs);
+    return ret;
+}
+
+int blk_open(const char *filename, const char *format, unsigned flags,
+             struct blockdev **out, struct err *e)
+{
+    return open_layer(filename, format, flags, 0, out, e);
+}
+
+void blk_close(struct blockdev *bs)
+{
+    while (bs) {
+        struct blockdev *backing = bs->backing;
+        if (bs->drv && bs->drv->close)
+            bs->drv->close(bs);
+        hostfile_close(bs->file);
+        free(bs->filename);
+        free(bs->backing_name);
+        free(bs->backing_path);
+        free(bs->backing_format);
+        free(bs);
+        bs = backing;
+    }
+}
+
+/* Refuse to replace an image that a running process has open. */
+static int check_target_not_in_use(const char *path, struct err *e)
+{
+    struct hostfile *f;
+    int ret = hostfile_open(path, HOSTFILE_RDWR, &f, e);
+    if (ret == -ENOENT) {
+        err_clear(e);
+        return 0;
+    }
+    if (ret < 0)
+        return ret;
+    hostfile_close(f);
+    return 0;
+}
+
+static int size_from_backing(const struct blk_create_params *p, uint64_t *size, struct err *e)
+{
+    char *path = blk_resolve_backing_path(p->filename, p->backing_file);
+    if (!path)
+        return err_set(e, ENOMEM, "out of memory");
+    struct blockdev *b;
+    int ret = blk_open(path, p->backing_format, BLK_OPEN_NO_BACKING | BLK_OPEN_FORCE_SHARE,
+                       &b, e);
+    free(path);
+    if (ret < 0)
+        return ret;
+    *size = b->size;
+    blk_close(b);
+    return 0;
+}
+
+static int sync_directory_of(const char *path)
+{
+    char *copy = strdup(path);
+    if (!copy)
+        return -ENOMEM;
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(copy);
+    if (fd < 0)
+        return -errno;
+    int ret = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return ret;
+}
+
+static bool is_special_file(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 && !S_ISREG(st.st_mode);
+}
+
+int blk_create_begin(const char *format, const struct blk_create_params *params,
+                     char **tmp_path, struct err *e)
+{
+    const struct blockdrv *drv = blk_find_driver(format);
+    if (!drv)
+        return unknown_format(format, e);
+    if (!drv->create)
+        return err_set(e, ENOTSUP, "format '%s' does not support creating images", format);
+    struct blk_create_params p = *params;
+    int ret;
+    if (p.size == BLK_SIZE_FROM_BACKING) {
+        if (!p.backing_file)
+            return err_set(e, EINVAL, "%s: no size given and no backing file to take it from",
+                           p.filename);
+        if ((ret = size_from_backing(&p, &p.size, e)) < 0)
+            return ret;
+    }
+    bool special = is_special_file(p.filename);
+    if (!special && (ret = check_target_not_in_use(p.filename, e)) < 0)
+        return ret;
+
+    /* Build the image under a temporary name in the same directory (so a
+     * relative backing file name resolves the same), to be renamed into
+     * place.  Block devices are written in place. */
+    size_t n = strlen(p.filename) + 32;
+    char *tmp = malloc(n);
+    if (!tmp)
+        return err_set(e, ENOMEM, "out of memory");
+    if (special) {
+        snprintf(tmp, n, "%s", p.filename);
+    } else {
+        snprintf(tmp, n, "%s.imgtool-tmp-%ld", p.filename, (long)getpid());
+        unlink(tmp);
+    }
+    struct hostfile *f;
+    ret = hostfile_open(tmp, HOSTFILE_RDWR | (special ? 0 : HOSTFILE_CREATE), &f, e);
+    if (ret < 0) {
+        err_set(e, -ret, "%s: cannot create image: %s", p.filename, strerror(-ret));
+        free(tmp);
+        return ret;
+    }
+    ret = drv->create(f, &p, e);
+    if (ret == 0)
+        ret = hostfile_flush(f, e);
+    hostfile_close(f);
+    if (ret < 0) {
+        blk_create_abort(tmp, p.filename);
+        free(tmp);
+        return ret;
+    }
+    *tmp_path = tmp;
+    return 0;
+}
+
+int blk_create_commit(const char *tmp_path, const char *filename, struct err *e)
+{
+    if (strcmp(tmp_path, filename) == 0)
+        return 0;
+    if (rename(tmp_path, filename) < 0) {
+        int ret = err_errno(e, errno, "%s: cannot rename the new image into place",
+                            filename);
+        unlink(tmp_path);
+        return ret;
+    }
+    sync_directory_of(filename);
+    return 0;
+}
+
+void blk_create_abort(const char *tmp_path, const char *filename)
+{
+    if (strcmp(tmp_path, filename) != 0)
+        unlink(tmp_path);
+}
+
+int blk_create(const char *format, const struct blk_create_params *p, struct err *e)
+{
+    char *tmp;
+    int ret = blk_create_begin(format, p, &tmp, e);
+    if (ret < 0)
+        return ret;
+    ret = blk_create_commit(tmp, p->filename, e);
+    free(tmp);
+    return ret;
+}
+
+size_t iov_size(const struct iovec *iov, int iovcnt)
+{
+    size_t n = 0;
+    for (int i = 0; i < iovcnt; i++)
+        n += iov[i].iov_len;
+    return n;
+}
+
+void iov_memset(const struct iovec *iov, int iovcnt, size_t off, int c, size_t len)
+{
+    for (int i = 0; i < iovcnt && len; i++) {
+        if (off >= iov[i].iov_len) {
+            off -= iov[i].iov_len;
+            continue;
+        }
+        size_t n = min_u64(iov[i].iov_len - off, len);
+        memset((char *)iov[i].iov_base + off, c, n);
+        len -= n;
+        off = 0;
+    }
+}
+
+static int check_range(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
+{
+    if (off > bs->size || len > bs->size - off)
+        return err_set(e, EINVAL, "%s: range %llu+%llu is beyond the end of the image "
+                       "(%llu bytes)", bs->filename, (unsigned long long)off,
+                       (unsigned long long)len, (unsigned long long)bs->size);
+    return 0;
+}
+
+static int check_writable(struct blockdev *bs, struct err *e)
+{
+    if (bs->read_only)
+        return err_set(e, EROFS, "%s: image is open read-only", bs->filename);
+    return 0;
+}
+
+int blk_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
+               struct err *e)
+{
+    int ret = check_range(bs, off, iov_size(iov, iovcnt), e);
+    if (ret < 0)
+        return ret;
+    return bs->drv->preadv(bs, off, iov, iovcnt, e);
+}
+
+int blk_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
+                struct err *e)
+{
+    int ret = check_writable(bs, e);
+    if (ret == 0)
+        ret = check_range(bs, off, iov_size(iov, iovcnt), e);
+    if (ret < 0)
+        return ret;
+    return bs->drv->pwritev(bs, off, iov, iovcnt, e);
+}
+
+int blk_pread(struct blockdev *bs, uint64_t off, void *buf, size_t len, struct err *e)
+{
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    return blk_preadv(bs, off, &iov, 1, e);
+}
+
+int blk_pwrite(struct blockdev *bs, uint64_t off, const void *buf, size_t len, struct err *e)
+{
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    return blk_pwritev(bs, off, &iov, 1, e);
+}
+
+int blk_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned flags,
+                     struct err *e)
+{
+    int ret = check_writable(bs, e);
+    if (ret == 0)
+        ret = check_range(bs, off, len, e);
+    if (ret < 0 || len == 0)
+        return ret;
+    return bs->drv->write_zeroes(bs, off, len, flags, e);
+}
+
+int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
+{
+    int ret = check_writable(bs, e);
+    if (ret == 0)
+        ret = check_range(bs, off, len, e);
+    if (ret < 0 || len == 0)
+        return ret;
+    if (!bs->drv->discard)
+        return 0;   /* discard is a hint */
+    return bs->drv->discard(bs, off, len, e);
+}
+
+int blk_flush(struct blockdev *bs, struct err *e)
+{
+    if (bs->read_only || !bs->drv->flush)
+        return 0;
+    return bs->drv->flush(bs, e);
+}
+
+int blk_truncate(struct blockdev *bs, uint64_t size, struct err *e)
+{
+    int ret = check_writable(bs, e);
+    if (ret < 0)
+        return ret;
+    if (!bs->drv->truncate)
+        return err_set(e, ENOTSUP, "%s: format '%s' cannot be resized", bs->filename,
+                       bs->drv->name);
+    return bs->drv->truncate(bs, size, e);
+}
+
+uint32_t blk_write_alignment(struct blockdev *bs)
+{
+    uint32_t a = bs->drv->write_alignment ? bs->drv->write_alignment(bs) : 1;
+    return a ? a : 1;
+}
+
+int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,
+                           struct blk_extent *ext, struct err *e)
+{
+    int ret = check_range(bs, off, bytes, e);
+    if (ret < 0)
+        return ret;
+    if (bytes == 0)
+        return err_set(e, EINVAL, "%s: block status of an empty range", bs->filename);
+    memset(ext, 0, sizeof(*ext));
+    ext->layer = bs;
+    ret = bs->drv->block_status(bs, off, bytes, ext, e);
+    if (ret < 0)
+        return ret;
+    if (ext->length == 0 || ext->length > bytes)
+        return err_set(e, EIO, "%s: driver returned a bad block status length",
+                       bs->filename);
+    return 0;
+}
+
+int blk_block_status_above(struct blockdev *bs, const struct blockdev *base, uint64_t off,
+                           uint64_t bytes, struct blk_extent *ext, struct err *e)
+{
+    int depth = 0;
+    struct blockdev *layer = bs;
+    for (;;) {
+        int ret = blk_block_status_layer(layer, off, bytes, ext, e);
+        if (ret < 0)
+            return ret;
+        ext->depth = depth;
+        if (ext->flags & BLK_STATUS_ALLOCATED)
+            return 0;
+        bytes = ext->length;
+        struct blockdev *backing = layer->backing;
+        if (!backing || backing == base) {
+            /* Nothing below: reads return zeroes when there is no backing
+             * file at all; above `base` the run is simply unallocated. */
+            if (!backing)
+                ext->flags = (ext->flags & ~BLK_STATUS_DATA) | BLK_STATUS_ZERO;
+            return 0;
+        }
+        depth++;
+        if (off >= backing->size) {
+            /* Past the end of a shorter backing file: zeroes. */
+            ext->flags = BLK_STATUS_ZERO;
+            ext->depth = depth;
+            ext->layer = backing;
+            return 0;
+        }
+        bytes = min_u64(bytes, backing->size - off);
+        layer = backing;
+    }
+}
+
+int blk_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
+                     struct blk_extent *ext, struct err *e)
+{
+    return blk_block_status_above(bs, NULL, off, bytes, ext, e);
+}
+
+int blk_read_backing(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
+                     struct err *e)
+{
+    size_t len = iov_size(iov, iovcnt);
+    struct blockdev *b = bs->backing;
+    if (!b || off >= b->size) {
+        iov_memset(iov, iovcnt, 0, 0, len);
+        return 0;
+    }
+    uint64_t in_backing = min_u64(len, b->size - off);
+    if (in_backing == len)
+        return blk_preadv(b, off, iov, iovcnt, e);
+    /* Split the iovec at the backing file's end; the tail reads as zero. */
+    struct iovec *head = malloc(sizeof(*head) * (size_t)iovcnt);
+    if (!head)
+        return err_set(e, ENOMEM, "out of memory");
+    int n = 0;
+    uint64_t left = in_backing;
+    for (int i = 0; i < iovcnt && left; i++) {
+        head[n] = iov[i];
+        if (head[n].iov_len > left)
+            head[n].iov_len = left;
+        left -= head[n].iov_len;
+        n++;
+    }
+    int ret = blk_preadv(b, off, head, n, e);
+    free(head);
+    if (ret == 0)
+        iov_memset(iov, iovcnt, in_backing, 0, len - in_backing);
+    return ret;
+}
+
+int blk_get_info(struct blockdev *bs, struct prop **out, struct err *e)
+{
+    struct prop *info = prop_new_object();
+    if (!info)
+        return err_set(e, ENOMEM, "out of memory");
+    uint64_t actual = 0;
+    int ret = hostfile_allocated_size(bs->file, &actual, e);
+    if (ret < 0)
+        goto fail;
+    prop_add_string(info, "filename", bs->filename);
+    prop_add_string(info, "format", bs->drv->name);
+    prop_add_uint(info, "virtual-size", bs->size);
+    prop_add_uint(info, "actual-size", actual);
+    if (bs->drv->get_info && (ret = bs->drv->get_info(bs, info, e)) < 0)
+        goto fail;
+    if (!prop_get(info, "dirty-flag"))
+        prop_add_bool(info, "dirty-flag", false);
+    if (bs->backing_name && bs->backing_name[0]) {
+        prop_add_string(info, "backing-filename", bs->backing_name);
+        char *full = blk_resolve_backing_path(bs->filename, bs->backing_name);
+        prop_add_string(info, "full-backing-filename", full ? full : bs->backing_name);
+        free(full);
+        if (bs->backing_format)
+            prop_add_string(info, "backing-filename-format", bs->backing_format);
+    }
+    if (prop_failed(info)) {
+        ret = err_set(e, ENOMEM, "out of memory");
+        goto fail;
+    }
+    *out = info;
+    return 0;
+fail:
+    prop_free(info);
+    return ret;
+}

@@ -1,0 +1,187 @@
+/* The block-driver interface.
+ *
+ * A format (raw, qcow2, ...) is one `const struct blockdrv` vtable; an open
+ * image is a `struct blockdev`.  Callers use the blk_* functions below, never
+ * a driver's private state.  Adding a format means one new file plus one line
+ * in the driver table in formats/blockdev.c.
+ *
+ * Every function that can fail returns a negative errno and fills the
+ * caller's `struct err` with a one-line message naming the file. */
+#ifndef IMGTOOL_BLOCKDEV_H
+#define IMGTOOL_BLOCKDEV_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "file.h"
+#include "options.h"
+#include "props.h"
+#include "util.h"
+
+struct blockdev;
+
+/* Flags for blk_open(). */
+enum {
+    BLK_OPEN_RDWR        = 1 << 0,  /* writable (the backing chain stays read-only) */
+    BLK_OPEN_FORCE_SHARE = 1 << 1,  /* -U: read even if another process writes */
+    BLK_OPEN_NO_BACKING  = 1 << 2,  /* do not open the backing chain */
+    BLK_OPEN_DIRECT      = 1 << 3,  /* O_DIRECT (--cache=none) */
+    BLK_OPEN_NO_LOCK     = 1 << 4,  /* take no image locks (tests, special files) */
+};
+
+/* Block status of one run of bytes (see blk_block_status). */
+enum {
+    BLK_STATUS_DATA      = 1 << 0,  /* reads return data stored for it */
+    BLK_STATUS_ZERO      = 1 << 1,  /* reads are guaranteed to return zeroes */
+    BLK_STATUS_ALLOCATED = 1 << 2,  /* this layer decides the contents (no fall-through) */
+    BLK_STATUS_OFFSET    = 1 << 3,  /* host_offset is valid */
+};
+
+struct blk_extent {
+    uint64_t length;        /* bytes in the run, > 0 */
+    unsigned flags;         /* BLK_STATUS_* */
+    int depth;              /* 0 = top image, 1 = its backing file, ... */
+    uint64_t host_offset;   /* with BLK_STATUS_OFFSET: offset in host_file */
+    const struct blockdev *layer; /* the layer that provides the run */
+};
+
+/* Flags for write_zeroes. */
+enum {
+    BLK_ZERO_MAY_UNMAP = 1 << 0,    /* deallocating is fine if reads stay zero */
+};
+
+/* blk_create_params.size when the size is to be taken from the backing file. */
+#define BLK_SIZE_FROM_BACKING UINT64_MAX
+
+struct blk_create_params {
+    const char *filename;
+    uint64_t size;                  /* or BLK_SIZE_FROM_BACKING */
+    struct kvopts *opts;            /* -o options; drivers mark the ones they use */
+    const char *backing_file;       /* -b, may be NULL */
+    const char *backing_format;     /* -F, may be NULL (probe) */
+};
+
+struct blockdrv {
+    const char *name;
+    /* How sure the driver is that the first bytes of a file are its format:
+     * 0 = not mine, 100 = certain.  `len` may be shorter than a sector. */
+    int (*probe)(const uint8_t *buf, size_t len);
+    /* bs->file is open; set bs->size and bs->opaque, optionally
+     * bs->backing_name / bs->backing_format. */
+    int (*open)(struct blockdev *bs, struct err *e);
+    void (*close)(struct blockdev *bs);
+    /* Create a new image (the file may already exist empty; the generic code
+     * creates it under a temporary name and renames it into place). */
+    int (*create)(struct hostfile *file, const struct blk_create_params *p, struct err *e);
+    /* Reads are within [0, bs->size); the driver reads through to the
+     * backing chain itself (blk_preadv on bs->backing). */
+    int (*preadv)(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
+                  struct err *e);
+    int (*pwritev)(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
+                   struct err *e);
+    /* Status of the run starting at `off`, at most `bytes` long, in this
+     * layer only: without BLK_STATUS_ALLOCATED the generic code asks the
+     * backing chain.  Must set length > 0. */
+    int (*block_status)(struct blockdev *bs, uint64_t off, uint64_t bytes,
+                        struct blk_extent *ext, struct err *e);
+    int (*write_zeroes)(struct blockdev *bs, uint64_t off, uint64_t len, unsigned flags,
+                        struct err *e);
+    /* Deallocate; afterwards reads may return zeroes or backing data. */
+    int (*discard)(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e);
+    int (*flush)(struct blockdev *bs, struct err *e);
+    int (*truncate)(struct blockdev *bs, uint64_t size, struct err *e);
+    /* Fill format-specific information for `info` (may be NULL). */
+    int (*get_info)(struct blockdev *bs, struct prop *info, struct err *e);
+    /* Change the backing file name in the header (rebase -u); may be NULL. */
+    int (*set_backing)(struct blockdev *bs, const char *name, const char *format,
+                       struct err *e);
+    /* Preferred alignment for writes (cluster size); 0 means 1. */
+    uint32_t (*write_alignment)(struct blockdev *bs);
+};
+
+struct blockdev {
+    const struct blockdrv *drv;
+    char *filename;             /* as given by the user */
+    struct hostfile *file;      /* the file holding the image */
+    uint64_t size;              /* virtual disk size */
+    unsigned open_flags;
+    bool read_only;
+    void *opaque;               /* the driver's private state */
+    /* Backing chain: the name stored in the image, the path it resolves to,
+     * the stored format (or NULL), and the open backing image (or NULL). */
+    char *backing_name;
+    char *backing_path;
+    char *backing_format;
+    struct blockdev *backing;
+};
+
+/* --- Driver table and probing --- */
+const struct blockdrv *blk_find_driver(const char *name);
+/* Names of all drivers, NULL-terminated. */
+const struct blockdrv *const *blk_drivers(void);
+int blk_probe_file(struct hostfile *f, const struct blockdrv **drv, struct err *e);
+
+/* --- Open / close --- */
+/* Open `filename` in format `format` (NULL = probe) and its backing chain. */
+int blk_open(const char *filename, const char *format, unsigned flags,
+             struct blockdev **out, struct err *e);
+void blk_close(struct blockdev *bs);
+/* Create an image whole or not at all: written to a temporary file next to
+ * the target, flushed, then renamed. */
+int blk_create(const char *format, const struct blk_create_params *p, struct err *e);
+/* The same in steps, for commands that fill the new image before it may
+ * appear: begin creates it under a temporary name in the target's
+ * directory (returned in *tmp_path, malloc'ed); commit flushes nothing but
+ * renames it into place and syncs the directory; abort removes it.  Block
+ * devices are written in place (*tmp_path is then the device itself). */
+int blk_create_begin(const char *format, const struct blk_create_params *p, char **tmp_path,
+                     struct err *e);
+int blk_create_commit(const char *tmp_path, const char *filename, struct err *e);
+void blk_create_abort(const char *tmp_path, const char *filename);
+
+/* --- I/O: offsets and lengths are checked against bs->size --- */
+int blk_pread(struct blockdev *bs, uint64_t off, void *buf, size_t len, struct err *e);
+int blk_pwrite(struct blockdev *bs, uint64_t off, const void *buf, size_t len, struct err *e);
+int blk_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
+               struct err *e);
+int blk_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
+                struct err *e);
+int blk_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned flags,
+                     struct err *e);
+int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e);
+int blk_flush(struct blockdev *bs, struct err *e);
+int blk_truncate(struct blockdev *bs, uint64_t size, struct err *e);
+uint32_t blk_write_alignment(struct blockdev *bs);
+
+/* Status of the run at `off` in this layer only (see blockdrv.block_status). */
+int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,
+                           struct blk_extent *ext, struct err *e);
+/* Status of the run at `off` resolved through the backing chain: the
+ * result says which layer (depth) provides it, and ranges past the end of a
+ * shorter backing file read as zero.  At most `bytes` long. */
+int blk_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
+                     struct blk_extent *ext, struct err *e);
+/* Like blk_block_status but stops descending at `base` (exclusive): a run
+ * that no layer above `base` allocates is reported without ALLOCATED. */
+int blk_block_status_above(struct blockdev *bs, const struct blockdev *base, uint64_t off,
+                           uint64_t bytes, struct blk_extent *ext, struct err *e);
+
+/* Helper for drivers: read `len` bytes at `off` of the backing chain into
+ * the iovec (zeroes past the backing file's end or without backing). */
+int blk_read_backing(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
+                     struct err *e);
+
+/* Resolve a backing file name relative to the directory of the image that
+ * names it (QEMU's rule); returns a malloc'ed path or NULL on ENOMEM. */
+char *blk_resolve_backing_path(const char *image_path, const char *backing_name);
+
+/* Common `info` fields plus the driver's format-specific data. */
+int blk_get_info(struct blockdev *bs, struct prop **out, struct err *e);
+
+/* iovec helpers */
+size_t iov_size(const struct iovec *iov, int iovcnt);
+void iov_memset(const struct iovec *iov, int iovcnt, size_t off, int c, size_t len);
+
+#endif

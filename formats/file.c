@@ -1,0 +1,374 @@
+#include "file.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Byte offsets of QEMU's permission locks (block/file-posix.c). */
+#define LOCK_PERM_BASE   100
+#define LOCK_SHARED_BASE 200
+
+static const char *const perm_names[] = {
+    "consistent read", "write", "write unchanged", "resize",
+};
+
+int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struct err *e)
+{
+    int oflags = O_CLOEXEC | ((flags & HOSTFILE_RDWR) ? O_RDWR : O_RDONLY);
+    if (flags & HOSTFILE_DIRECT)
+        oflags |= O_DIRECT;
+    if (flags & HOSTFILE_CREATE)
+        oflags |= O_CREAT | O_EXCL;
+    int fd = open(path, oflags, 0644);
+    if (fd < 0)
+        return err_errno(e, errno, "%s: cannot open", path);
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int ret = err_errno(e, errno, "%s: cannot stat", path);
+        close(fd);
+        return ret;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        close(fd);
+        return err_set(e, EISDIR, "%s: is a directory, not an image", path);
+    }
+    struct hostfile *f = calloc(1, sizeof(*f));
+    if (!f || !(f->path = strdup(path))) {
+        free(f);
+        close(fd);
+        return err_set(e, ENOMEM, "%s: out of memory", path);
+    }
+    f->fd = fd;
+    f->writable = flags & HOSTFILE_RDWR;
+    f->direct = flags & HOSTFILE_DIRECT;
+    f->is_block_device = S_ISBLK(st.st_mode);
+    if (!(flags & HOSTFILE_NO_LOCK)) {
+        /* The permissions qemu-img and qemu-io take on an image file: read
+         * (and write + resize when writable), and never let another process
+         * write or resize under us unless -U was given. */
+        unsigned perm = PERM_CONSISTENT_READ;
+        unsigned shared = PERM_ALL & ~(PERM_WRITE | PERM_RESIZE);
+        if (f->writable)
+            perm |= PERM_WRITE | PERM_RESIZE;
+        if (flags & HOSTFILE_FORCE_SHARE) {
+            shared = PERM_ALL;
+        }
+        int ret = hostfile_lock(f, perm, shared, e);
+        if (ret < 0) {
+            hostfile_close(f);
+            return ret;
+        }
+    }
+    *out = f;
+    return 0;
+}
+
+void hostfile_close(struct hostfile *f)
+{
+    if (!f)
+        return;
+    if (f->fd >= 0)
+        close(f->fd);   /* closing the descriptor releases its OFD locks */
+    free(f->path);
+    free(f);
+}
+
+static int set_byte_lock(int fd, off_t byte, short type)
+{
+    struct flock fl = { .l_type = type, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1 };
+    return fcntl(fd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
+}
+
+/* Does another open file description hold a lock on `byte`? */
+static int byte_locked_by_other(int fd, off_t byte, bool *locked)
+{
+    struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1 };
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+        return -errno;
+    *locked = fl.l_type != F_UNLCK;
+    return 0;
+}
+
+static int lock_conflict(struct hostfile *f, unsigned bit, bool shared_side, struct err *e)
+{
+    if (shared_side)
+        return err_set(e, EAGAIN,
+                       "%s: failed to get shared \"%s\" lock: the image is in use by "
+                       "another process (stop it, or use -U to read anyway)",
+                       f->path, perm_names[bit]);
+    return err_set(e, EAGAIN,
+                   "%s: failed to get \"%s\" lock: the image is in use by another "
+                   "process (stop it first)", f->path, perm_names[bit]);
+}
+
+int hostfile_lock(struct hostfile *f, unsigned perm, unsigned shared, struct err *e)
+{
+    for (unsigned bit = 0; bit < 4; bit++) {
+        unsigned p = 1u << bit;
+        short type;
+        type = (perm & p) ? F_RDLCK : F_UNLCK;
+        if (set_byte_lock(f->fd, LOCK_PERM_BASE + bit, type) < 0 && type != F_UNLCK)
+            return err_errno(e, errno, "%s: cannot lock image", f->path);
+        type = (shared & p) ? F_UNLCK : F_RDLCK;
+        if (set_byte_lock(f->fd, LOCK_SHARED_BASE + bit, type) < 0 && type != F_UNLCK)
+            return err_errno(e, errno, "%s: cannot lock image", f->path);
+    }
+    f->perm = perm;
+    f->shared = shared;
+    f->locked = true;
+    /* Conflicts: someone refuses to share what we use, or uses what we
+     * refuse to share. */
+    for (unsigned bit = 0; bit < 4; bit++) {
+        unsigned p = 1u << bit;
+        bool locked = false;
+        int ret;
+        if (perm & p) {
+            ret = byte_locked_by_other(f->fd, LOCK_SHARED_BASE + bit, &locked);
+            if (ret < 0)
+                return err_errno(e, -ret, "%s: cannot test image lock", f->path);
+            if (locked) {
+                hostfile_unlock(f);
+                return lock_conflict(f, bit, false, e);
+            }
+        }
+        if (!(shared & p)) {
+            ret = byte_locked_by_other(f->fd, LOCK_PERM_BASE + bit, &locked);
+            if (ret < 0)
+                return err_errno(e, -ret, "%s: cannot test image lock", f->path);
+            if (locked) {
+                hostfile_unlock(f);
+                return lock_conflict(f, bit, true, e);
+            }
+        }
+    }
+    return 0;
+}
+
+void hostfile_unlock(struct hostfile *f)
+{
+    struct flock fl = { .l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = LOCK_PERM_BASE,
+                        .l_len = LOCK_SHARED_BASE + 64 - LOCK_PERM_BASE };
+    fcntl(f->fd, F_OFD_SETLK, &fl);
+    f->locked = false;
+}
+
+int hostfile_pread(struct hostfile *f, uint64_t off, void *buf, size_t len, struct err *e)
+{
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    return hostfile_preadv(f, off, &iov, 1, e);
+}
+
+int hostfile_pwrite(struct hostfile *f, uint64_t off, const void *buf, size_t len,
+                    struct err *e)
+{
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    return hostfile_pwritev(f, off, &iov, 1, e);
+}
+
+#define IOV_BATCH 64
+
+/* Advance an iovec array by `done` bytes, copying it into `cur` (which
+ * holds at most IOV_BATCH entries). */
+static int iov_advance(const struct iovec **iov, int *iovcnt, size_t *skip, size_t done,
+                       struct iovec *cur)
+{
+    *skip += done;
+    while (*iovcnt && *skip >= (*iov)->iov_len) {
+        *skip -= (*iov)->iov_len;
+        (*iov)++;
+        (*iovcnt)--;
+    }
+    int n = *iovcnt < IOV_BATCH ? *iovcnt : IOV_BATCH;
+    for (int i = 0; i < n; i++)
+        cur[i] = (*iov)[i];
+    if (n) {
+        cur[0].iov_base = (char *)cur[0].iov_base + *skip;
+        cur[0].iov_len -= *skip;
+    }
+    return n;
+}
+
+int hostfile_preadv(struct hostfile *f, uint64_t off, const struct iovec *iov, int iovcnt,
+                    struct err *e)
+{
+    struct iovec cur[IOV_BATCH];
+    size_t skip = 0;
+    int n = iov_advance(&iov, &iovcnt, &skip, 0, cur);
+    while (n > 0) {
+        ssize_t r = preadv(f->fd, cur, n, (off_t)off);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return err_errno(e, errno, "%s: read error at offset %llu", f->path,
+                             (unsigned long long)off);
+        }
+        if (r == 0) {
+            /* End of file: the rest reads as zeroes, as in QEMU. */
+            for (int i = 0; i < n; i++)
+                memset(cur[i].iov_base, 0, cur[i].iov_len);
+            for (int i = n; i < iovcnt; i++)
+                memset(iov[i].iov_base, 0, iov[i].iov_len);
+            return 0;
+        }
+        off += (uint64_t)r;
+        n = iov_advance(&iov, &iovcnt, &skip, (size_t)r, cur);
+    }
+    return 0;
+}
+
+int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, int iovcnt,
+                     struct err *e)
+{
+    struct iovec cur[IOV_BATCH];
+    size_t skip = 0;
+    int n = iov_advance(&iov, &iovcnt, &skip, 0, cur);
+    while (n > 0) {
+        ssize_t r = pwritev(f->fd, cur, n, (off_t)off);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return err_errno(e, errno, "%s: write error at offset %llu", f->path,
+                             (unsigned long long)off);
+        }
+        off += (uint64_t)r;
+        n = iov_advance(&iov, &iovcnt, &skip, (size_t)r, cur);
+    }
+    return 0;
+}
+
+int hostfile_flush(struct hostfile *f, struct err *e)
+{
+    if (fdatasync(f->fd) < 0)
+        return err_errno(e, errno, "%s: flush failed", f->path);
+    return 0;
+}
+
+int hostfile_size(struct hostfile *f, uint64_t *size, struct err *e)
+{
+    off_t end = lseek(f->fd, 0, SEEK_END);
+    if (end < 0)
+        return err_errno(e, errno, "%s: cannot get size", f->path);
+    *size = (uint64_t)end;
+    return 0;
+}
+
+int hostfile_allocated_size(struct hostfile *f, uint64_t *size, struct err *e)
+{
+    struct stat st;
+    if (fstat(f->fd, &st) < 0)
+        return err_errno(e, errno, "%s: cannot stat", f->path);
+    *size = (uint64_t)st.st_blocks * 512;
+    return 0;
+}
+
+int hostfile_truncate(struct hostfile *f, uint64_t size, struct err *e)
+{
+    if (size > INT64_MAX)
+        return err_set(e, EFBIG, "%s: size %llu is too large", f->path,
+                       (unsigned long long)size);
+    if (f->is_block_device) {
+        uint64_t cur = 0;
+        int ret = hostfile_size(f, &cur, e);
+        if (ret < 0)
+            return ret;
+        if (size > cur)
+            return err_set(e, ENOSPC, "%s: cannot grow a block device", f->path);
+        return 0;
+    }
+    if (ftruncate(f->fd, (off_t)size) < 0)
+        return err_errno(e, errno, "%s: cannot resize to %llu bytes", f->path,
+                         (unsigned long long)size);
+    return 0;
+}
+
+static int write_zero_buffers(struct hostfile *f, uint64_t off, uint64_t len, struct err *e)
+{
+    static const size_t chunk = 1 << 20;
+    void *zero;
+    /* Aligned so that it also works with O_DIRECT. */
+    if (posix_memalign(&zero, 4096, chunk))
+        return err_set(e, ENOMEM, "%s: out of memory", f->path);
+    memset(zero, 0, chunk);
+    int ret = 0;
+    while (len && ret == 0) {
+        size_t n = len < chunk ? (size_t)len : chunk;
+        ret = hostfile_pwrite(f, off, zero, n, e);
+        off += n;
+        len -= n;
+    }
+    free(zero);
+    return ret;
+}
+
+int hostfile_write_zeroes(struct hostfile *f, uint64_t off, uint64_t len, bool may_unmap,
+                          struct err *e)
+{
+    if (!len)
+        return 0;
+    uint64_t size = 0;
+    int ret = hostfile_size(f, &size, e);
+    if (ret < 0)
+        return ret;
+    /* Past the end of a regular file, growing it is enough. */
+    if (!f->is_block_device && off >= size)
+        return hostfile_truncate(f, off + len, e);
+    if (may_unmap && fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                               (off_t)off, (off_t)len) == 0) {
+        if (!f->is_block_device && off + len > size)
+            return hostfile_truncate(f, off + len, e);
+        return 0;
+    }
+    if (fallocate(f->fd, FALLOC_FL_ZERO_RANGE, (off_t)off, (off_t)len) == 0)
+        return 0;
+    return write_zero_buffers(f, off, len, e);
+}
+
+int hostfile_discard(struct hostfile *f, uint64_t off, uint64_t len, struct err *e)
+{
+    (void)e;
+    if (len && fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+                         (off_t)len) < 0) {
+        /* Discard is advisory: unsupported file systems keep the data. */
+        if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL)
+            return err_errno(e, errno, "%s: discard failed at offset %llu", f->path,
+                             (unsigned long long)off);
+    }
+    return 0;
+}
+
+int hostfile_data_status(struct hostfile *f, uint64_t off, uint64_t bytes, bool *is_data,
+                         uint64_t *run, struct err *e)
+{
+    off_t data = lseek(f->fd, (off_t)off, SEEK_DATA);
+    if (data < 0) {
+        if (errno == ENXIO) {       /* no data at or after off */
+            *is_data = false;
+            *run = bytes;
+            return 0;
+        }
+        /* File system without SEEK_DATA: everything is data. */
+        if (errno == EINVAL || errno == EOPNOTSUPP) {
+            *is_data = true;
+            *run = bytes;
+            return 0;
+        }
+        return err_errno(e, errno, "%s: cannot find data at offset %llu", f->path,
+                         (unsigned long long)off);
+    }
+    if ((uint64_t)data > off) {
+        *is_data = false;
+        *run = min_u64((uint64_t)data - off, bytes);
+        return 0;
+    }
+    off_t hole = lseek(f->fd, (off_t)off, SEEK_HOLE);
+    if (hole < 0)
+        return err_errno(e, errno, "%s: cannot find hole at offset %llu", f->path,
+                         (unsigned long long)off);
+    *is_data = true;
+    *run = (uint64_t)hole > off ? min_u64((uint64_t)hole - off, bytes) : bytes;
+    return 0;
+}

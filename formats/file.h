@@ -1,0 +1,77 @@
+/* Host files: the POSIX layer under every format driver.  Full reads and
+ * writes, sparse-aware data/hole status (SEEK_DATA/SEEK_HOLE), zeroing and
+ * discarding with fallocate, and QEMU-compatible image locking. */
+#ifndef IMGTOOL_FILE_H
+#define IMGTOOL_FILE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "util.h"
+
+enum {
+    HOSTFILE_RDWR        = 1 << 0,
+    HOSTFILE_DIRECT      = 1 << 1,  /* O_DIRECT */
+    HOSTFILE_FORCE_SHARE = 1 << 2,  /* do not ask others to stop writing */
+    HOSTFILE_NO_LOCK     = 1 << 3,
+    HOSTFILE_CREATE      = 1 << 4,  /* create exclusively (O_CREAT|O_EXCL) */
+};
+
+/* QEMU's block permissions (include/block/block-common.h): bit i of a
+ * permission set is locked at byte 100 + i ("I use it") or 200 + i ("I do
+ * not let others use it") with OFD locks, by QEMU's file-posix driver. */
+enum {
+    PERM_CONSISTENT_READ = 1 << 0,
+    PERM_WRITE           = 1 << 1,
+    PERM_WRITE_UNCHANGED = 1 << 2,
+    PERM_RESIZE          = 1 << 3,
+    PERM_ALL             = 0xf,
+};
+
+struct hostfile {
+    int fd;
+    char *path;
+    bool writable;
+    bool direct;
+    bool is_block_device;
+    unsigned perm;      /* permissions we hold (locked at 100 + bit) */
+    unsigned shared;    /* permissions we let others hold */
+    bool locked;
+};
+
+int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struct err *e);
+void hostfile_close(struct hostfile *f);
+
+/* Full reads and writes.  Reads past the end of the file return zeroes. */
+int hostfile_pread(struct hostfile *f, uint64_t off, void *buf, size_t len, struct err *e);
+int hostfile_preadv(struct hostfile *f, uint64_t off, const struct iovec *iov, int iovcnt,
+                    struct err *e);
+int hostfile_pwrite(struct hostfile *f, uint64_t off, const void *buf, size_t len,
+                    struct err *e);
+int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, int iovcnt,
+                     struct err *e);
+int hostfile_flush(struct hostfile *f, struct err *e);
+int hostfile_size(struct hostfile *f, uint64_t *size, struct err *e);
+/* Bytes the file occupies on disk (st_blocks * 512). */
+int hostfile_allocated_size(struct hostfile *f, uint64_t *size, struct err *e);
+int hostfile_truncate(struct hostfile *f, uint64_t size, struct err *e);
+/* Make [off, off+len) read as zeroes: punch a hole when may_unmap, else
+ * zero the range in place; falls back to writing zeroes. */
+int hostfile_write_zeroes(struct hostfile *f, uint64_t off, uint64_t len, bool may_unmap,
+                          struct err *e);
+/* Punch a hole if the file system can; otherwise do nothing (discard is a
+ * hint).  Reads of the range then return zeroes or the old data. */
+int hostfile_discard(struct hostfile *f, uint64_t off, uint64_t len, struct err *e);
+/* Whether `off` is in data or in a hole, and how long that run is (capped at
+ * `bytes`).  Past the end of the file is a hole. */
+int hostfile_data_status(struct hostfile *f, uint64_t off, uint64_t bytes, bool *is_data,
+                         uint64_t *run, struct err *e);
+
+/* Take QEMU-compatible locks for permissions `perm`, refusing others the
+ * permissions not in `shared`; fails with -EAGAIN if another process holds
+ * a conflicting lock.  Replaces the locks held before. */
+int hostfile_lock(struct hostfile *f, unsigned perm, unsigned shared, struct err *e);
+void hostfile_unlock(struct hostfile *f);
+
+#endif

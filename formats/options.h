@@ -1,0 +1,37 @@
+/* "-o key=value,key2=value2" option lists, as qemu-img parses them (a
+ * comma inside a value is written ",,").  Drivers look up the keys they
+ * know; kvopts_check_unused() then reports any key nobody used. */
+#ifndef IMGTOOL_OPTIONS_H
+#define IMGTOOL_OPTIONS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "util.h"
+
+struct kvopt {
+    char *key;
+    char *value;
+    bool used;
+};
+
+struct kvopts {
+    struct kvopt *items;
+    size_t count;
+};
+
+/* Append the options in `text` (may be called several times, for several
+ * -o arguments; later values win). */
+int kvopts_parse(struct kvopts *o, const char *text, struct err *e);
+void kvopts_free(struct kvopts *o);
+/* Set or replace a key (used for -b/-F style shortcuts). */
+int kvopts_set(struct kvopts *o, const char *key, const char *value, struct err *e);
+/* The value of `key` (marking it used), or NULL. */
+const char *kvopts_get(struct kvopts *o, const char *key);
+int kvopts_get_bool(struct kvopts *o, const char *key, bool def, bool *out, struct err *e);
+int kvopts_get_size(struct kvopts *o, const char *key, uint64_t def, uint64_t *out,
+                    struct err *e);
+/* -EINVAL naming the first key that no driver used. */
+int kvopts_check_unused(const struct kvopts *o, const char *format, struct err *e);
+
+#endif

@@ -1,0 +1,111 @@
+#include "props.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static struct prop *prop_alloc(enum prop_type type)
+{
+    struct prop *p = calloc(1, sizeof(*p));
+    if (p)
+        p->type = type;
+    return p;
+}
+
+struct prop *prop_new_object(void) { return prop_alloc(PROP_OBJECT); }
+struct prop *prop_new_array(void) { return prop_alloc(PROP_ARRAY); }
+
+static struct prop *prop_add(struct prop *parent, const char *key, enum prop_type type)
+{
+    if (!parent)
+        return NULL;
+    struct prop *p = prop_alloc(type);
+    if (p && key && !(p->key = strdup(key))) {
+        free(p);
+        p = NULL;
+    }
+    if (!p) {
+        parent->oom = true;
+        return NULL;
+    }
+    if (parent->last)
+        parent->last->next = p;
+    else
+        parent->first = p;
+    parent->last = p;
+    return p;
+}
+
+struct prop *prop_add_object(struct prop *parent, const char *key)
+{
+    return prop_add(parent, key, PROP_OBJECT);
+}
+
+struct prop *prop_add_array(struct prop *parent, const char *key)
+{
+    return prop_add(parent, key, PROP_ARRAY);
+}
+
+struct prop *prop_add_string(struct prop *parent, const char *key, const char *value)
+{
+    struct prop *p = prop_add(parent, key, PROP_STRING);
+    if (p && !(p->v.s = strdup(value ? value : "")))
+        parent->oom = true;
+    return p;
+}
+
+struct prop *prop_add_int(struct prop *parent, const char *key, int64_t value)
+{
+    struct prop *p = prop_add(parent, key, PROP_INT);
+    if (p)
+        p->v.i = value;
+    return p;
+}
+
+struct prop *prop_add_uint(struct prop *parent, const char *key, uint64_t value)
+{
+    struct prop *p = prop_add(parent, key, PROP_UINT);
+    if (p)
+        p->v.u = value;
+    return p;
+}
+
+struct prop *prop_add_bool(struct prop *parent, const char *key, bool value)
+{
+    struct prop *p = prop_add(parent, key, PROP_BOOL);
+    if (p)
+        p->v.b = value;
+    return p;
+}
+
+struct prop *prop_get(const struct prop *obj, const char *key)
+{
+    for (struct prop *c = obj ? obj->first : NULL; c; c = c->next)
+        if (c->key && strcmp(c->key, key) == 0)
+            return c;
+    return NULL;
+}
+
+bool prop_failed(const struct prop *p)
+{
+    if (!p)
+        return true;
+    if (p->oom)
+        return true;
+    for (struct prop *c = p->first; c; c = c->next)
+        if (prop_failed(c))
+            return true;
+    return false;
+}
+
+void prop_free(struct prop *p)
+{
+    while (p) {
+        struct prop *next = p->next;
+        prop_free(p->first);
+        if (p->type == PROP_STRING)
+            free(p->v.s);
+        free(p->key);
+        free(p);
+        p = next;
+    }
+}

@@ -1,0 +1,100 @@
+/* The raw format: the image file is the disk, byte for byte.  Block status
+ * comes from the file system's holes (SEEK_DATA/SEEK_HOLE). */
+#include <errno.h>
+#include <string.h>
+
+#include "blockdev.h"
+
+static int raw_probe(const uint8_t *buf, size_t len)
+{
+    (void)buf;
+    (void)len;
+    return 1;   /* anything can be raw; every real format scores higher */
+}
+
+static int raw_open(struct blockdev *bs, struct err *e)
+{
+    return hostfile_size(bs->file, &bs->size, e);
+}
+
+static int raw_create(struct hostfile *file, const struct blk_create_params *p,
+                      struct err *e)
+{
+    if (p->backing_file)
+        return err_set(e, ENOTSUP, "%s: format 'raw' does not support backing files",
+                       p->filename);
+    /* preallocation=off (a sparse file) is all raw offers so far. */
+    const char *prealloc = kvopts_get(p->opts, "preallocation");
+    if (prealloc && strcmp(prealloc, "off") != 0)
+        return err_set(e, ENOTSUP, "%s: preallocation=%s is not supported for raw "
+                       "(use off)", p->filename, prealloc);
+    int ret = kvopts_check_unused(p->opts, "raw", e);
+    if (ret < 0)
+        return ret;
+    return hostfile_truncate(file, p->size, e);
+}
+
+static int raw_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
+                      struct err *e)
+{
+    return hostfile_preadv(bs->file, off, iov, iovcnt, e);
+}
+
+static int raw_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *iov,
+                       int iovcnt, struct err *e)
+{
+    return hostfile_pwritev(bs->file, off, iov, iovcnt, e);
+}
+
+static int raw_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
+                            struct blk_extent *ext, struct err *e)
+{
+    bool is_data;
+    uint64_t run;
+    int ret = hostfile_data_status(bs->file, off, bytes, &is_data, &run, e);
+    if (ret < 0)
+        return ret;
+    ext->length = run;
+    ext->flags = BLK_STATUS_ALLOCATED | BLK_STATUS_OFFSET |
+                 (is_data ? BLK_STATUS_DATA : BLK_STATUS_ZERO);
+    ext->host_offset = off;
+    return 0;
+}
+
+static int raw_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned flags,
+                            struct err *e)
+{
+    return hostfile_write_zeroes(bs->file, off, len, flags & BLK_ZERO_MAY_UNMAP, e);
+}
+
+static int raw_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
+{
+    return hostfile_discard(bs->file, off, len, e);
+}
+
+static int raw_flush(struct blockdev *bs, struct err *e)
+{
+    return hostfile_flush(bs->file, e);
+}
+
+static int raw_truncate(struct blockdev *bs, uint64_t size, struct err *e)
+{
+    int ret = hostfile_truncate(bs->file, size, e);
+    if (ret == 0)
+        bs->size = size;
+    return ret;
+}
+
+const struct blockdrv blockdrv_raw = {
+    .name = "raw",
+    .probe = raw_probe,
+    .open = raw_open,
+    .create = raw_create,
+    .preadv = raw_preadv,
+    .pwritev = raw_pwritev,
+    .block_status = raw_block_status,
+    .write_zeroes = raw_write_zeroes,
+    .discard = raw_discard,
+    .flush = raw_flush,
+    .truncate = raw_truncate,
+};

@@ -1,0 +1,140 @@
+#include "util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void err_vformat(struct err *e, const char *fmt, va_list ap)
+{
+    vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+}
+
+int err_set(struct err *e, int errnum, const char *fmt, ...)
+{
+    if (errnum < 0)
+        errnum = -errnum;
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        err_vformat(e, fmt, ap);
+        va_end(ap);
+        e->code = errnum;
+    }
+    return -errnum;
+}
+
+int err_errno(struct err *e, int errnum, const char *fmt, ...)
+{
+    if (errnum < 0)
+        errnum = -errnum;
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        err_vformat(e, fmt, ap);
+        va_end(ap);
+        size_t n = strlen(e->msg);
+        snprintf(e->msg + n, sizeof(e->msg) - n, ": %s", strerror(errnum));
+        e->code = errnum;
+    }
+    return -errnum;
+}
+
+void err_prefix(struct err *e, const char *fmt, ...)
+{
+    if (!e)
+        return;
+    char old[sizeof(e->msg)];
+    memcpy(old, e->msg, sizeof(old));
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+    va_end(ap);
+    if (n >= 0 && (size_t)n < sizeof(e->msg))
+        memccpy(e->msg + n, old, '\0', sizeof(e->msg) - (size_t)n);
+    e->msg[sizeof(e->msg) - 1] = '\0';
+}
+
+void err_clear(struct err *e)
+{
+    if (e) {
+        e->code = 0;
+        e->msg[0] = '\0';
+    }
+}
+
+int parse_size(const char *s, uint64_t *out)
+{
+    if (!s || !*s || *s == '-' || isspace((unsigned char)*s))
+        return -EINVAL;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 0);
+    if (errno || end == s)
+        return errno == ERANGE ? -ERANGE : -EINVAL;
+    unsigned shift = 0;
+    if (*end) {
+        switch (*end) {
+        case 'b': case 'B': shift = 0; break;
+        case 'k': case 'K': shift = 10; break;
+        case 'm': case 'M': shift = 20; break;
+        case 'g': case 'G': shift = 30; break;
+        case 't': case 'T': shift = 40; break;
+        case 'p': case 'P': shift = 50; break;
+        case 'e': case 'E': shift = 60; break;
+        default: return -EINVAL;
+        }
+        end++;
+        /* Accept "64KiB" / "64KB" spellings too. */
+        if (shift && (*end == 'i' || *end == 'I'))
+            end++;
+        if (shift && (*end == 'b' || *end == 'B'))
+            end++;
+        if (*end)
+            return -EINVAL;
+    }
+    if (shift && v > (UINT64_MAX >> shift))
+        return -ERANGE;
+    *out = (uint64_t)v << shift;
+    return 0;
+}
+
+void format_size_human(uint64_t bytes, char *buf, size_t len)
+{
+    static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
+    unsigned i = 0;
+    double v = (double)bytes;
+    while (v >= 1024 && i + 1 < sizeof(units) / sizeof(units[0])) {
+        v /= 1024;
+        i++;
+    }
+    if (i == 0)
+        snprintf(buf, len, "%" PRIu64 " B", bytes);
+    else
+        /* qemu-img prints three significant digits: "1.5 GiB", "10 MiB". */
+        snprintf(buf, len, "%.3g %s", v, units[i]);
+}
+
+bool buffer_is_zero(const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+    /* Check the head byte-wise until aligned, then compare word-wise. */
+    while (len && ((uintptr_t)p & 7)) {
+        if (*p)
+            return false;
+        p++;
+        len--;
+    }
+    const uint64_t *w = (const uint64_t *)(const void *)p;
+    for (; len >= 32; len -= 32, w += 4)
+        if (w[0] | w[1] | w[2] | w[3])
+            return false;
+    p = (const unsigned char *)w;
+    while (len--)
+        if (*p++)
+            return false;
+    return true;
+}
