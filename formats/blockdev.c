@@ -427,6 +427,20 @@ uint32_t blk_write_alignment(struct blockdev *bs)
     return a ? a : 1;
 }
 
+int blk_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *buf, size_t len,
+                          struct err *e)
+{
+    int ret = check_writable(bs, e);
+    if (ret == 0)
+        ret = check_range(bs, off, len, e);
+    if (ret < 0)
+        return ret;
+    if (!bs->drv->pwrite_compressed)
+        return err_set(e, ENOTSUP, "%s: format '%s' does not support compression",
+                       bs->filename, bs->drv->name);
+    return bs->drv->pwrite_compressed(bs, off, buf, len, e);
+}
+
 int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,
                            struct blk_extent *ext, struct err *e)
 {

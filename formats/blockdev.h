@@ -6,7 +6,14 @@
  * in the driver table in formats/blockdev.c.
  *
  * Every function that can fail returns a negative errno and fills the
- * caller's `struct err` with a one-line message naming the file. */
+ * caller's `struct err` with a one-line message naming the file.
+ *
+ * Threads: the copy engine keeps several requests in flight from worker
+ * threads, so preadv, pwritev, write_zeroes, discard, block_status and
+ * pwrite_compressed may be called concurrently on one blockdev.  Drivers
+ * protect their metadata with their own lock and do data I/O outside it
+ * where they can; open, close, create, truncate, flush and set_backing are
+ * never called concurrently with anything else. */
 #ifndef IMGTOOL_BLOCKDEV_H
 #define IMGTOOL_BLOCKDEV_H
 
@@ -97,6 +104,12 @@ struct blockdrv {
     /* Change the backing file name in the header (rebase -u); may be NULL. */
     int (*set_backing)(struct blockdev *bs, const char *name, const char *format,
                        struct err *e);
+    /* Write whole clusters compressed (convert -c, export -c); `off` and
+     * `len` are cluster aligned except at the end of the disk.  The driver
+     * compresses outside its lock so that several threads compress at
+     * once.  NULL when the format has no compression. */
+    int (*pwrite_compressed)(struct blockdev *bs, uint64_t off, const void *buf, size_t len,
+                             struct err *e);
     /* Preferred alignment for writes (cluster size); 0 means 1. */
     uint32_t (*write_alignment)(struct blockdev *bs);
 };
@@ -154,6 +167,9 @@ int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e);
 int blk_flush(struct blockdev *bs, struct err *e);
 int blk_truncate(struct blockdev *bs, uint64_t size, struct err *e);
 uint32_t blk_write_alignment(struct blockdev *bs);
+/* Compressed writes: -ENOTSUP naming the format when it has none. */
+int blk_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *buf, size_t len,
+                          struct err *e);
 
 /* Status of the run at `off` in this layer only (see blockdrv.block_status). */
 int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,

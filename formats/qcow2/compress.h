@@ -1,0 +1,31 @@
+/* Compression of qcow2 clusters: zlib (raw deflate, no zlib header, as
+ * QEMU writes it) and zstd (compression_type=zstd).  Pure functions, safe
+ * to call from several threads at once. */
+#ifndef IMGTOOL_QCOW2_COMPRESS_H
+#define IMGTOOL_QCOW2_COMPRESS_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "formats/util.h"
+
+/* Values of the qcow2 header's compression_type field (qcow2.txt). */
+enum qcow2_compression_type {
+    QCOW2_COMPRESSION_ZLIB = 0,
+    QCOW2_COMPRESSION_ZSTD = 1,
+};
+
+/* Compress `len` bytes into dst (capacity dst_cap).  Returns the
+ * compressed size, or -ENOSPC when it would not be smaller than dst_cap
+ * (the caller then writes the cluster uncompressed), or another negative
+ * errno with a message. */
+ssize_t qcow2_compress(enum qcow2_compression_type type, const void *src, size_t len,
+                       void *dst, size_t dst_cap, struct err *e);
+
+/* Decompress src (src_len bytes, which may include trailing bytes past the
+ * end of the compressed stream, as qcow2's sector-rounded compressed sizes
+ * do) into exactly dst_len bytes.  -EIO with a message on corrupt data. */
+int qcow2_decompress(enum qcow2_compression_type type, const void *src, size_t src_len,
+                     void *dst, size_t dst_len, struct err *e);
+
+#endif
