@@ -16,6 +16,7 @@ struct mirror_job {
     char *tmp_path;                 /* a new target, under its temporary name */
     uint64_t total, done;
     struct copy_stats stats;
+    const struct copy_job *copy;    /* while copying: for the rate limit */
     const struct mirror_set_options *opts;
     struct timespec start;
 };
@@ -284,7 +285,9 @@ static void throttle(struct mirror_job *job)
     clock_gettime(CLOCK_MONOTONIC, &now);
     double elapsed = (double)(now.tv_sec - job->start.tv_sec) +
                      (double)(now.tv_nsec - job->start.tv_nsec) / 1e9;
-    double due = (double)job->done / (double)job->p->speed;
+    /* Bytes that cost I/O count; holes skipped by block status do not. */
+    const struct copy_stats *st = &job->copy->stats;
+    double due = (double)(st->bytes_read + st->bytes_zeroed) / (double)job->p->speed;
     if (due > elapsed) {
         double wait = due - elapsed;
         struct timespec ts = { .tv_sec = (time_t)wait,
@@ -323,7 +326,9 @@ static int run_copy(struct mirror_job *job, struct err *e)
         .progress = on_progress, .opaque = job,
         .cancel = job->opts->cancel,
     };
+    job->copy = &cj;
     int ret = copy_run(&cj, e);
+    job->copy = NULL;
     job->stats = cj.stats;
     if (ret == 0)
         ret = blk_flush(job->dst, e);
