@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -425,6 +426,42 @@ uint32_t blk_write_alignment(struct blockdev *bs)
 {
     uint32_t a = bs->drv->write_alignment ? bs->drv->write_alignment(bs) : 1;
     return a ? a : 1;
+}
+
+int blk_check(struct blockdev *bs, struct blk_check_result *res, unsigned fix, struct err *e)
+{
+    if (!bs->drv->check)
+        return err_set(e, ENOTSUP, "%s: format '%s' does not support checks", bs->filename,
+                       bs->drv->name);
+    if (fix && bs->read_only)
+        return err_set(e, EROFS, "%s: repairing needs the image open read-write",
+                       bs->filename);
+    return bs->drv->check(bs, res, fix, e);
+}
+
+void blk_check_report(struct blk_check_result *res, const char *fmt, ...)
+{
+    /* A bounded number of lines: a badly damaged image must not make the
+     * report itself huge; the counters still count everything. */
+    if (res->nmessages >= 10000)
+        return;
+    char **m = realloc(res->messages, sizeof(*m) * (res->nmessages + 1));
+    if (!m)
+        return;
+    res->messages = m;
+    va_list ap;
+    va_start(ap, fmt);
+    if (vasprintf(&m[res->nmessages], fmt, ap) >= 0)
+        res->nmessages++;
+    va_end(ap);
+}
+
+void blk_check_result_free(struct blk_check_result *res)
+{
+    for (size_t i = 0; i < res->nmessages; i++)
+        free(res->messages[i]);
+    free(res->messages);
+    memset(res, 0, sizeof(*res));
 }
 
 int blk_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *buf, size_t len,

@@ -36,6 +36,25 @@ enum {
     BLK_OPEN_NO_BACKING  = 1 << 2,  /* do not open the backing chain */
     BLK_OPEN_DIRECT      = 1 << 3,  /* O_DIRECT (--cache=none) */
     BLK_OPEN_NO_LOCK     = 1 << 4,  /* take no image locks (tests, special files) */
+    BLK_OPEN_CHECK       = 1 << 5,  /* for check: open images marked dirty or corrupt */
+};
+
+/* Flags for blockdrv.check (check -r leaks / -r all). */
+enum {
+    BLK_CHECK_FIX_LEAKS  = 1 << 0,
+    BLK_CHECK_FIX_ERRORS = 1 << 1,
+};
+
+/* What `check` found, with qemu-img check's counters. */
+struct blk_check_result {
+    uint64_t corruptions, leaks, check_errors;
+    uint64_t corruptions_fixed, leaks_fixed;
+    uint64_t image_end_offset;
+    uint64_t total_clusters, allocated_clusters, fragmented_clusters, compressed_clusters;
+    /* One line per problem ("ERROR cluster 5 refcount=0 reference=1"),
+     * added with blk_check_report(); cmd/ prints them. */
+    char **messages;
+    size_t nmessages;
 };
 
 /* Block status of one run of bytes (see blk_block_status). */
@@ -110,6 +129,11 @@ struct blockdrv {
      * once.  NULL when the format has no compression. */
     int (*pwrite_compressed)(struct blockdev *bs, uint64_t off, const void *buf, size_t len,
                              struct err *e);
+    /* Verify the image's metadata (and repair with BLK_CHECK_FIX_*, on a
+     * writable open), counting problems in `res`; returns a negative errno
+     * only when the check itself could not run.  NULL: no checks. */
+    int (*check)(struct blockdev *bs, struct blk_check_result *res, unsigned fix,
+                 struct err *e);
     /* Preferred alignment for writes (cluster size); 0 means 1. */
     uint32_t (*write_alignment)(struct blockdev *bs);
 };
@@ -167,6 +191,12 @@ int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e);
 int blk_flush(struct blockdev *bs, struct err *e);
 int blk_truncate(struct blockdev *bs, uint64_t size, struct err *e);
 uint32_t blk_write_alignment(struct blockdev *bs);
+/* Run the driver's check; -ENOTSUP when the format has none. */
+int blk_check(struct blockdev *bs, struct blk_check_result *res, unsigned fix, struct err *e);
+/* Add a problem description to res->messages (printf-style). */
+void blk_check_report(struct blk_check_result *res, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void blk_check_result_free(struct blk_check_result *res);
 /* Compressed writes: -ENOTSUP naming the format when it has none. */
 int blk_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *buf, size_t len,
                           struct err *e);
