@@ -33,21 +33,29 @@ static size_t first_nonzero(const uint8_t *a, size_t len)
     return i;
 }
 
-/* Compare [off, end) of both images; *diff gets the first differing offset. */
+/* What strict mode compares, as qemu-img compare -s compares block status. */
+#define STRICT_STATUS (BLK_STATUS_DATA | BLK_STATUS_ZERO | BLK_STATUS_ALLOCATED)
+
+/* Compare [off, end) of both images; *diff gets the first differing offset,
+ * *by_status says whether (in strict mode) the block status differs there. */
 static int compare_common(struct side *a, struct side *b, uint64_t off, uint64_t end,
-                          bool strict, uint64_t *diff, bool *differs, struct progress *bar,
-                          struct err *e)
+                          bool strict, uint64_t *diff, bool *differs, bool *by_status,
+                          struct progress *bar, struct err *e)
 {
     while (off < end) {
         progress_update(bar, off);
         struct blk_extent ea, eb;
-        uint64_t want = min_u64(end - off, CMP_CHUNK);
-        if (blk_block_status(a->bs, off, want, &ea, e) < 0 ||
-            blk_block_status(b->bs, off, want, &eb, e) < 0)
+        /* Ask for the status up to the end: qemu-img's strict mode also
+         * tells apart a run that reaches the end of the image from one
+         * that does not (BDRV_BLOCK_EOF). */
+        if (blk_block_status(a->bs, off, end - off, &ea, e) < 0 ||
+            blk_block_status(b->bs, off, end - off, &eb, e) < 0)
             return -1;
-        uint64_t len = min_u64(ea.length, eb.length);
-        if (strict && (ea.flags & BLK_STATUS_ALLOCATED) != (eb.flags & BLK_STATUS_ALLOCATED)) {
+        uint64_t len = min_u64(min_u64(ea.length, eb.length), CMP_CHUNK);
+        if (strict && ((ea.flags & STRICT_STATUS) != (eb.flags & STRICT_STATUS) ||
+                       (off + ea.length == end) != (off + eb.length == end))) {
             *differs = true;
+            *by_status = true;
             *diff = off;
             return 0;
         }
@@ -143,17 +151,20 @@ int cmd_compare(const struct command *cmd, int argc, const char **argv)
             printf("Warning: Image size mismatch!\n");
     }
     uint64_t common = min_u64(a.bs->size, b.bs->size), diff = 0;
-    bool differs = false;
+    bool differs = false, by_status = false;
     struct progress bar;
     progress_init(&bar, progress && !quiet, max_u64(a.bs->size, b.bs->size));
-    ret = compare_common(&a, &b, 0, common, strict, &diff, &differs, &bar, &e);
+    ret = compare_common(&a, &b, 0, common, strict, &diff, &differs, &by_status, &bar,
+                         &e);
     if (ret == 0 && !differs && a.bs->size != b.bs->size)
         ret = check_tail_zero(a.bs->size > common ? &a : &b, common, &diff, &differs, &bar, &e);
     progress_finish(&bar);
     if (ret < 0)
         goto fail;
     if (differs) {
-        if (!quiet)
+        if (!quiet && by_status)
+            printf("Strict mode: Offset %" PRIu64 " block status mismatch!\n", diff);
+        else if (!quiet)
             printf("Content mismatch at offset %" PRIu64 "!\n", diff);
         status = CMP_DIFFERENT;
         goto out;
