@@ -433,12 +433,19 @@ int blk_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *buf, si
     int ret = check_writable(bs, e);
     if (ret == 0)
         ret = check_range(bs, off, len, e);
+    if (ret == 0)
+        ret = blk_check_compression(bs->drv, bs->filename, e);
     if (ret < 0)
         return ret;
-    if (!bs->drv->pwrite_compressed)
-        return err_set(e, ENOTSUP, "%s: format '%s' does not support compression",
-                       bs->filename, bs->drv->name);
     return bs->drv->pwrite_compressed(bs, off, buf, len, e);
+}
+
+int blk_check_compression(const struct blockdrv *drv, const char *filename, struct err *e)
+{
+    if (!drv->pwrite_compressed)
+        return err_set(e, ENOTSUP, "%s: format '%s' does not support compression",
+                       filename, drv->name);
+    return 0;
 }
 
 int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,

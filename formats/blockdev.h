@@ -170,6 +170,9 @@ uint32_t blk_write_alignment(struct blockdev *bs);
 /* Compressed writes: -ENOTSUP naming the format when it has none. */
 int blk_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *buf, size_t len,
                           struct err *e);
+/* 0 if format `drv` writes compressed clusters, else that same -ENOTSUP
+ * error naming `filename` (to refuse -c before creating a target). */
+int blk_check_compression(const struct blockdrv *drv, const char *filename, struct err *e);
 
 /* Status of the run at `off` in this layer only (see blockdrv.block_status). */
 int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,
