@@ -48,12 +48,19 @@ while IFS=$'\t' read -r cmd summary; do
                 sed 's/\\-/-/g; s/\\(aq/'"'"'/g; s/\\&//g; s/\\e/\\/g')
     expect_eq "$name_line" "imgtool-$cmd - $summary" "NAME line of imgtool-$cmd.1"
 
-    # Every option of --help, spelled the same ("-f, --format" or "--output").
+    # Every option of --help, spelled the same ("-f, --format", "--output",
+    # or "-W" at the start of a line).
     ok imgtool "$cmd" --help
     help=$(out)
     text=$(render "$page")
     options=$(sed -n 's/^ \{1,\}\(-[A-Za-z0-9], --[a-z0-9-]*\).*/\1/p; s/^ \{4,\}\(--[a-z0-9-]*\).*/\1/p' <<<"$help")
     [ -n "$options" ] || die "no options found in 'imgtool $cmd --help'"
+    while read -r opt; do
+        [ -n "$opt" ] || continue
+        checks=$((checks + 1))
+        grep -qE -- "^ +$opt( |,|=|\$)" <<<"$text" ||
+            die "imgtool-$cmd.1 does not document '$opt' (from 'imgtool $cmd --help')"
+    done < <(sed -n 's/^ \{1,\}\(-[A-Za-z0-9]\)  .*/\1/p; s/^ \{1,\}\(-[A-Za-z0-9]\)$/\1/p' <<<"$help")
     while read -r opt; do
         checks=$((checks + 1))
         grep -qF -e "$opt" <<<"$text" ||
