@@ -12,11 +12,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+extern const struct blockdrv blockdrv_qcow2;
 extern const struct blockdrv blockdrv_raw;
 
 /* The one driver table.  Probing asks each driver for a score; raw is the
  * fallback (it scores 1 on anything). */
 static const struct blockdrv *const drivers[] = {
+    &blockdrv_qcow2,
     &blockdrv_raw,
     NULL,
 };
