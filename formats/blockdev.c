@@ -483,14 +483,13 @@ int blk_block_status_above(struct blockdev *bs, const struct blockdev *base, uin
                 ext->flags = (ext->flags & ~BLK_STATUS_DATA) | BLK_STATUS_ZERO;
             return 0;
         }
-        depth++;
         if (off >= backing->size) {
-            /* Past the end of a shorter backing file: zeroes. */
+            /* Past the end of a shorter backing file: zeroes, reported at
+             * this layer, as qemu-img map does. */
             ext->flags = BLK_STATUS_ZERO;
-            ext->depth = depth;
-            ext->layer = backing;
             return 0;
         }
+        depth++;
         bytes = min_u64(bytes, backing->size - off);
         layer = backing;
     }
