@@ -39,6 +39,9 @@ struct cmdline {
     const char **args;      /* positional arguments */
     int nargs;
     int usage_status;       /* exit status for usage errors (1, or 2 for compare) */
+    const struct poptOption *options;  /* string options are freed by cmd_done */
+    char **optargs;         /* arguments handed to on_option, freed by cmd_done */
+    size_t noptargs;
 };
 
 /* Parse argv with `options` (a popt table; --help/-h is added).  Returns -1
@@ -49,6 +52,7 @@ int cmd_parse(struct cmdline *cl, const struct command *cmd, int argc, const cha
               const struct poptOption *options, int min_args, int max_args,
               int (*on_option)(struct cmdline *cl, int val, const char *arg, void *opaque),
               void *opaque);
+/* Free the parser and the strings popt allocated for string options. */
 void cmd_done(struct cmdline *cl);
 
 /* "imgtool CMD: message" plus the usage hint; returns cl->usage_status. */

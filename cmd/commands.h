@@ -13,5 +13,6 @@ DECLARE_COMMAND(cmd_compare);
 DECLARE_COMMAND(cmd_convert);
 DECLARE_COMMAND(cmd_resize);
 DECLARE_COMMAND(cmd_io);
+DECLARE_COMMAND(cmd_check);
 
 #endif

@@ -39,6 +39,7 @@ int cmd_parse(struct cmdline *cl, const struct command *cmd, int argc, const cha
     if (!cl->usage_status)
         cl->usage_status = EXIT_ERROR;
     cl->cmd = cmd;
+    cl->options = options;
     cl->ctx = poptGetContext(cmd->name, argc, argv, table, 0);
     if (!cl->ctx) {
         cmd_error("out of memory");
@@ -54,7 +55,20 @@ int cmd_parse(struct cmdline *cl, const struct command *cmd, int argc, const cha
             return EXIT_OK;
         }
         if (on_option) {
-            int st = on_option(cl, rc, poptGetOptArg(cl->ctx), opaque);
+            /* popt hands over a malloc'ed copy: keep it until cmd_done so
+             * that on_option may store the pointer. */
+            char *arg = poptGetOptArg(cl->ctx);
+            if (arg) {
+                char **more = realloc(cl->optargs, sizeof(*more) * (cl->noptargs + 1));
+                if (!more) {
+                    free(arg);
+                    cmd_error("out of memory");
+                    return EXIT_ERROR;
+                }
+                cl->optargs = more;
+                cl->optargs[cl->noptargs++] = arg;
+            }
+            int st = on_option(cl, rc, arg, opaque);
             if (st >= 0)
                 return st;
         }
@@ -76,6 +90,18 @@ int cmd_parse(struct cmdline *cl, const struct command *cmd, int argc, const cha
 
 void cmd_done(struct cmdline *cl)
 {
+    /* popt strdup()s the value of every POPT_ARG_STRING option it stores. */
+    for (const struct poptOption *o = cl->options; o && (o->longName || o->shortName); o++) {
+        if ((o->argInfo & POPT_ARG_MASK) == POPT_ARG_STRING && o->arg) {
+            free(*(char **)o->arg);
+            *(char **)o->arg = NULL;
+        }
+    }
+    for (size_t i = 0; i < cl->noptargs; i++)
+        free(cl->optargs[i]);
+    free(cl->optargs);
+    cl->optargs = NULL;
+    cl->noptargs = 0;
     if (cl->ctx)
         poptFreeContext(cl->ctx);
     cl->ctx = NULL;

@@ -22,15 +22,15 @@ static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
 
 int cmd_create(const struct command *cmd, int argc, const char **argv)
 {
-    char *format = NULL, *backing = NULL, *backing_fmt = NULL;
+    char *format = NULL, *backing_arg = NULL, *backing_fmt_arg = NULL;
     int quiet = 0;
     struct create_args a = { 0 };
     struct poptOption options[] = {
         { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default raw)", "FMT" },
         { "options", 'o', POPT_ARG_STRING, NULL, OPT_O,
           "format options, e.g. cluster_size=64k,compression_type=zstd", "OPT=VAL,..." },
-        { "backing", 'b', POPT_ARG_STRING, &backing, 0, "backing file", "FILE" },
-        { "backing-format", 'F', POPT_ARG_STRING, &backing_fmt, 0, "backing file format",
+        { "backing", 'b', POPT_ARG_STRING, &backing_arg, 0, "backing file", "FILE" },
+        { "backing-format", 'F', POPT_ARG_STRING, &backing_fmt_arg, 0, "backing file format",
           "FMT" },
         { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
         POPT_TABLEEND
@@ -44,10 +44,8 @@ int cmd_create(const struct command *cmd, int argc, const char **argv)
     /* -b/-F are shortcuts for -o backing_file/backing_fmt, as in qemu-img. */
     const char *o_backing = kvopts_get(&a.opts, "backing_file");
     const char *o_backing_fmt = kvopts_get(&a.opts, "backing_fmt");
-    if (!backing && o_backing)
-        backing = (char *)o_backing;
-    if (!backing_fmt && o_backing_fmt)
-        backing_fmt = (char *)o_backing_fmt;
+    const char *backing = backing_arg ? backing_arg : o_backing;
+    const char *backing_fmt = backing_fmt_arg ? backing_fmt_arg : o_backing_fmt;
     if (backing_fmt && !backing) {
         status = cmd_usage_error(&cl, "-F needs a backing file (-b)");
         goto out;

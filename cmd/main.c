@@ -9,6 +9,7 @@
 const struct command commands[] = {
     { "create",  cmd_create,  "create a new disk image", "[OPTIONS] FILENAME [SIZE]" },
     { "info",    cmd_info,    "show information about a disk image", "[OPTIONS] FILENAME" },
+    { "check",   cmd_check,   "check an image's metadata for errors and repair them", "[OPTIONS] FILENAME" },
     { "map",     cmd_map,     "show how the data of an image is laid out", "[OPTIONS] FILENAME" },
     { "compare", cmd_compare, "compare the contents of two images", "[OPTIONS] FILENAME1 FILENAME2" },
     { "convert", cmd_convert, "copy an image, converting its format", "[OPTIONS] SOURCE TARGET" },

@@ -1,11 +1,13 @@
 /* The generic block layer: the driver table, probing, opening backing
  * chains, bounds-checked I/O and block status resolved through the chain. */
 #include "blockdev.h"
+#include "blockdev-bitmaps.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -133,6 +135,7 @@ static int open_layer(const char *filename, const char *format, unsigned flags, 
     }
     bs->open_flags = flags;
     bs->read_only = !(flags & BLK_OPEN_RDWR);
+    blk_bitmaps_init(bs);
     int ret = hostfile_open(filename, fflags, &bs->file, e);
     if (ret < 0)
         goto fail;
@@ -146,6 +149,10 @@ static int open_layer(const char *filename, const char *format, unsigned flags, 
     }
     ret = open_backing(bs, flags, depth, e);
     if (ret < 0)
+        goto fail;
+    /* Before any guest write, a writable image's bitmaps are loaded and
+     * marked in use (blockdev-bitmaps.h); check opens leave them alone. */
+    if (!bs->read_only && !(flags & BLK_OPEN_CHECK) && (ret = blk_bitmaps_open(bs, e)) < 0)
         goto fail;
     *out = bs;
     return 0;
@@ -164,6 +171,7 @@ void blk_close(struct blockdev *bs)
 {
     while (bs) {
         struct blockdev *backing = bs->backing;
+        blk_bitmaps_close(bs);
         if (bs->drv && bs->drv->close)
             bs->drv->close(bs);
         hostfile_close(bs->file);
@@ -350,6 +358,20 @@ static int check_writable(struct blockdev *bs, struct err *e)
     return 0;
 }
 
+/* A write of guest data: allowed, in range, and recorded in the dirty
+ * bitmaps before the driver writes (so no change escapes them). */
+static int begin_guest_write(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
+{
+    int ret = check_writable(bs, e);
+    if (ret == 0)
+        ret = blk_bitmaps_check_guest_write(bs, e);
+    if (ret == 0)
+        ret = check_range(bs, off, len, e);
+    if (ret == 0)
+        blk_bitmaps_mark(bs, off, len);
+    return ret;
+}
+
 int blk_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
                struct err *e)
 {
@@ -362,9 +384,7 @@ int blk_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov, int i
 int blk_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
                 struct err *e)
 {
-    int ret = check_writable(bs, e);
-    if (ret == 0)
-        ret = check_range(bs, off, iov_size(iov, iovcnt), e);
+    int ret = begin_guest_write(bs, off, iov_size(iov, iovcnt), e);
     if (ret < 0)
         return ret;
     return bs->drv->pwritev(bs, off, iov, iovcnt, e);
@@ -385,9 +405,7 @@ int blk_pwrite(struct blockdev *bs, uint64_t off, const void *buf, size_t len, s
 int blk_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned flags,
                      struct err *e)
 {
-    int ret = check_writable(bs, e);
-    if (ret == 0)
-        ret = check_range(bs, off, len, e);
+    int ret = begin_guest_write(bs, off, len, e);
     if (ret < 0 || len == 0)
         return ret;
     return bs->drv->write_zeroes(bs, off, len, flags, e);
@@ -401,7 +419,9 @@ int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
     if (ret < 0 || len == 0)
         return ret;
     if (!bs->drv->discard)
-        return 0;   /* discard is a hint */
+        return 0;   /* discard is a hint: nothing changes, nothing is marked */
+    if ((ret = begin_guest_write(bs, off, len, e)) < 0)
+        return ret;
     return bs->drv->discard(bs, off, len, e);
 }
 
@@ -420,7 +440,12 @@ int blk_truncate(struct blockdev *bs, uint64_t size, struct err *e)
     if (!bs->drv->truncate)
         return err_set(e, ENOTSUP, "%s: format '%s' cannot be resized", bs->filename,
                        bs->drv->name);
-    return bs->drv->truncate(bs, size, e);
+    if ((ret = blk_bitmaps_check_guest_write(bs, e)) < 0 ||
+        (ret = blk_bitmaps_check_truncate(bs, e)) < 0)
+        return ret;
+    if ((ret = bs->drv->truncate(bs, size, e)) < 0)
+        return ret;
+    return blk_bitmaps_truncate(bs, size, e);
 }
 
 uint32_t blk_write_alignment(struct blockdev *bs)
@@ -429,18 +454,63 @@ uint32_t blk_write_alignment(struct blockdev *bs)
     return a ? a : 1;
 }
 
+int blk_check(struct blockdev *bs, struct blk_check_result *res, unsigned fix, struct err *e)
+{
+    if (!bs->drv->check)
+        return err_set(e, ENOTSUP, "%s: format '%s' does not support checks", bs->filename,
+                       bs->drv->name);
+    if (fix && bs->read_only)
+        return err_set(e, EROFS, "%s: repairing needs the image open read-write",
+                       bs->filename);
+    return bs->drv->check(bs, res, fix, e);
+}
+
+void blk_check_report(struct blk_check_result *res, const char *fmt, ...)
+{
+    /* A bounded number of lines: a badly damaged image must not make the
+     * report itself huge; the counters still count everything. */
+    if (res->nmessages >= 10000)
+        return;
+    char **m = realloc(res->messages, sizeof(*m) * (res->nmessages + 1));
+    if (!m)
+        return;
+    res->messages = m;
+    va_list ap;
+    va_start(ap, fmt);
+    if (vasprintf(&m[res->nmessages], fmt, ap) >= 0)
+        res->nmessages++;
+    va_end(ap);
+}
+
+void blk_check_result_free(struct blk_check_result *res)
+{
+    for (size_t i = 0; i < res->nmessages; i++)
+        free(res->messages[i]);
+    free(res->messages);
+    memset(res, 0, sizeof(*res));
+}
+
 int blk_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *buf, size_t len,
                           struct err *e)
 {
     int ret = check_writable(bs, e);
     if (ret == 0)
         ret = check_range(bs, off, len, e);
+    if (ret == 0)
+        ret = blk_check_compression(bs->drv, bs->filename, e);
     if (ret < 0)
         return ret;
-    if (!bs->drv->pwrite_compressed)
-        return err_set(e, ENOTSUP, "%s: format '%s' does not support compression",
-                       bs->filename, bs->drv->name);
+    if ((ret = begin_guest_write(bs, off, len, e)) < 0)
+        return ret;
     return bs->drv->pwrite_compressed(bs, off, buf, len, e);
+}
+
+int blk_check_compression(const struct blockdrv *drv, const char *filename, struct err *e)
+{
+    if (!drv->pwrite_compressed)
+        return err_set(e, ENOTSUP, "%s: format '%s' does not support compression",
+                       filename, drv->name);
+    return 0;
 }
 
 int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,

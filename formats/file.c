@@ -43,6 +43,15 @@ int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struc
         return err_set(e, ENOMEM, "%s: out of memory", path);
     }
     f->fd = fd;
+    f->fd_buffered = -1;
+    if (flags & HOSTFILE_DIRECT) {
+        f->fd_buffered = open(path, oflags & ~(O_DIRECT | O_CREAT | O_EXCL));
+        if (f->fd_buffered < 0) {
+            int ret = err_errno(e, errno, "%s: cannot open", path);
+            hostfile_close(f);
+            return ret;
+        }
+    }
     f->writable = flags & HOSTFILE_RDWR;
     f->direct = flags & HOSTFILE_DIRECT;
     f->is_block_device = S_ISBLK(st.st_mode);
@@ -73,6 +82,8 @@ void hostfile_close(struct hostfile *f)
         return;
     if (f->fd >= 0)
         close(f->fd);   /* closing the descriptor releases its OFD locks */
+    if (f->fd_buffered >= 0)
+        close(f->fd_buffered);
     free(f->path);
     free(f);
 }
@@ -192,14 +203,28 @@ static int iov_advance(const struct iovec **iov, int *iovcnt, size_t *skip, size
     return n;
 }
 
+/* The descriptor for a request: O_DIRECT only when everything is aligned. */
+static int fd_for(const struct hostfile *f, uint64_t off, const struct iovec *iov, int iovcnt)
+{
+    if (f->fd_buffered < 0)
+        return f->fd;
+    if (off % DIRECT_ALIGN)
+        return f->fd_buffered;
+    for (int i = 0; i < iovcnt; i++)
+        if ((uintptr_t)iov[i].iov_base % DIRECT_ALIGN || iov[i].iov_len % DIRECT_ALIGN)
+            return f->fd_buffered;
+    return f->fd;
+}
+
 int hostfile_preadv(struct hostfile *f, uint64_t off, const struct iovec *iov, int iovcnt,
                     struct err *e)
 {
+    int fd = fd_for(f, off, iov, iovcnt);
     struct iovec cur[IOV_BATCH];
     size_t skip = 0;
     int n = iov_advance(&iov, &iovcnt, &skip, 0, cur);
     while (n > 0) {
-        ssize_t r = preadv(f->fd, cur, n, (off_t)off);
+        ssize_t r = preadv(fd, cur, n, (off_t)off);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -223,11 +248,12 @@ int hostfile_preadv(struct hostfile *f, uint64_t off, const struct iovec *iov, i
 int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, int iovcnt,
                      struct err *e)
 {
+    int fd = fd_for(f, off, iov, iovcnt);
     struct iovec cur[IOV_BATCH];
     size_t skip = 0;
     int n = iov_advance(&iov, &iovcnt, &skip, 0, cur);
     while (n > 0) {
-        ssize_t r = pwritev(f->fd, cur, n, (off_t)off);
+        ssize_t r = pwritev(fd, cur, n, (off_t)off);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -242,7 +268,7 @@ int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, 
 
 int hostfile_flush(struct hostfile *f, struct err *e)
 {
-    if (fdatasync(f->fd) < 0)
+    if (fdatasync(f->fd) < 0 || (f->fd_buffered >= 0 && fdatasync(f->fd_buffered) < 0))
         return err_errno(e, errno, "%s: flush failed", f->path);
     return 0;
 }

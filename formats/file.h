@@ -10,6 +10,9 @@
 
 #include "util.h"
 
+/* Alignment of buffers, offsets and lengths that O_DIRECT requests use. */
+#define DIRECT_ALIGN 4096
+
 enum {
     HOSTFILE_RDWR        = 1 << 0,
     HOSTFILE_DIRECT      = 1 << 1,  /* O_DIRECT */
@@ -31,6 +34,9 @@ enum {
 
 struct hostfile {
     int fd;
+    /* With O_DIRECT: a second, buffered descriptor for requests that are
+     * not aligned to DIRECT_ALIGN (O_DIRECT would refuse them). */
+    int fd_buffered;
     char *path;
     bool writable;
     bool direct;

@@ -43,4 +43,10 @@ expect_status 1 imgtool create -f raw -o cluster_size=64k x.img 1M
 expect_match "$(err)" "format 'raw' does not support option 'cluster_size'"
 [ ! -e x.img ] || die "failed create left x.img behind"
 ls -a | grep -q imgtool-tmp && die "failed create left a temporary file"
+# check: raw has no metadata to check, exit 63 as qemu-img.
+ok imgtool create -q -f raw r.raw 1M
+expect_status 63 imgtool check r.raw
+expect_eq "$(err)" "imgtool: r.raw: format 'raw' does not support checks"
+expect_status 1 imgtool check -r bogus r.raw
+expect_status 1 imgtool check -r all -U r.raw
 passed

@@ -65,6 +65,15 @@ expect_match "$(err)" 'use --shrink'
 ok imgtool resize --shrink a.raw 2M
 expect_eq "$(qemu-img info --output=json a.raw | grep -c '"virtual-size": 2097152')" 1
 
+# O_DIRECT (--cache=none / -t none): aligned and unaligned requests both work.
+ok imgtool create -q -f raw d.raw 1M
+ok imgtool io -t none -c 'write -P 0x41 100 1000' -c 'write -P 0x42 64k 64k' -c 'read -P 0x41 100 1000' d.raw
+ok qemu-io -f raw -c 'read -P 0x41 100 1000' -c 'read -P 0x42 64k 64k' -c 'read -P 0 1100 1000' d.raw
+ok imgtool convert -t none -T none d.raw d2.raw
+same_content -f raw -F raw d.raw d2.raw
+expect_status 1 imgtool io -t bogus -c 'read 0 1' d.raw
+expect_match "$(err)" "invalid cache mode 'bogus'"
+
 # Sizes compare like qemu-img: a larger image with a zero tail is identical.
 ok qemu-img create -f raw s1.raw 1M
 ok qemu-img create -f raw s2.raw 2M

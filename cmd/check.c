@@ -1,0 +1,170 @@
+/* imgtool check: verify an image's metadata as qemu-img check does, and
+ * repair it with -r leaks / -r all.  Exit 0 clean, 1 the check could not
+ * be completed, 2 corruptions, 3 leaked clusters only, 63 the format has
+ * no checks. */
+#include <errno.h>
+#include <inttypes.h>
+#include <string.h>
+
+#include "cmd/commands.h"
+
+enum {
+    CHECK_CLEAN = 0,
+    CHECK_FAILED = 1,
+    CHECK_CORRUPT = 2,
+    CHECK_LEAKS = 3,
+    CHECK_UNSUPPORTED = 63,
+};
+
+static int check_status(const struct blk_check_result *r)
+{
+    if (r->check_errors)
+        return CHECK_FAILED;
+    if (r->corruptions)
+        return CHECK_CORRUPT;
+    if (r->leaks)
+        return CHECK_LEAKS;
+    return CHECK_CLEAN;
+}
+
+static void print_human(const char *filename, const struct blk_check_result *r, bool quiet)
+{
+    for (size_t i = 0; i < r->nmessages; i++)
+        fprintf(stderr, "%s\n", r->messages[i]);
+    if (quiet)
+        return;
+    if (!r->corruptions && !r->leaks && !r->check_errors)
+        printf("No errors were found on the image.\n");
+    if (r->corruptions)
+        printf("\n%" PRIu64 " errors were found on the image.\n"
+               "Data may be corrupted, or further writes to the image may corrupt it.\n",
+               r->corruptions);
+    if (r->leaks)
+        printf("\n%" PRIu64 " leaked clusters were found on the image.\n"
+               "This means waste of disk space, but no harm to data.\n", r->leaks);
+    if (r->check_errors)
+        printf("\n%" PRIu64 " internal errors have occurred during the check.\n",
+               r->check_errors);
+    if (r->total_clusters)
+        printf("%" PRIu64 "/%" PRIu64 " = %0.2f%% allocated, %0.2f%% fragmented, "
+               "%0.2f%% compressed clusters\n", r->allocated_clusters, r->total_clusters,
+               r->allocated_clusters * 100.0 / r->total_clusters,
+               r->allocated_clusters ? r->fragmented_clusters * 100.0 / r->allocated_clusters : 0,
+               r->allocated_clusters ? r->compressed_clusters * 100.0 / r->allocated_clusters : 0);
+    if (r->image_end_offset)
+        printf("Image end offset: %" PRIu64 "\n", r->image_end_offset);
+    (void)filename;
+}
+
+static void print_json(const char *filename, const char *format,
+                       const struct blk_check_result *r)
+{
+    struct prop *o = prop_new_object();
+    if (!o)
+        return;
+    if (r->image_end_offset)
+        prop_add_uint(o, "image-end-offset", r->image_end_offset);
+    if (r->total_clusters)
+        prop_add_uint(o, "total-clusters", r->total_clusters);
+    if (r->corruptions)
+        prop_add_uint(o, "corruptions", r->corruptions);
+    if (r->leaks)
+        prop_add_uint(o, "leaks", r->leaks);
+    if (r->corruptions_fixed)
+        prop_add_uint(o, "corruptions-fixed", r->corruptions_fixed);
+    if (r->leaks_fixed)
+        prop_add_uint(o, "leaks-fixed", r->leaks_fixed);
+    prop_add_uint(o, "check-errors", r->check_errors);
+    if (r->total_clusters)
+        prop_add_uint(o, "allocated-clusters", r->allocated_clusters);
+    if (r->fragmented_clusters)
+        prop_add_uint(o, "fragmented-clusters", r->fragmented_clusters);
+    if (r->compressed_clusters)
+        prop_add_uint(o, "compressed-clusters", r->compressed_clusters);
+    prop_add_string(o, "filename", filename);
+    prop_add_string(o, "format", format);
+    json_print(stdout, o, 0);
+    printf("\n");
+    prop_free(o);
+}
+
+int cmd_check(const struct command *cmd, int argc, const char **argv)
+{
+    char *format = NULL, *output = NULL, *repair = NULL;
+    int force_share = 0, quiet = 0;
+    struct poptOption options[] = {
+        { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
+        { "output", '\0', POPT_ARG_STRING, &output, 0, "output format", "human|json" },
+        { "repair", 'r', POPT_ARG_STRING, &repair, 0,
+          "repair leaked clusters (leaks) or every inconsistency (all)", "leaks|all" },
+        { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
+          "check even if another process is writing the image (results may be wrong)", NULL },
+        { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print only the problems", NULL },
+        POPT_TABLEEND
+    };
+    struct cmdline cl = { 0 };
+    enum output_mode mode;
+    struct blockdev *bs = NULL;
+    struct blk_check_result res = { 0 };
+    struct err e = { 0 };
+    unsigned fix = 0;
+    int status = cmd_parse(&cl, cmd, argc, argv, options, 1, 1, NULL, NULL);
+    if (status >= 0 || (status = cmd_parse_output(&cl, output, &mode)) >= 0)
+        goto out;
+    if (repair) {
+        if (!strcmp(repair, "leaks")) {
+            fix = BLK_CHECK_FIX_LEAKS;
+        } else if (!strcmp(repair, "all")) {
+            fix = BLK_CHECK_FIX_LEAKS | BLK_CHECK_FIX_ERRORS;
+        } else {
+            status = cmd_usage_error(&cl, "-r must be 'leaks' or 'all', not '%s'", repair);
+            goto out;
+        }
+        if (force_share) {
+            status = cmd_usage_error(&cl, "-U cannot be used with -r: repairing an image "
+                                     "another process writes would corrupt it");
+            goto out;
+        }
+    }
+    unsigned flags = BLK_OPEN_NO_BACKING | BLK_OPEN_CHECK | (fix ? BLK_OPEN_RDWR : 0) |
+                     (force_share ? BLK_OPEN_FORCE_SHARE : 0);
+    status = CHECK_FAILED;
+    if (blk_open(cl.args[0], format, flags, &bs, &e) < 0)
+        goto fail;
+    int ret = blk_check(bs, &res, fix, &e);
+    if (ret == -ENOTSUP) {
+        cmd_error("%s", e.msg);
+        status = CHECK_UNSUPPORTED;
+        goto out;
+    }
+    if (ret < 0)
+        goto fail;
+    if (fix && (res.leaks_fixed || res.corruptions_fixed)) {
+        /* Report what was repaired, then check again so the result shown
+         * (and the exit status) describes the image as it is now. */
+        if (mode == OUTPUT_HUMAN && !quiet)
+            printf("The following inconsistencies were found and repaired:\n\n"
+                   "    %" PRIu64 " leaked clusters\n    %" PRIu64 " corruptions\n\n"
+                   "Double checking the fixed image now...\n",
+                   res.leaks_fixed, res.corruptions_fixed);
+        uint64_t leaks_fixed = res.leaks_fixed, corruptions_fixed = res.corruptions_fixed;
+        blk_check_result_free(&res);
+        if (blk_check(bs, &res, 0, &e) < 0)
+            goto fail;
+        res.leaks_fixed = leaks_fixed;
+        res.corruptions_fixed = corruptions_fixed;
+    }
+    if (mode == OUTPUT_JSON)
+        print_json(bs->filename, bs->drv->name, &res);
+    else
+        print_human(bs->filename, &res, quiet);
+    status = check_status(&res);
+    goto out;
+fail:
+    cmd_print_err(&e);
+out:
+    blk_check_result_free(&res);
+    blk_close(bs);
+    cmd_done(&cl);
+    return status;
+}
