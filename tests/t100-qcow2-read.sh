@@ -50,6 +50,11 @@ for cs in 4k 64k 2M; do
     ok imgtool map --output=json c$cs.qcow2
     expect_match "$(out)" '"data": true}' "compressed extents carry no offset"
 done
+# zstd-compressed clusters (compression_type=zstd, incompatible bit 3).
+ok qemu-img convert -c -O qcow2 -o compression_type=zstd,cluster_size=64k src.raw zstd.qcow2
+check_read zstd.qcow2 nomap
+ok imgtool info --output=json zstd.qcow2
+expect_match "$(out)" '"compression-type": "zstd"' "zstd in info"
 # Compressed clusters partly overwritten by qemu-io.
 ok qemu-io -f qcow2 -c 'write -P 0x70 4k 4k' -c 'write -z 64k 64k' c64k.qcow2
 check_read c64k.qcow2 nomap

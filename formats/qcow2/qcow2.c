@@ -44,12 +44,14 @@ static int open_state(struct blockdev *bs, struct qcow2_state **out, struct err 
     int ret = qcow2_read_header(s, e);
     if (ret < 0)
         goto fail;
-    if (!bs->read_only && (s->incompatible & QCOW2_INCOMPAT_CORRUPT)) {
+    /* check (BLK_OPEN_CHECK) opens damaged images to repair them. */
+    bool repairing = bs->open_flags & BLK_OPEN_CHECK;
+    if (!bs->read_only && !repairing && (s->incompatible & QCOW2_INCOMPAT_CORRUPT)) {
         ret = err_set(e, EROFS, "%s: image is marked corrupt: open it read-only, or repair it "
                       "with 'imgtool check -r all'", bs->filename);
         goto fail;
     }
-    if (!bs->read_only && (s->incompatible & QCOW2_INCOMPAT_DIRTY)) {
+    if (!bs->read_only && !repairing && (s->incompatible & QCOW2_INCOMPAT_DIRTY)) {
         ret = err_set(e, EROFS, "%s: image was not closed cleanly (dirty bit set, lazy "
                       "refcounts): repair it with 'imgtool check -r all' or 'qemu-img check "
                       "-r all', or open it read-only", bs->filename);
