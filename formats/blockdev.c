@@ -1,6 +1,7 @@
 /* The generic block layer: the driver table, probing, opening backing
  * chains, bounds-checked I/O and block status resolved through the chain. */
 #include "blockdev.h"
+#include "blockdev-bitmaps.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -13,11 +14,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+extern const struct blockdrv blockdrv_qcow2;
 extern const struct blockdrv blockdrv_raw;
 
 /* The one driver table.  Probing asks each driver for a score; raw is the
  * fallback (it scores 1 on anything). */
 static const struct blockdrv *const drivers[] = {
+    &blockdrv_qcow2,
     &blockdrv_raw,
     NULL,
 };
@@ -132,6 +135,7 @@ static int open_layer(const char *filename, const char *format, unsigned flags, 
     }
     bs->open_flags = flags;
     bs->read_only = !(flags & BLK_OPEN_RDWR);
+    blk_bitmaps_init(bs);
     int ret = hostfile_open(filename, fflags, &bs->file, e);
     if (ret < 0)
         goto fail;
@@ -145,6 +149,10 @@ static int open_layer(const char *filename, const char *format, unsigned flags, 
     }
     ret = open_backing(bs, flags, depth, e);
     if (ret < 0)
+        goto fail;
+    /* Before any guest write, a writable image's bitmaps are loaded and
+     * marked in use (blockdev-bitmaps.h); check opens leave them alone. */
+    if (!bs->read_only && !(flags & BLK_OPEN_CHECK) && (ret = blk_bitmaps_open(bs, e)) < 0)
         goto fail;
     *out = bs;
     return 0;
@@ -163,6 +171,7 @@ void blk_close(struct blockdev *bs)
 {
     while (bs) {
         struct blockdev *backing = bs->backing;
+        blk_bitmaps_close(bs);
         if (bs->drv && bs->drv->close)
             bs->drv->close(bs);
         hostfile_close(bs->file);
@@ -349,6 +358,20 @@ static int check_writable(struct blockdev *bs, struct err *e)
     return 0;
 }
 
+/* A write of guest data: allowed, in range, and recorded in the dirty
+ * bitmaps before the driver writes (so no change escapes them). */
+static int begin_guest_write(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
+{
+    int ret = check_writable(bs, e);
+    if (ret == 0)
+        ret = blk_bitmaps_check_guest_write(bs, e);
+    if (ret == 0)
+        ret = check_range(bs, off, len, e);
+    if (ret == 0)
+        blk_bitmaps_mark(bs, off, len);
+    return ret;
+}
+
 int blk_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
                struct err *e)
 {
@@ -361,9 +384,7 @@ int blk_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov, int i
 int blk_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
                 struct err *e)
 {
-    int ret = check_writable(bs, e);
-    if (ret == 0)
-        ret = check_range(bs, off, iov_size(iov, iovcnt), e);
+    int ret = begin_guest_write(bs, off, iov_size(iov, iovcnt), e);
     if (ret < 0)
         return ret;
     return bs->drv->pwritev(bs, off, iov, iovcnt, e);
@@ -384,9 +405,7 @@ int blk_pwrite(struct blockdev *bs, uint64_t off, const void *buf, size_t len, s
 int blk_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned flags,
                      struct err *e)
 {
-    int ret = check_writable(bs, e);
-    if (ret == 0)
-        ret = check_range(bs, off, len, e);
+    int ret = begin_guest_write(bs, off, len, e);
     if (ret < 0 || len == 0)
         return ret;
     return bs->drv->write_zeroes(bs, off, len, flags, e);
@@ -400,7 +419,9 @@ int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
     if (ret < 0 || len == 0)
         return ret;
     if (!bs->drv->discard)
-        return 0;   /* discard is a hint */
+        return 0;   /* discard is a hint: nothing changes, nothing is marked */
+    if ((ret = begin_guest_write(bs, off, len, e)) < 0)
+        return ret;
     return bs->drv->discard(bs, off, len, e);
 }
 
@@ -419,7 +440,12 @@ int blk_truncate(struct blockdev *bs, uint64_t size, struct err *e)
     if (!bs->drv->truncate)
         return err_set(e, ENOTSUP, "%s: format '%s' cannot be resized", bs->filename,
                        bs->drv->name);
-    return bs->drv->truncate(bs, size, e);
+    if ((ret = blk_bitmaps_check_guest_write(bs, e)) < 0 ||
+        (ret = blk_bitmaps_check_truncate(bs, e)) < 0)
+        return ret;
+    if ((ret = bs->drv->truncate(bs, size, e)) < 0)
+        return ret;
+    return blk_bitmaps_truncate(bs, size, e);
 }
 
 uint32_t blk_write_alignment(struct blockdev *bs)
@@ -470,12 +496,21 @@ int blk_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *buf, si
     int ret = check_writable(bs, e);
     if (ret == 0)
         ret = check_range(bs, off, len, e);
+    if (ret == 0)
+        ret = blk_check_compression(bs->drv, bs->filename, e);
     if (ret < 0)
         return ret;
-    if (!bs->drv->pwrite_compressed)
-        return err_set(e, ENOTSUP, "%s: format '%s' does not support compression",
-                       bs->filename, bs->drv->name);
+    if ((ret = begin_guest_write(bs, off, len, e)) < 0)
+        return ret;
     return bs->drv->pwrite_compressed(bs, off, buf, len, e);
+}
+
+int blk_check_compression(const struct blockdrv *drv, const char *filename, struct err *e)
+{
+    if (!drv->pwrite_compressed)
+        return err_set(e, ENOTSUP, "%s: format '%s' does not support compression",
+                       filename, drv->name);
+    return 0;
 }
 
 int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,
@@ -518,14 +553,13 @@ int blk_block_status_above(struct blockdev *bs, const struct blockdev *base, uin
                 ext->flags = (ext->flags & ~BLK_STATUS_DATA) | BLK_STATUS_ZERO;
             return 0;
         }
-        depth++;
         if (off >= backing->size) {
-            /* Past the end of a shorter backing file: zeroes. */
+            /* Past the end of a shorter backing file: zeroes, reported at
+             * this layer, as qemu-img map does. */
             ext->flags = BLK_STATUS_ZERO;
-            ext->depth = depth;
-            ext->layer = backing;
             return 0;
         }
+        depth++;
         bytes = min_u64(bytes, backing->size - off);
         layer = backing;
     }

@@ -17,6 +17,7 @@
 #ifndef IMGTOOL_BLOCKDEV_H
 #define IMGTOOL_BLOCKDEV_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -28,6 +29,7 @@
 #include "util.h"
 
 struct blockdev;
+struct dirty_bitmap;
 
 /* Flags for blk_open(). */
 enum {
@@ -37,6 +39,10 @@ enum {
     BLK_OPEN_DIRECT      = 1 << 3,  /* O_DIRECT (--cache=none) */
     BLK_OPEN_NO_LOCK     = 1 << 4,  /* take no image locks (tests, special files) */
     BLK_OPEN_CHECK       = 1 << 5,  /* for check: open images marked dirty or corrupt */
+    /* With RDWR: change only the persistent bitmaps (blk_bitmaps_store is
+     * then the one atomic change); guest writes are refused and the bitmaps
+     * are not marked in use.  See formats/blockdev-bitmaps.h. */
+    BLK_OPEN_BITMAPS_ONLY = 1 << 6,
 };
 
 /* Flags for blockdrv.check (check -r leaks / -r all). */
@@ -136,6 +142,20 @@ struct blockdrv {
                  struct err *e);
     /* Preferred alignment for writes (cluster size); 0 means 1. */
     uint32_t (*write_alignment)(struct blockdev *bs);
+    /* Persistent dirty bitmaps (formats/blockdev-bitmaps.h); NULL when the
+     * format cannot store them.  bitmaps_load adds the image's bitmaps to
+     * bs with blk_bitmap_attach (those marked in use on disk flagged
+     * inconsistent); with mark_in_use (writable opens) it then marks the
+     * consistent ones in use on disk, flushed, before returning.
+     * bitmaps_store writes the persistent bitmaps attached to bs as the
+     * image's whole set, atomically: a crash at any point leaves the old or
+     * the new set (plus leaked clusters); `in_use` is the flag the
+     * consistent ones get.  bitmap_check_new says whether a new bitmap of
+     * that name and granularity can be stored. */
+    int (*bitmaps_load)(struct blockdev *bs, bool mark_in_use, struct err *e);
+    int (*bitmaps_store)(struct blockdev *bs, bool in_use, struct err *e);
+    int (*bitmap_check_new)(struct blockdev *bs, const char *name, uint32_t granularity,
+                            struct err *e);
 };
 
 struct blockdev {
@@ -152,6 +172,16 @@ struct blockdev {
     char *backing_path;
     char *backing_format;
     struct blockdev *backing;
+    /* Dirty bitmaps (formats/blockdev-bitmaps.h): every write through the
+     * blk_* functions marks the enabled ones.  bitmaps_lock serialises the
+     * marking done by I/O threads and any access to bitmap contents while
+     * I/O may run; the set itself changes only while no I/O is in flight. */
+    struct dirty_bitmap **bitmaps;
+    size_t nbitmaps;
+    pthread_mutex_t bitmaps_lock;
+    bool bitmaps_loaded;        /* the image's persistent bitmaps are attached */
+    bool bitmaps_in_use;        /* marked in use on disk: stored again at close */
+    bool bitmaps_released;      /* stored for good: no more guest writes */
 };
 
 /* --- Driver table and probing --- */
@@ -200,6 +230,9 @@ void blk_check_result_free(struct blk_check_result *res);
 /* Compressed writes: -ENOTSUP naming the format when it has none. */
 int blk_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *buf, size_t len,
                           struct err *e);
+/* 0 if format `drv` writes compressed clusters, else that same -ENOTSUP
+ * error naming `filename` (to refuse -c before creating a target). */
+int blk_check_compression(const struct blockdrv *drv, const char *filename, struct err *e);
 
 /* Status of the run at `off` in this layer only (see blockdrv.block_status). */
 int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,
