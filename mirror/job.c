@@ -323,6 +323,7 @@ static int run_copy(struct mirror_job *job, struct err *e)
         .target_is_zero = job->p->target_is_zero ||
                           (job->tmp_path && !job->dst->backing),
         .buf_size = job->p->buf_size,
+        .max_in_flight = (unsigned)job->p->max_in_flight,
         .progress = on_progress, .opaque = job,
         .cancel = job->opts->cancel,
     };
