@@ -497,10 +497,15 @@ static int qcow2_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, u
 
 /* QEMU's discard: whole clusters only (partial ones are ignored, except a
  * partial last cluster of the disk); v3 marks them zero when that differs
- * from what unallocated would read, v2 deallocates. */
+ * from what unallocated would read, v2 without a backing file
+ * deallocates. */
 static int qcow2_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
 {
     struct qcow2_state *s = bs->opaque;
+    /* v2 cannot mark clusters zero: discarding would expose the backing
+     * file's data, so QEMU ignores discards there. */
+    if (s->version < 3 && has_backing(bs))
+        return 0;
     uint64_t end = off + len;
     uint64_t first = align_up(off, s->cluster_size);
     uint64_t last = end == bs->size ? end : align_down(end, s->cluster_size);
