@@ -609,6 +609,14 @@ static int truncate_locked(struct qcow2_state *s, uint64_t size, struct err *e)
 static int qcow2_truncate(struct blockdev *bs, uint64_t size, struct err *e)
 {
     struct qcow2_state *s = bs->opaque;
+    uint64_t tail_end = min_u64(size, align_up(s->size, s->cluster_size));
+    if (size > s->size && tail_end > s->size && !s->nb_snapshots) {
+        /* The partial last cluster may hold bytes from before a shrink:
+         * the grown part must read as zeroes (QEMU 7.2 leaves them). */
+        int ret = write_zero_buffer(s, s->size, tail_end - s->size, e);
+        if (ret < 0)
+            return ret;
+    }
     pthread_mutex_lock(&s->lock);
     int ret = truncate_locked(s, size, e);
     pthread_mutex_unlock(&s->lock);
