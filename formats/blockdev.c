@@ -14,11 +14,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+extern const struct blockdrv blockdrv_qcow2;
 extern const struct blockdrv blockdrv_raw;
 
 /* The one driver table.  Probing asks each driver for a score; raw is the
  * fallback (it scores 1 on anything). */
 static const struct blockdrv *const drivers[] = {
+    &blockdrv_qcow2,
     &blockdrv_raw,
     NULL,
 };
@@ -551,14 +553,13 @@ int blk_block_status_above(struct blockdev *bs, const struct blockdev *base, uin
                 ext->flags = (ext->flags & ~BLK_STATUS_DATA) | BLK_STATUS_ZERO;
             return 0;
         }
-        depth++;
         if (off >= backing->size) {
-            /* Past the end of a shorter backing file: zeroes. */
+            /* Past the end of a shorter backing file: zeroes, reported at
+             * this layer, as qemu-img map does. */
             ext->flags = BLK_STATUS_ZERO;
-            ext->depth = depth;
-            ext->layer = backing;
             return 0;
         }
+        depth++;
         bytes = min_u64(bytes, backing->size - off);
         layer = backing;
     }
