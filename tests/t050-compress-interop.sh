@@ -26,7 +26,7 @@ compressed_clusters() {
 for type in zlib zstd; do
     # QEMU compresses, imgtool reads.
     ok qemu-img convert -c -f raw -O qcow2 -o compression_type=$type src.raw "qemu-$type.qcow2"
-    [ "$(compressed_clusters "qemu-$type.qcow2")" -gt 100 ] ||
+    [ "$(compressed_clusters "qemu-$type.qcow2")" -gt 50 ] ||
         die "qemu-img wrote too few compressed clusters"
     ok imgtool convert -O raw "qemu-$type.qcow2" "back-$type.raw"
     checks=$((checks + 1))
