@@ -342,8 +342,12 @@ static void report_progress_locked(struct engine *eng)
 static void wait_locked(struct engine *eng, bool (*ready)(const struct engine *))
 {
     for (;;) {
+        /* Look first, report second: the report drops the lock, and what
+         * completes meanwhile must still be reported before returning
+         * (both conditions stay true once true). */
+        bool finished = eng->failed || ready(eng);
         report_progress_locked(eng);
-        if (eng->failed || ready(eng))
+        if (finished)
             return;
         if (cancel_requested(eng->job)) {
             cancel_locked(eng);
