@@ -50,9 +50,10 @@ struct chunk {
     size_t npieces, cap;
 };
 
-/* The source extent the dispatcher is cutting chunks from. */
+/* What is left of the source extent the dispatcher is cutting chunks
+ * from (it always starts at the dispatcher's position). */
 struct cursor {
-    uint64_t off, len;          /* len == 0: nothing loaded */
+    uint64_t len;               /* 0: used up, load the next one */
     enum chunk_kind kind;
 };
 
@@ -341,8 +342,12 @@ static void report_progress_locked(struct engine *eng)
 static void wait_locked(struct engine *eng, bool (*ready)(const struct engine *))
 {
     for (;;) {
+        /* Look first, report second: the report drops the lock, and what
+         * completes meanwhile must still be reported before returning
+         * (both conditions stay true once true). */
+        bool finished = eng->failed || ready(eng);
         report_progress_locked(eng);
-        if (eng->failed || ready(eng))
+        if (finished)
             return;
         if (cancel_requested(eng->job)) {
             cancel_locked(eng);
@@ -381,7 +386,6 @@ static int cursor_load(struct engine *eng, struct cursor *cur, uint64_t off, str
     int ret = blk_block_status_above(job->src, job->base, off, eng->end - off, &ext, e);
     if (ret < 0)
         return ret;
-    cur->off = off;
     cur->len = ext.length;
     if (job->base && !(ext.flags & BLK_STATUS_ALLOCATED))
         cur->kind = CHUNK_SKIP;     /* base or below: the target's backing has it */
@@ -394,7 +398,6 @@ static int cursor_load(struct engine *eng, struct cursor *cur, uint64_t off, str
 
 static void cursor_take(struct cursor *cur, uint64_t len)
 {
-    cur->off += len;
     cur->len -= len;
 }
 
