@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 struct mirror_job {
@@ -16,9 +15,7 @@ struct mirror_job {
     char *tmp_path;                 /* a new target, under its temporary name */
     uint64_t total, done;
     struct copy_stats stats;
-    const struct copy_job *copy;    /* while copying: for the rate limit */
     const struct mirror_set_options *opts;
-    struct timespec start;
 };
 
 int mirror_parse_sync(const char *s, enum mirror_sync *sync, bool *incremental)
@@ -277,25 +274,6 @@ static int prepare(struct mirror_job *job, struct err *e)
     return 0;
 }
 
-static void throttle(struct mirror_job *job)
-{
-    if (!job->p->speed)
-        return;
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    double elapsed = (double)(now.tv_sec - job->start.tv_sec) +
-                     (double)(now.tv_nsec - job->start.tv_nsec) / 1e9;
-    /* Bytes that cost I/O count; holes skipped by block status do not. */
-    const struct copy_stats *st = &job->copy->stats;
-    double due = (double)(st->bytes_read + st->bytes_zeroed) / (double)job->p->speed;
-    if (due > elapsed) {
-        double wait = due - elapsed;
-        struct timespec ts = { .tv_sec = (time_t)wait,
-                               .tv_nsec = (long)((wait - (double)(time_t)wait) * 1e9) };
-        nanosleep(&ts, NULL);
-    }
-}
-
 static void on_progress(void *opaque, uint64_t done, uint64_t total)
 {
     struct mirror_job *job = opaque;
@@ -309,12 +287,10 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
         };
         job->opts->event(job->opts->opaque, &ev);
     }
-    throttle(job);
 }
 
 static int run_copy(struct mirror_job *job, struct err *e)
 {
-    clock_gettime(CLOCK_MONOTONIC, &job->start);
     if (job->p->sync == MIRROR_SYNC_NONE)
         return 0;
     struct copy_job cj = {
@@ -324,12 +300,11 @@ static int run_copy(struct mirror_job *job, struct err *e)
                           (job->tmp_path && !job->dst->backing),
         .buf_size = job->p->buf_size,
         .max_in_flight = (unsigned)job->p->max_in_flight,
+        .speed = job->p->speed,
         .progress = on_progress, .opaque = job,
         .cancel = job->opts->cancel,
     };
-    job->copy = &cj;
     int ret = copy_run(&cj, e);
-    job->copy = NULL;
     job->stats = cj.stats;
     if (ret == 0)
         ret = blk_flush(job->dst, e);
