@@ -108,6 +108,20 @@ static bool cancel_requested(const struct copy_job *job)
 
 /* --- Work done by the workers (no engine state touched) --- */
 
+/* The target's status at `off` for copy_zeroes: where it reads zeroes
+ * (through its chain), unless explicit zeroes are wanted, where only zeroes
+ * allocated in the target itself count as already right. */
+static int target_zero_status(struct copy_job *job, uint64_t off, uint64_t len,
+                                  struct blk_extent *ext, struct err *e)
+{
+    if (!job->explicit_zeroes)
+        return blk_block_status(job->dst, off, len, ext, e);
+    int ret = blk_block_status_layer(job->dst, off, len, ext, e);
+    if (ret == 0 && !(ext->flags & BLK_STATUS_ALLOCATED))
+        ext->flags &= ~BLK_STATUS_ZERO;
+    return ret;
+}
+
 /* Make [off, off+len) of the target read as zeroes, skipping sub-ranges it
  * already reads as zeroes (unless the whole target is known to be zero). */
 static int copy_zeroes(struct copy_job *job, uint64_t off, uint64_t len,
@@ -121,13 +135,14 @@ static int copy_zeroes(struct copy_job *job, uint64_t off, uint64_t len,
         if (cancel_requested(job))
             return err_set(e, ECANCELED, "cancelled");
         struct blk_extent ext;
-        int ret = blk_block_status(job->dst, off, len, &ext, e);
+        int ret = target_zero_status(job, off, len, &ext, e);
         if (ret < 0)
             return ret;
         if (ext.flags & BLK_STATUS_ZERO) {
             st->bytes_skipped += ext.length;
         } else {
-            ret = blk_write_zeroes(job->dst, off, ext.length, BLK_ZERO_MAY_UNMAP, e);
+            ret = blk_write_zeroes(job->dst, off, ext.length,
+                                   job->explicit_zeroes ? 0 : BLK_ZERO_MAY_UNMAP, e);
             if (ret < 0)
                 return ret;
             st->bytes_zeroed += ext.length;
@@ -615,6 +630,8 @@ static int check_job(struct copy_job *job, struct err *e)
     if (job->offset + job->length > job->dst->size)
         return err_set(e, EINVAL, "%s: target is smaller (%llu bytes) than the range to "
                        "copy", job->dst->filename, (unsigned long long)job->dst->size);
+    if (job->explicit_zeroes && job->target_is_zero)
+        return err_set(e, EINVAL, "explicit zeroes and target_is_zero exclude each other");
     uint64_t prev_end = job->offset;
     for (size_t i = 0; job->ranges && i < job->nranges; i++) {
         const struct copy_range *r = &job->ranges[i];

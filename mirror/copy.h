@@ -38,6 +38,12 @@ struct copy_job {
     struct blockdev *dst;
     uint64_t offset, length;    /* the range to copy */
     bool target_is_zero;        /* the target reads as zeroes everywhere */
+    /* Zero ranges of the source become allocated zeroes in the target
+     * (qcow2 zero clusters), even where the target reads zeroes now because
+     * nothing is allocated there: for a diff image that will be rebased
+     * onto a backing file later, an unallocated range would show the
+     * backing file's data instead of the zeroes.  Excludes target_is_zero. */
+    bool explicit_zeroes;
     size_t buf_size;            /* bytes per request (default 2 MiB) */
     /* Requests in flight at once, each in its own worker thread with its
      * own buf_size buffer (0 means COPY_DEFAULT_IN_FLIGHT; at most

@@ -1,5 +1,7 @@
 #include "mirror/job.h"
 
+#include "formats/blockdev-bitmaps.h"
+
 #include <errno.h>
 #include <libgen.h>
 #include <limits.h>
@@ -13,6 +15,11 @@ struct mirror_job {
     struct blockdev *src, *dst;
     const struct blockdev *base;    /* copy what lies above this layer (NULL: all) */
     char *tmp_path;                 /* a new target, under its temporary name */
+    struct dirty_bitmap *bitmap;    /* --sync=bitmap: the source's bitmap */
+    bool frozen;                    /* ... frozen for this job */
+    bool bitmap_changed;            /* ... consumed ranges (always mode) */
+    struct copy_range *ranges;      /* ... its dirty extents, widened */
+    size_t nranges;
     uint64_t total, done;
     struct copy_stats stats;
     const struct mirror_set_options *opts;
@@ -234,16 +241,76 @@ static int open_existing_target(struct mirror_job *job, struct err *e)
     return 0;
 }
 
+/* The dirty extents of the bitmap, widened to the target's clusters: a
+ * cluster the job writes must hold the source's data in full, or a diff
+ * image rebased later would hide its backing file's data in the part the
+ * bitmap did not mark (the problem of mirror-bitmap-modes-2024). */
+static int collect_ranges(struct mirror_job *job, struct err *e)
+{
+    const struct hbitmap *bits = dirty_bitmap_bits(job->bitmap);
+    uint64_t size = job->src->size;
+    uint64_t align = blk_write_alignment(job->dst);
+    uint64_t start = 0, off, len;
+    size_t cap = 0;
+    while (start < size && hbitmap_next_dirty_extent(bits, start, size, &off, &len)) {
+        uint64_t lo = align_down(off, align);
+        uint64_t hi = min_u64(size, align_up(off + len, align));
+        if (job->nranges && job->ranges[job->nranges - 1].offset +
+                            job->ranges[job->nranges - 1].length >= lo) {
+            struct copy_range *last = &job->ranges[job->nranges - 1];
+            last->length = max_u64(last->offset + last->length, hi) - last->offset;
+        } else {
+            if (job->nranges == cap) {
+                cap = cap ? cap * 2 : 64;
+                struct copy_range *r = realloc(job->ranges, cap * sizeof(*r));
+                if (!r)
+                    return err_set(e, ENOMEM, "out of memory");
+                job->ranges = r;
+            }
+            job->ranges[job->nranges++] = (struct copy_range){ lo, hi - lo };
+        }
+        start = off + len;
+    }
+    return 0;
+}
+
+static int prepare_bitmap(struct mirror_job *job, struct err *e)
+{
+    const struct mirror_params *p = job->p;
+    int ret = blk_bitmaps_supported(job->src) ? blk_bitmaps_load(job->src, e)
+              : err_set(e, ENOTSUP, "%s: format '%s' has no persistent bitmaps, so "
+                        "--sync=bitmap cannot be used", p->source, job->src->drv->name);
+    if (ret < 0)
+        return ret;
+    if ((ret = blk_bitmap_get(job->src, p->bitmap, &job->bitmap, e)) < 0)
+        return ret;
+    if (dirty_bitmap_inconsistent(job->bitmap))
+        return err_set(e, EINVAL, "%s: bitmap '%s' is inconsistent (the image was not closed "
+                       "cleanly while it recorded writes): remove it, take a full copy and "
+                       "add a new bitmap", p->source, p->bitmap);
+    if (p->bitmap_mode != MIRROR_BITMAP_NEVER) {
+        if ((ret = dirty_bitmap_freeze(job->bitmap, e)) < 0)
+            return ret;
+        job->frozen = true;
+    }
+    return collect_ranges(job, e);
+}
+
 static int prepare(struct mirror_job *job, struct err *e)
 {
     const struct mirror_params *p = job->p;
-    unsigned sflags = p->force_share ? BLK_OPEN_FORCE_SHARE : 0;
+    /* A job that clears bits of the source's bitmap changes the image's
+     * bitmaps (and nothing else): BITMAPS_ONLY makes that one atomic
+     * store, without marking the bitmaps in use. */
+    bool edits_bitmap = p->sync == MIRROR_SYNC_BITMAP && p->bitmap_mode != MIRROR_BITMAP_NEVER;
+    if (edits_bitmap && p->force_share)
+        return err_set(e, EINVAL, "%s: -U cannot be used when the job clears bits of the "
+                       "bitmap (use --bitmap-mode=never)", p->source);
+    unsigned sflags = (p->force_share ? BLK_OPEN_FORCE_SHARE : 0) |
+                      (edits_bitmap ? BLK_OPEN_RDWR | BLK_OPEN_BITMAPS_ONLY : 0);
     int ret = blk_open(p->source, p->source_format, sflags, &job->src, e);
     if (ret < 0)
         return ret;
-    if (p->sync == MIRROR_SYNC_BITMAP)
-        return err_set(e, ENOTSUP, "%s: --sync=bitmap needs persistent bitmaps, which this "
-                       "build cannot read yet", p->source);
     if (p->base) {
         if (p->sync != MIRROR_SYNC_FULL && p->sync != MIRROR_SYNC_TOP)
             return err_set(e, EINVAL, "--base works with --sync=full or top, not %s",
@@ -270,7 +337,14 @@ static int prepare(struct mirror_job *job, struct err *e)
     }
     if (ret < 0)
         return ret;
+    if (p->sync == MIRROR_SYNC_BITMAP && (ret = prepare_bitmap(job, e)) < 0)
+        return ret;
     job->total = p->sync == MIRROR_SYNC_NONE ? 0 : job->src->size;
+    if (job->ranges) {
+        job->total = 0;
+        for (size_t i = 0; i < job->nranges; i++)
+            job->total += job->ranges[i].length;
+    }
     return 0;
 }
 
@@ -289,15 +363,35 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
     }
 }
 
+/* --bitmap-mode=always: a range has reached the target, its bits go. */
+static void on_range_done(void *opaque, size_t index)
+{
+    struct mirror_job *job = opaque;
+    if (!job->frozen || job->p->bitmap_mode != MIRROR_BITMAP_ALWAYS)
+        return;
+    struct err e = { 0 };
+    if (dirty_bitmap_job_consume_range(job->bitmap, job->ranges[index].offset,
+                                       job->ranges[index].length, &e) == 0)
+        job->bitmap_changed = true;
+}
+
 static int run_copy(struct mirror_job *job, struct err *e)
 {
     if (job->p->sync == MIRROR_SYNC_NONE)
         return 0;
+    if (job->p->sync == MIRROR_SYNC_BITMAP && !job->nranges)
+        return 0;   /* nothing dirty */
+    /* A new target without a backing file reads zeroes everywhere; in
+     * bitmap mode it is a diff image to be rebased later, so its zero
+     * ranges must be allocated zeroes, not holes. */
+    bool new_plain = job->tmp_path && !job->dst->backing;
+    bool diff_image = new_plain && job->p->sync == MIRROR_SYNC_BITMAP;
     struct copy_job cj = {
         .src = job->src, .base = job->base, .dst = job->dst,
         .offset = 0, .length = job->src->size,
-        .target_is_zero = job->p->target_is_zero ||
-                          (job->tmp_path && !job->dst->backing),
+        .ranges = job->ranges, .nranges = job->nranges, .range_done = on_range_done,
+        .explicit_zeroes = diff_image,
+        .target_is_zero = !diff_image && (job->p->target_is_zero || new_plain),
         .buf_size = job->p->buf_size,
         .max_in_flight = (unsigned)job->p->max_in_flight,
         .speed = job->p->speed,
@@ -308,6 +402,28 @@ static int run_copy(struct mirror_job *job, struct err *e)
     job->stats = cj.stats;
     if (ret == 0)
         ret = blk_flush(job->dst, e);
+    return ret;
+}
+
+/* End the job's use of the bitmap: on success the copied bits go (the
+ * bitmap keeps only writes made meanwhile, none offline); on failure it
+ * gets back what was not copied (always) or everything (on-success).
+ * Then store it, unless nothing changed. */
+static int finish_bitmap(struct mirror_job *job, bool success, struct err *e)
+{
+    if (!job->frozen)
+        return 0;
+    job->frozen = false;
+    int ret = success ? dirty_bitmap_abdicate(job->bitmap, e)
+                      : dirty_bitmap_reclaim(job->bitmap, e);
+    if (ret < 0)
+        return ret;
+    if (!success && !job->bitmap_changed)
+        return 0;   /* as it was on disk */
+    ret = blk_bitmaps_store(job->src, e);
+    if (ret < 0)
+        err_prefix(e, "%s: the bitmap '%s' was not updated (a later run copies its ranges "
+                   "again): ", job->p->source, job->p->bitmap);
     return ret;
 }
 
@@ -323,6 +439,8 @@ static void close_job(struct mirror_job *job, bool success)
     }
     blk_close(job->src);
     job->src = NULL;
+    free(job->ranges);
+    job->ranges = NULL;
 }
 
 int mirror_run_set(const struct mirror_params *params, int n,
@@ -351,6 +469,18 @@ int mirror_run_set(const struct mirror_params *params, int n,
             ret = blk_create_commit(jobs[i].tmp_path, jobs[i].p->target, e);
             free(jobs[i].tmp_path);
             jobs[i].tmp_path = NULL;
+        }
+    }
+    /* Bitmaps last: a new target must exist before its bits are cleared. */
+    int copy_ret = ret;
+    for (i = 0; i < n; i++) {
+        if (!jobs[i].p || !jobs[i].src)
+            continue;
+        struct err be = { 0 };
+        int bret = finish_bitmap(&jobs[i], copy_ret == 0, &be);
+        if (bret < 0 && ret == 0) {
+            ret = bret;
+            *e = be;
         }
     }
     for (i = 0; i < n; i++) {
