@@ -369,6 +369,10 @@ static void on_range_done(void *opaque, size_t index)
     struct mirror_job *job = opaque;
     if (!job->frozen || job->p->bitmap_mode != MIRROR_BITMAP_ALWAYS)
         return;
+    /* A new target is removed if the set fails, taking the data with it:
+     * its bits may only go when the whole set succeeds (abdicate). */
+    if (job->tmp_path)
+        return;
     struct err e = { 0 };
     if (dirty_bitmap_job_consume_range(job->bitmap, job->ranges[index].offset,
                                        job->ranges[index].length, &e) == 0)
