@@ -90,6 +90,9 @@ struct engine {
     size_t *pending;
     size_t *finished;
     size_t nfinished;
+    bool *range_failed;         /* a chunk of it failed and was ignored */
+    unsigned nignored;          /* chunks that failed and were ignored */
+    struct err ignored_error;   /* ... the first one's message */
     uint64_t io_dispatched;     /* bytes that cost I/O, for the rate limit */
     struct timespec start;
     struct copy_stats stats;
@@ -239,11 +242,13 @@ static int fill_buffer(struct engine *eng, const struct chunk *c, uint8_t *buf,
 }
 
 static int copy_data_chunk(struct engine *eng, const struct chunk *c, uint8_t *buf,
-                           struct copy_stats *st, struct err *e)
+                           struct copy_stats *st, struct err *e, bool *source_error)
 {
     int ret = fill_buffer(eng, c, buf, st, e);
-    if (ret < 0)
+    if (ret < 0) {
+        *source_error = true;
         return ret;
+    }
     if (eng->job->compress)
         return write_compressed(eng, buf, c->off, (size_t)c->len, st, e);
     /* Write each stretch between SKIP pieces. */
@@ -265,9 +270,14 @@ static int copy_data_chunk(struct engine *eng, const struct chunk *c, uint8_t *b
     return 0;
 }
 
+static void add_stats(struct copy_stats *to, const struct copy_stats *from);
+
+/* Do a chunk's work; a failure sets *source_error when it was a read of
+ * the source (everything else touches the target). */
 static int run_chunk(struct engine *eng, const struct chunk *c, uint8_t *buf,
-                     struct copy_stats *st, struct err *e)
+                     struct copy_stats *st, struct err *e, bool *source_error)
 {
+    *source_error = false;
     if (cancel_requested(eng->job))
         return err_set(e, ECANCELED, "cancelled");
     switch (c->kind) {
@@ -277,9 +287,41 @@ static int run_chunk(struct engine *eng, const struct chunk *c, uint8_t *buf,
     case CHUNK_ZERO:
         return copy_zeroes(eng->job, c->off, c->len, st, e);
     case CHUNK_DATA:
-        return copy_data_chunk(eng, c, buf, st, e);
+        return copy_data_chunk(eng, c, buf, st, e, source_error);
     }
     return 0;
+}
+
+/* Sleep before retry `attempt` (1, 2, ...): 100 ms, 400 ms, 1.6 s. */
+static void retry_backoff(unsigned attempt)
+{
+    long ms = 100L << (2 * (attempt - 1));
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+/* Run a chunk with the job's error actions.  Returns 0, a failure to
+ * report, or 1 for a failure to ignore (its message in *e). */
+static int run_chunk_with_policy(struct engine *eng, const struct chunk *c, uint8_t *buf,
+                                 struct copy_stats *st, struct err *e)
+{
+    for (unsigned attempt = 0;; attempt++) {
+        bool source_error;
+        struct copy_stats try_st = { 0 };
+        err_clear(e);
+        int ret = run_chunk(eng, c, buf, &try_st, e, &source_error);
+        add_stats(st, &try_st);
+        if (ret == 0 || ret == -ECANCELED)
+            return ret;
+        enum copy_error_action action = source_error ? eng->job->on_source_error
+                                                     : eng->job->on_target_error;
+        if (action == COPY_ERROR_IGNORE)
+            return 1;
+        if (action != COPY_ERROR_RETRY || attempt == COPY_RETRIES ||
+            cancel_requested(eng->job))
+            return ret;
+        retry_backoff(attempt + 1);
+    }
 }
 
 /* --- Shared state, under eng->lock --- */
@@ -307,7 +349,7 @@ static void fail_locked(struct engine *eng, int ret, const struct err *e)
 /* One piece of range `r` is done (a chunk, or the dispatcher's hold). */
 static void range_progress_locked(struct engine *eng, size_t r)
 {
-    if (--eng->pending[r] == 0)
+    if (--eng->pending[r] == 0 && !eng->range_failed[r])
         eng->finished[eng->nfinished++] = r;
 }
 
@@ -324,6 +366,19 @@ static void complete_locked(struct engine *eng, unsigned slot, int ret,
     }
     eng->free_slots[eng->nfree++] = slot;
     pthread_cond_signal(&eng->changed);
+}
+
+/* A failed chunk the job ignores: its range will not be reported done,
+ * the copy goes on, and copy_run fails at the end. */
+static void ignore_locked(struct engine *eng, unsigned slot, const struct copy_stats *st,
+                          const struct err *e)
+{
+    size_t r = eng->slots[slot].range;
+    if (!eng->nignored++)
+        eng->ignored_error = *e;
+    eng->range_failed[r] = true;
+    /* Progress counts it as processed: the copy does go past it. */
+    complete_locked(eng, slot, 0, st, NULL);
 }
 
 static void cancel_locked(struct engine *eng)
@@ -350,11 +405,14 @@ static void *worker_main(void *opaque)
 
         struct copy_stats st = { 0 };
         struct err e = { 0 };
-        int ret = run_chunk(eng, &eng->slots[slot], w->buf, &st, &e);
+        int ret = run_chunk_with_policy(eng, &eng->slots[slot], w->buf, &st, &e);
 
         pthread_mutex_lock(&eng->lock);
         eng->busy--;
-        complete_locked(eng, slot, ret, &st, &e);
+        if (ret == 1)
+            ignore_locked(eng, slot, &st, &e);
+        else
+            complete_locked(eng, slot, ret, &st, &e);
     }
     pthread_mutex_unlock(&eng->lock);
     return NULL;
@@ -668,7 +726,8 @@ static int engine_init(struct engine *eng, struct copy_job *job, unsigned nworke
         eng->total += eng->ranges[i].length;
     eng->pending = calloc(eng->nranges ? eng->nranges : 1, sizeof(*eng->pending));
     eng->finished = calloc(eng->nranges ? eng->nranges : 1, sizeof(*eng->finished));
-    if (!eng->pending || !eng->finished)
+    eng->range_failed = calloc(eng->nranges ? eng->nranges : 1, sizeof(*eng->range_failed));
+    if (!eng->pending || !eng->finished || !eng->range_failed)
         return err_set(e, ENOMEM, "out of memory");
     eng->align = blk_write_alignment(job->dst);
     eng->unit = job->zero_detect ? job->zero_detect
@@ -696,6 +755,7 @@ static void engine_destroy(struct engine *eng)
     }
     free(eng->pending);
     free(eng->finished);
+    free(eng->range_failed);
     free(eng->slots);
     free(eng->queue);
     free(eng->free_slots);
@@ -760,6 +820,11 @@ int copy_run(struct copy_job *job, struct err *e)
         ret = eng.failed;
         if (ret < 0)
             *e = eng.error;
+        else if (eng.nignored)
+            ret = err_set(e, EIO, "%u request%s failed and %s skipped (first: %s); run the "
+                          "job again to copy what is left", eng.nignored,
+                          eng.nignored == 1 ? "" : "s", eng.nignored == 1 ? "was" : "were",
+                          eng.ignored_error.msg);
     }
     for (unsigned i = 0; i < started; i++)
         free(workers[i].buf);

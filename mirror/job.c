@@ -79,14 +79,14 @@ int mirror_parse_target_mode(const char *s, enum mirror_target_mode *mode)
     return 0;
 }
 
-int mirror_parse_error_action(const char *s, enum mirror_error_action *action)
+int mirror_parse_error_action(const char *s, enum copy_error_action *action)
 {
     if (!strcmp(s, "report"))
-        *action = MIRROR_ERROR_REPORT;
+        *action = COPY_ERROR_REPORT;
     else if (!strcmp(s, "ignore"))
-        *action = MIRROR_ERROR_IGNORE;
+        *action = COPY_ERROR_IGNORE;
     else if (!strcmp(s, "retry"))
-        *action = MIRROR_ERROR_RETRY;
+        *action = COPY_ERROR_RETRY;
     else
         return -EINVAL;
     return 0;
@@ -399,6 +399,8 @@ static int run_copy(struct mirror_job *job, struct err *e)
         .buf_size = job->p->buf_size,
         .max_in_flight = (unsigned)job->p->max_in_flight,
         .speed = job->p->speed,
+        .on_source_error = job->p->on_source_error,
+        .on_target_error = job->p->on_target_error,
         .progress = on_progress, .opaque = job,
         .cancel = job->opts->cancel,
     };

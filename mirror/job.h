@@ -33,12 +33,6 @@ enum mirror_target_mode {
     MIRROR_TARGET_RELATIVE_PATHS,   /* create; backing file name relative to target */
 };
 
-enum mirror_error_action {
-    MIRROR_ERROR_REPORT,    /* stop the job and fail */
-    MIRROR_ERROR_IGNORE,    /* skip the range (it stays dirty), fail at the end */
-    MIRROR_ERROR_RETRY,     /* retry the range a few times, then report */
-};
-
 struct mirror_params {
     const char *source, *source_format;
     const char *target, *target_format;     /* target_format NULL: the source's */
@@ -48,7 +42,7 @@ struct mirror_params {
     const char *bitmap;                     /* for MIRROR_SYNC_BITMAP */
     enum mirror_bitmap_mode bitmap_mode;
     enum mirror_target_mode target_mode;
-    enum mirror_error_action on_source_error, on_target_error;
+    enum copy_error_action on_source_error, on_target_error;
     bool force_share;                       /* -U on the source */
     bool target_is_zero;
     size_t buf_size;
@@ -92,7 +86,7 @@ int mirror_run_set(const struct mirror_params *jobs, int n,
 int mirror_parse_sync(const char *s, enum mirror_sync *sync, bool *incremental);
 int mirror_parse_bitmap_mode(const char *s, enum mirror_bitmap_mode *mode);
 int mirror_parse_target_mode(const char *s, enum mirror_target_mode *mode);
-int mirror_parse_error_action(const char *s, enum mirror_error_action *action);
+int mirror_parse_error_action(const char *s, enum copy_error_action *action);
 const char *mirror_sync_name(enum mirror_sync sync);
 
 #endif
