@@ -5,6 +5,7 @@
 # job so that it copies only what is left.
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io python3
+"$IMGTOOL" help bitmap >/dev/null 2>&1 || skip "needs the bitmap command"
 
 dump() { imgtool bitmap --dump --output=json "$1" "$2" | tr -d ' \n'; }
 
