@@ -111,7 +111,7 @@ static void print_summary(const char *image, const struct blockdev *base, bool e
 
 int cmd_commit(const struct command *cmd, int argc, const char **argv)
 {
-    char *format = NULL, *cache = NULL, *base_name = NULL, *output = NULL;
+    char *format = NULL, *cache = NULL, *base_name = NULL, *output = NULL, *rate_s = NULL;
     int skip_empty = 0, progress = 0, quiet = 0, bitmaps = 0;
     struct poptOption options[] = {
         { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
@@ -121,6 +121,8 @@ int cmd_commit(const struct command *cmd, int argc, const char **argv)
           "implies -d", "BASE" },
         { "skip-empty", 'd', POPT_ARG_NONE, &skip_empty, 0,
           "do not empty the image afterwards", NULL },
+        { "rate", 'r', POPT_ARG_STRING, &rate_s, 0,
+          "copy at most RATE bytes per second (default: no limit)", "RATE" },
         { "bitmaps", '\0', POPT_ARG_NONE, &bitmaps, 0,
           "merge the image's persistent bitmaps into BASE's", NULL },
         { "output", '\0', POPT_ARG_STRING, &output, 0,
@@ -136,6 +138,9 @@ int cmd_commit(const struct command *cmd, int argc, const char **argv)
     struct err e = { 0 };
     int status = cmd_parse(&cl, cmd, argc, argv, options, 1, 1, NULL, NULL);
     if (status >= 0 || (status = cmd_parse_output(&cl, output, &mode)) >= 0)
+        goto out;
+    uint64_t rate = 0;
+    if (rate_s && (status = cmd_parse_size_arg(&cl, "rate", rate_s, &rate)) >= 0)
         goto out;
     /* As qemu-img: the layers between the image and BASE no longer read as
      * they did, so the image must keep its data to stay valid. */
@@ -169,6 +174,7 @@ int cmd_commit(const struct command *cmd, int argc, const char **argv)
     struct copy_job job = {
         .src = top, .base = base, .dst = base, .offset = 0, .length = top->size,
         .progress = on_progress, .opaque = &bar, .cancel = &cancel_requested,
+        .speed = rate,
     };
     ret = copy_run(&job, &e);
     progress_finish(&bar);

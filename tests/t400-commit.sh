@@ -143,7 +143,7 @@ run_both top.qcow2
 same_files base.qcow2 top.qcow2
 emptied mine/top.qcow2
 
-# --- --output=json: what was read, written and zeroed.  64k clusters in
+# --- --output=json (and a rate limit): what was read, written and zeroed.  64k clusters in
 # both; data (64k), zeroes over base data (64k, written), zeroes over
 # nothing (64k, skipped), the rest not allocated in the top (skipped).
 new_case
@@ -152,7 +152,7 @@ ok qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 src/top.qcow2 1M
 qio -c 'write -P 0xb1 256k 64k' src/base.qcow2
 qio -c 'write -P 0xb2 0 64k' -c 'write -z 128k 64k' -c 'write -z 256k 64k' src/top.qcow2
 cp -r src mine
-ok imgtool commit --output=json mine/top.qcow2
+ok imgtool commit -r 64M --output=json mine/top.qcow2
 expect_eq "$(out)" '{
     "image": "mine/top.qcow2",
     "base": "mine/base.qcow2",
@@ -176,6 +176,8 @@ expect_status 1 imgtool commit -b src/other.qcow2 src/top.qcow2
 expect_eq "$(err)" "imgtool: src/other.qcow2: not found in the backing chain of src/top.qcow2"
 expect_status 1 imgtool commit -b src/top.qcow2 src/top.qcow2
 expect_eq "$(err)" "imgtool: src/top.qcow2: not found in the backing chain of src/top.qcow2"
+expect_status 1 imgtool commit -r 1Q src/top.qcow2
+expect_match "$(err)" "^imgtool commit: rate '1Q' is not a valid size"
 expect_status 1 imgtool commit src/top.qcow2 extra
 expect_match "$(err)" "unexpected argument 'extra'"
 # A base another process reads cannot be written: refused when BASE is
