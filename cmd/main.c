@@ -14,6 +14,7 @@ const struct command commands[] = {
     { "compare", cmd_compare, "compare the contents of two images", "[OPTIONS] FILENAME1 FILENAME2" },
     { "convert", cmd_convert, "copy an image, converting its format", "[OPTIONS] SOURCE TARGET" },
     { "mirror",  cmd_mirror,  "copy an image, the top of its chain or its changes to a target", "[OPTIONS] SOURCE TARGET | SOURCE=TARGET..." },
+    { "commit",  cmd_commit,  "write an image's data down into its backing file", "[OPTIONS] FILENAME" },
     { "resize",  cmd_resize,  "change the virtual size of an image", "[OPTIONS] FILENAME [+|-]SIZE" },
     { "io",      cmd_io,      "read, write, zero and discard ranges of an image", "[OPTIONS] -c COMMAND... FILENAME" },
     { NULL, NULL, NULL, NULL },

@@ -453,6 +453,26 @@ static int deallocate_cluster(struct qcow2_state *s, uint64_t cstart, struct err
     return ret;
 }
 
+/* After commit (QEMU's qcow2_make_empty, the cluster-by-cluster way):
+ * every cluster unallocated, its host cluster freed, so the image reads
+ * through to its backing file.  L2 tables stay (all entries zero). */
+static int qcow2_make_empty(struct blockdev *bs, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    uint64_t coverage = qcow2_l1_coverage(s);
+    for (uint64_t i = 0; i < s->l1_size; i++) {
+        if (!(s->l1[i] & QCOW2_OFFSET_MASK))
+            continue;   /* no L2 table: nothing allocated there */
+        uint64_t end = min_u64(bs->size, (i + 1) * coverage);
+        for (uint64_t c = i * coverage; c < end; c += s->cluster_size) {
+            int ret = deallocate_cluster(s, c, e);
+            if (ret < 0)
+                return ret;
+        }
+    }
+    return 0;
+}
+
 static int qcow2_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned flags,
                               struct err *e)
 {
@@ -959,6 +979,7 @@ const struct blockdrv blockdrv_qcow2 = {
     .truncate = qcow2_truncate,
     .get_info = qcow2_get_info,
     .set_backing = qcow2_set_backing,
+    .make_empty = qcow2_make_empty,
     .pwrite_compressed = qcow2_pwrite_compressed,
     .write_alignment = qcow2_write_alignment,
 };
