@@ -14,5 +14,6 @@ DECLARE_COMMAND(cmd_convert);
 DECLARE_COMMAND(cmd_resize);
 DECLARE_COMMAND(cmd_io);
 DECLARE_COMMAND(cmd_check);
+DECLARE_COMMAND(cmd_bitmap);
 
 #endif
