@@ -33,19 +33,29 @@ static size_t first_nonzero(const uint8_t *a, size_t len)
     return i;
 }
 
-/* Compare [off, end) of both images; *diff gets the first differing offset. */
+/* What strict mode compares, as qemu-img compare -s compares block status. */
+#define STRICT_STATUS (BLK_STATUS_DATA | BLK_STATUS_ZERO | BLK_STATUS_ALLOCATED)
+
+/* Compare [off, end) of both images; *diff gets the first differing offset,
+ * *by_status says whether (in strict mode) the block status differs there. */
 static int compare_common(struct side *a, struct side *b, uint64_t off, uint64_t end,
-                          bool strict, uint64_t *diff, bool *differs, struct err *e)
+                          bool strict, uint64_t *diff, bool *differs, bool *by_status,
+                          struct progress *bar, struct err *e)
 {
     while (off < end) {
+        progress_update(bar, off);
         struct blk_extent ea, eb;
-        uint64_t want = min_u64(end - off, CMP_CHUNK);
-        if (blk_block_status(a->bs, off, want, &ea, e) < 0 ||
-            blk_block_status(b->bs, off, want, &eb, e) < 0)
+        /* Ask for the status up to the end: qemu-img's strict mode also
+         * tells apart a run that reaches the end of the image from one
+         * that does not (BDRV_BLOCK_EOF). */
+        if (blk_block_status(a->bs, off, end - off, &ea, e) < 0 ||
+            blk_block_status(b->bs, off, end - off, &eb, e) < 0)
             return -1;
-        uint64_t len = min_u64(ea.length, eb.length);
-        if (strict && (ea.flags & BLK_STATUS_ALLOCATED) != (eb.flags & BLK_STATUS_ALLOCATED)) {
+        uint64_t len = min_u64(min_u64(ea.length, eb.length), CMP_CHUNK);
+        if (strict && ((ea.flags & STRICT_STATUS) != (eb.flags & STRICT_STATUS) ||
+                       (off + ea.length == end) != (off + eb.length == end))) {
             *differs = true;
+            *by_status = true;
             *diff = off;
             return 0;
         }
@@ -70,10 +80,11 @@ static int compare_common(struct side *a, struct side *b, uint64_t off, uint64_t
 
 /* The part of the larger image past the smaller one's end must read as zero. */
 static int check_tail_zero(struct side *s, uint64_t off, uint64_t *diff, bool *differs,
-                           struct err *e)
+                           struct progress *bar, struct err *e)
 {
     uint64_t end = s->bs->size;
     while (off < end) {
+        progress_update(bar, off);
         struct blk_extent ext;
         if (blk_block_status(s->bs, off, min_u64(end - off, CMP_CHUNK), &ext, e) < 0)
             return -1;
@@ -94,16 +105,18 @@ static int check_tail_zero(struct side *s, uint64_t off, uint64_t *diff, bool *d
 
 int cmd_compare(const struct command *cmd, int argc, const char **argv)
 {
-    char *fmt1 = NULL, *fmt2 = NULL;
+    char *fmt1 = NULL, *fmt2 = NULL, *cache = NULL;
     int strict = 0, force_share = 0, quiet = 0, progress = 0;
     struct poptOption options[] = {
         { "a-format", 'f', POPT_ARG_STRING, &fmt1, 0, "format of the first image", "FMT" },
         { "b-format", 'F', POPT_ARG_STRING, &fmt2, 0, "format of the second image", "FMT" },
+        { "source-cache", 'T', POPT_ARG_STRING, &cache, 0,
+          "cache mode of both images (none = O_DIRECT)", "MODE" },
         { "strict", 's', POPT_ARG_NONE, &strict, 0,
           "also fail on different sizes or allocation", NULL },
         { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
           "open even if another process is writing the images", NULL },
-        { "progress", 'p', POPT_ARG_NONE, &progress, 0, "accepted for qemu-img compatibility",
+        { "progress", 'p', POPT_ARG_NONE, &progress, 0, "show a progress bar on a terminal",
           NULL },
         { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing, only set the exit status",
           NULL },
@@ -116,13 +129,14 @@ int cmd_compare(const struct command *cmd, int argc, const char **argv)
     if (status >= 0)
         goto out;
     status = CMP_ERROR;
-    unsigned flags = force_share ? BLK_OPEN_FORCE_SHARE : 0;
-    if (blk_open(cl.args[0], fmt1, flags, &a.bs, &e) < 0 ||
+    int ret;
+    unsigned flags = cmd_open_flags(false, force_share, cache, &e, &ret);
+    if (ret < 0 || blk_open(cl.args[0], fmt1, flags, &a.bs, &e) < 0 ||
         blk_open(cl.args[1], fmt2, flags, &b.bs, &e) < 0)
         goto fail;
-    a.buf = malloc(CMP_CHUNK);
-    b.buf = malloc(CMP_CHUNK);
-    if (!a.buf || !b.buf) {
+    /* Aligned for -T none (O_DIRECT). */
+    if (posix_memalign((void **)&a.buf, 4096, CMP_CHUNK) ||
+        posix_memalign((void **)&b.buf, 4096, CMP_CHUNK)) {
         err_set(&e, ENOMEM, "out of memory");
         goto fail;
     }
@@ -137,14 +151,20 @@ int cmd_compare(const struct command *cmd, int argc, const char **argv)
             printf("Warning: Image size mismatch!\n");
     }
     uint64_t common = min_u64(a.bs->size, b.bs->size), diff = 0;
-    bool differs = false;
-    if (compare_common(&a, &b, 0, common, strict, &diff, &differs, &e) < 0)
-        goto fail;
-    if (!differs && a.bs->size != b.bs->size &&
-        check_tail_zero(a.bs->size > common ? &a : &b, common, &diff, &differs, &e) < 0)
+    bool differs = false, by_status = false;
+    struct progress bar;
+    progress_init(&bar, progress && !quiet, max_u64(a.bs->size, b.bs->size));
+    ret = compare_common(&a, &b, 0, common, strict, &diff, &differs, &by_status, &bar,
+                         &e);
+    if (ret == 0 && !differs && a.bs->size != b.bs->size)
+        ret = check_tail_zero(a.bs->size > common ? &a : &b, common, &diff, &differs, &bar, &e);
+    progress_finish(&bar);
+    if (ret < 0)
         goto fail;
     if (differs) {
-        if (!quiet)
+        if (!quiet && by_status)
+            printf("Strict mode: Offset %" PRIu64 " block status mismatch!\n", diff);
+        else if (!quiet)
             printf("Content mismatch at offset %" PRIu64 "!\n", diff);
         status = CMP_DIFFERENT;
         goto out;

@@ -1,6 +1,8 @@
 /* imgtool convert: copy an image into a new (or, with -n, an existing)
- * image, in any format, skipping holes and zeroes by block status.  A new
- * target is built under a temporary name and appears whole or not at all. */
+ * image, in any format, skipping holes and zeroes by block status, with
+ * several requests in flight (and, with -c, compressed clusters written
+ * from several threads).  A new target is built under a temporary name and
+ * appears whole or not at all. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -36,6 +38,7 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     char *src_fmt = NULL, *dst_fmt = NULL, *cache = NULL, *src_cache = NULL;
     char *buf_size_s = NULL;
     int no_create = 0, progress = 0, quiet = 0, force_share = 0, target_is_zero = 0;
+    int compress = 0, out_of_order = 0, max_in_flight = COPY_DEFAULT_IN_FLIGHT;
     struct convert_args a = { 0 };
     struct poptOption options[] = {
         { "format", 'f', POPT_ARG_STRING, &src_fmt, 0, "source format (default: probe)",
@@ -52,6 +55,12 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
         { "source-cache", 'T', POPT_ARG_STRING, &src_cache, 0, "source cache mode", "MODE" },
         { "buf-size", '\0', POPT_ARG_STRING, &buf_size_s, 0, "bytes per request (default 2M)",
           "SIZE" },
+        { "max-in-flight", 'm', POPT_ARG_INT, &max_in_flight, 0,
+          "requests in flight at once (default 4)", "N" },
+        { "compress", 'c', POPT_ARG_NONE, &compress, 0,
+          "write compressed clusters (qcow2: -o compression_type=zlib|zstd)", NULL },
+        { NULL, 'W', POPT_ARG_NONE, &out_of_order, 0,
+          "write out of order (always done; accepted for qemu-img compatibility)", NULL },
         { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
           "read the source even if another process is writing it", NULL },
         { "progress", 'p', POPT_ARG_NONE, &progress, 0, "show a progress bar on a terminal",
@@ -75,6 +84,11 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
         status = cmd_usage_error(&cl, "--buf-size must be a multiple of 512 between 4k and 256M");
         goto out;
     }
+    if (max_in_flight < 1 || max_in_flight > COPY_MAX_IN_FLIGHT) {
+        status = cmd_usage_error(&cl, "--max-in-flight must be between 1 and %d",
+                                 COPY_MAX_IN_FLIGHT);
+        goto out;
+    }
     if (target_is_zero && !no_create) {
         status = cmd_usage_error(&cl, "--target-is-zero needs -n (a new target is always zero)");
         goto out;
@@ -95,6 +109,11 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     if (ret < 0)
         goto fail;
     const char *open_name = dst_name;
+    const struct blockdrv *new_drv = blk_find_driver(dst_fmt ? dst_fmt : "raw");
+    /* Refuse -c before creating anything (an existing target is checked by
+     * the copy itself). */
+    if (compress && !no_create && new_drv && blk_check_compression(new_drv, dst_name, &e) < 0)
+        goto fail;
     if (!no_create) {
         struct blk_create_params p = {
             .filename = dst_name, .size = src->size, .opts = &a.opts,
@@ -118,6 +137,8 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
         .src = src, .dst = dst, .offset = 0, .length = src->size,
         .target_is_zero = !no_create || target_is_zero,
         .buf_size = (size_t)buf_size,
+        .max_in_flight = (unsigned)max_in_flight,
+        .compress = compress,
         .progress = on_progress, .opaque = &bar,
         .cancel = &cancel_requested,
     };

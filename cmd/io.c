@@ -239,7 +239,7 @@ static int validate_commands(struct cmdline *cl, const struct io_args *a, bool *
 int cmd_io(const struct command *cmd, int argc, const char **argv)
 {
     char *format = NULL, *cache = NULL;
-    int force_share = 0, quiet = 0, read_only = 0;
+    int force_share = 0, quiet = 0, read_only = 0, nocache = 0;
     struct io_args a = { 0 };
     struct poptOption options[] = {
         { "cmd", 'c', POPT_ARG_STRING, NULL, OPT_CMD,
@@ -250,6 +250,8 @@ int cmd_io(const struct command *cmd, int argc, const char **argv)
         { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
           "with -r: open even if another process is writing the image", NULL },
         { "cache", 't', POPT_ARG_STRING, &cache, 0, "cache mode (none = O_DIRECT)", "MODE" },
+        { "nocache", 'n', POPT_ARG_NONE, &nocache, 0, "bypass the host page cache, short for "
+          "-t none", NULL },
         { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
         POPT_TABLEEND
     };
@@ -270,8 +272,12 @@ int cmd_io(const struct command *cmd, int argc, const char **argv)
                                  "using the image");
         goto out;
     }
+    if (nocache && cache && strcmp(cache, "none")) {
+        status = cmd_usage_error(&cl, "-n means -t none, not -t %s", cache);
+        goto out;
+    }
     int ret;
-    unsigned flags = cmd_open_flags(writes, force_share, cache, &e, &ret);
+    unsigned flags = cmd_open_flags(writes, force_share, nocache ? "none" : cache, &e, &ret);
     status = EXIT_ERROR;
     if (ret < 0 || blk_open(cl.args[0], format, flags, &st.bs, &e) < 0) {
         cmd_print_err(&e);

@@ -14,11 +14,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+extern const struct blockdrv blockdrv_qcow2;
 extern const struct blockdrv blockdrv_raw;
 
 /* The one driver table.  Probing asks each driver for a score; raw is the
  * fallback (it scores 1 on anything). */
 static const struct blockdrv *const drivers[] = {
+    &blockdrv_qcow2,
     &blockdrv_raw,
     NULL,
 };
@@ -494,14 +496,21 @@ int blk_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *buf, si
     int ret = check_writable(bs, e);
     if (ret == 0)
         ret = check_range(bs, off, len, e);
+    if (ret == 0)
+        ret = blk_check_compression(bs->drv, bs->filename, e);
     if (ret < 0)
         return ret;
-    if (!bs->drv->pwrite_compressed)
-        return err_set(e, ENOTSUP, "%s: format '%s' does not support compression",
-                       bs->filename, bs->drv->name);
     if ((ret = begin_guest_write(bs, off, len, e)) < 0)
         return ret;
     return bs->drv->pwrite_compressed(bs, off, buf, len, e);
+}
+
+int blk_check_compression(const struct blockdrv *drv, const char *filename, struct err *e)
+{
+    if (!drv->pwrite_compressed)
+        return err_set(e, ENOTSUP, "%s: format '%s' does not support compression",
+                       filename, drv->name);
+    return 0;
 }
 
 int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,
@@ -544,14 +553,13 @@ int blk_block_status_above(struct blockdev *bs, const struct blockdev *base, uin
                 ext->flags = (ext->flags & ~BLK_STATUS_DATA) | BLK_STATUS_ZERO;
             return 0;
         }
-        depth++;
         if (off >= backing->size) {
-            /* Past the end of a shorter backing file: zeroes. */
+            /* Past the end of a shorter backing file: zeroes, reported at
+             * this layer, as qemu-img map does. */
             ext->flags = BLK_STATUS_ZERO;
-            ext->depth = depth;
-            ext->layer = backing;
             return 0;
         }
+        depth++;
         bytes = min_u64(bytes, backing->size - off);
         layer = backing;
     }

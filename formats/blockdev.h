@@ -230,6 +230,9 @@ void blk_check_result_free(struct blk_check_result *res);
 /* Compressed writes: -ENOTSUP naming the format when it has none. */
 int blk_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *buf, size_t len,
                           struct err *e);
+/* 0 if format `drv` writes compressed clusters, else that same -ENOTSUP
+ * error naming `filename` (to refuse -c before creating a target). */
+int blk_check_compression(const struct blockdrv *drv, const char *filename, struct err *e);
 
 /* Status of the run at `off` in this layer only (see blockdrv.block_status). */
 int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,

@@ -106,14 +106,16 @@ static int byte_locked_by_other(int fd, off_t byte, bool *locked)
 
 static int lock_conflict(struct hostfile *f, unsigned bit, bool shared_side, struct err *e)
 {
-    if (shared_side)
+    /* -U only helps a reader: a writer must wait for the other process. */
+    if (shared_side && !f->writable)
         return err_set(e, EAGAIN,
                        "%s: failed to get shared \"%s\" lock: the image is in use by "
                        "another process (stop it, or use -U to read anyway)",
                        f->path, perm_names[bit]);
     return err_set(e, EAGAIN,
-                   "%s: failed to get \"%s\" lock: the image is in use by another "
-                   "process (stop it first)", f->path, perm_names[bit]);
+                   "%s: failed to get %s\"%s\" lock: the image is in use by another "
+                   "process (stop it first)", f->path, shared_side ? "shared " : "",
+                   perm_names[bit]);
 }
 
 int hostfile_lock(struct hostfile *f, unsigned perm, unsigned shared, struct err *e)

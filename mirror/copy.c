@@ -1,31 +1,122 @@
+/* The copy engine (see copy.h).
+ *
+ * The calling thread is the dispatcher: it walks the source's block
+ * status and cuts the range into chunks, which it queues for a pool of
+ * worker threads.  A chunk is one of
+ *
+ *   SKIP  nothing to do (above `base`, the target's backing provides it);
+ *   ZERO  the target must read zeroes there;
+ *   DATA  a buffer's worth (buf_size at most) of pieces, each of them data
+ *         to read, a zero run, or a SKIP run; it is read into one buffer
+ *         and written with zero detection (or compressed, cluster by
+ *         cluster).
+ *
+ * Chunk boundaries fall on the target's cluster boundaries (its write
+ * alignment), so two workers never write the same target cluster: a
+ * source run that ends inside a cluster joins the DATA chunk that covers
+ * the rest of that cluster.  A zero run costs no reads, and no writes at
+ * all where the target already reads zeroes.
+ *
+ * Workers report completions back under one lock; the dispatcher turns
+ * them into progress callbacks, so those come from one thread in
+ * increasing order.  The first error (or a cancel request) stops the
+ * dispatcher, the workers drop what is still queued, and all are joined
+ * before copy_run returns. */
 #include "mirror/copy.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define DEFAULT_BUF_SIZE (2u << 20)
+/* How often the dispatcher looks at the cancel flag while it waits for
+ * workers (a signal handler cannot wake a condition variable). */
+#define CANCEL_POLL_NS 50000000L
+
+enum chunk_kind { CHUNK_SKIP, CHUNK_ZERO, CHUNK_DATA };
+
+/* One run inside a DATA chunk: what the source holds there. */
+struct piece {
+    uint64_t len;
+    enum chunk_kind kind;
+};
+
+struct chunk {
+    uint64_t off, len;
+    enum chunk_kind kind;
+    struct piece *pieces;       /* DATA: the runs, in order, covering len */
+    size_t npieces, cap;
+};
+
+/* The source extent the dispatcher is cutting chunks from. */
+struct cursor {
+    uint64_t off, len;          /* len == 0: nothing loaded */
+    enum chunk_kind kind;
+};
+
+struct engine {
+    struct copy_job *job;
+    uint64_t end;
+    size_t buf_size;            /* a multiple of align */
+    uint32_t align;             /* target cluster size (write alignment) */
+    uint32_t unit;              /* zero detection granularity */
+
+    pthread_mutex_t lock;
+    pthread_cond_t work_ready;  /* workers: a chunk is queued, or stop */
+    pthread_cond_t changed;     /* dispatcher: a chunk completed, or failure */
+    struct chunk *slots;
+    unsigned nslots;
+    unsigned *queue;            /* ring of queued slot numbers */
+    unsigned queue_head, queue_len;
+    unsigned *free_slots;       /* stack of free slot numbers */
+    unsigned nfree;
+    unsigned busy;              /* chunks being worked on */
+    bool no_more_chunks;
+    int failed;                 /* 0, or the first error */
+    struct err error;           /* ... and its message */
+    uint64_t done;              /* bytes of completed chunks */
+    uint64_t reported;          /* `done` as last passed to progress */
+    struct copy_stats stats;
+};
+
+struct worker {
+    struct engine *eng;
+    pthread_t thread;
+    uint8_t *buf;
+};
+
+static bool cancel_requested(const struct copy_job *job)
+{
+    return job->cancel && *job->cancel;
+}
+
+/* --- Work done by the workers (no engine state touched) --- */
 
 /* Make [off, off+len) of the target read as zeroes, skipping sub-ranges it
  * already reads as zeroes (unless the whole target is known to be zero). */
-static int copy_zeroes(struct copy_job *job, uint64_t off, uint64_t len, struct err *e)
+static int copy_zeroes(struct copy_job *job, uint64_t off, uint64_t len,
+                       struct copy_stats *st, struct err *e)
 {
     if (job->target_is_zero) {
-        job->stats.bytes_skipped += len;
+        st->bytes_skipped += len;
         return 0;
     }
     while (len) {
+        if (cancel_requested(job))
+            return err_set(e, ECANCELED, "cancelled");
         struct blk_extent ext;
         int ret = blk_block_status(job->dst, off, len, &ext, e);
         if (ret < 0)
             return ret;
         if (ext.flags & BLK_STATUS_ZERO) {
-            job->stats.bytes_skipped += ext.length;
+            st->bytes_skipped += ext.length;
         } else {
             ret = blk_write_zeroes(job->dst, off, ext.length, BLK_ZERO_MAY_UNMAP, e);
             if (ret < 0)
                 return ret;
-            job->stats.bytes_zeroed += ext.length;
+            st->bytes_zeroed += ext.length;
         }
         off += ext.length;
         len -= ext.length;
@@ -35,9 +126,10 @@ static int copy_zeroes(struct copy_job *job, uint64_t off, uint64_t len, struct 
 
 /* Write one buffer of source data, turning all-zero blocks into zero
  * writes (or nothing) so that the target stays sparse. */
-static int copy_buffer(struct copy_job *job, const uint8_t *buf, uint64_t off, size_t len,
-                       uint32_t unit, struct err *e)
+static int write_detecting_zeroes(struct engine *eng, const uint8_t *buf, uint64_t off,
+                                  size_t len, struct copy_stats *st, struct err *e)
 {
+    uint32_t unit = eng->unit;
     size_t pos = 0;
     while (pos < len) {
         /* A run of blocks that are all zero, or all not. */
@@ -52,10 +144,11 @@ static int copy_buffer(struct copy_job *job, const uint8_t *buf, uint64_t off, s
         }
         int ret;
         if (zero) {
-            ret = copy_zeroes(job, off + pos, run, e);
+            ret = copy_zeroes(eng->job, off + pos, run, st, e);
         } else {
-            ret = blk_pwrite(job->dst, off + pos, buf + pos, run, e);
-            job->stats.bytes_written += run;
+            ret = blk_pwrite(eng->job->dst, off + pos, buf + pos, run, e);
+            if (ret == 0)
+                st->bytes_written += run;
         }
         if (ret < 0)
             return ret;
@@ -64,52 +157,497 @@ static int copy_buffer(struct copy_job *job, const uint8_t *buf, uint64_t off, s
     return 0;
 }
 
-int copy_run(struct copy_job *job, struct err *e)
+/* Compressed writes go cluster by cluster: the driver compresses whole
+ * clusters (or the disk's last, partial one).  Zero clusters are zeroed as
+ * usual, and the pieces of clusters cut by the copy range are written
+ * plainly. */
+static int write_compressed(struct engine *eng, const uint8_t *buf, uint64_t off, size_t len,
+                            struct copy_stats *st, struct err *e)
 {
-    size_t buf_size = job->buf_size ? job->buf_size : DEFAULT_BUF_SIZE;
-    uint32_t unit = job->zero_detect;
-    if (!unit)
-        unit = (uint32_t)max_u64(4096, blk_write_alignment(job->dst));
+    struct blockdev *dst = eng->job->dst;
+    size_t pos = 0;
+    while (pos < len) {
+        uint64_t at = off + pos;
+        size_t n = (size_t)min_u64(eng->align - at % eng->align, len - pos);
+        bool whole = at % eng->align == 0 && (n == eng->align || at + n == dst->size);
+        int ret;
+        if (buffer_is_zero(buf + pos, n)) {
+            ret = copy_zeroes(eng->job, at, n, st, e);
+        } else if (whole) {
+            ret = blk_pwrite_compressed(dst, at, buf + pos, n, e);
+            if (ret == 0)
+                st->bytes_written += n;
+        } else {
+            ret = write_detecting_zeroes(eng, buf + pos, at, n, st, e);
+        }
+        if (ret < 0)
+            return ret;
+        pos += n;
+    }
+    return 0;
+}
+
+/* Read the chunk's data pieces into buf (zero pieces are not read, they
+ * are zero; SKIP pieces are read through the chain only when compressing,
+ * which needs whole clusters). */
+static int fill_buffer(struct engine *eng, const struct chunk *c, uint8_t *buf,
+                       struct copy_stats *st, struct err *e)
+{
+    uint64_t pos = 0;
+    for (size_t i = 0; i < c->npieces; i++) {
+        const struct piece *p = &c->pieces[i];
+        if (p->kind == CHUNK_DATA || (p->kind == CHUNK_SKIP && eng->job->compress)) {
+            int ret = blk_pread(eng->job->src, c->off + pos, buf + pos, (size_t)p->len, e);
+            if (ret < 0)
+                return ret;
+            st->bytes_read += p->len;
+        } else {
+            memset(buf + pos, 0, (size_t)p->len);
+        }
+        pos += p->len;
+    }
+    return 0;
+}
+
+static int copy_data_chunk(struct engine *eng, const struct chunk *c, uint8_t *buf,
+                           struct copy_stats *st, struct err *e)
+{
+    int ret = fill_buffer(eng, c, buf, st, e);
+    if (ret < 0)
+        return ret;
+    if (eng->job->compress)
+        return write_compressed(eng, buf, c->off, (size_t)c->len, st, e);
+    /* Write each stretch between SKIP pieces. */
+    uint64_t pos = 0;
+    for (size_t i = 0; i < c->npieces;) {
+        if (c->pieces[i].kind == CHUNK_SKIP) {
+            st->bytes_skipped += c->pieces[i].len;
+            pos += c->pieces[i++].len;
+            continue;
+        }
+        uint64_t start = pos;
+        while (i < c->npieces && c->pieces[i].kind != CHUNK_SKIP)
+            pos += c->pieces[i++].len;
+        ret = write_detecting_zeroes(eng, buf + start, c->off + start, (size_t)(pos - start),
+                                     st, e);
+        if (ret < 0)
+            return ret;
+    }
+    return 0;
+}
+
+static int run_chunk(struct engine *eng, const struct chunk *c, uint8_t *buf,
+                     struct copy_stats *st, struct err *e)
+{
+    if (cancel_requested(eng->job))
+        return err_set(e, ECANCELED, "cancelled");
+    switch (c->kind) {
+    case CHUNK_SKIP:
+        st->bytes_skipped += c->len;
+        return 0;
+    case CHUNK_ZERO:
+        return copy_zeroes(eng->job, c->off, c->len, st, e);
+    case CHUNK_DATA:
+        return copy_data_chunk(eng, c, buf, st, e);
+    }
+    return 0;
+}
+
+/* --- Shared state, under eng->lock --- */
+
+static void add_stats(struct copy_stats *to, const struct copy_stats *from)
+{
+    to->bytes_read += from->bytes_read;
+    to->bytes_written += from->bytes_written;
+    to->bytes_zeroed += from->bytes_zeroed;
+    to->bytes_skipped += from->bytes_skipped;
+}
+
+/* Keep the first error; idle workers then stop and queued chunks are
+ * dropped. */
+static void fail_locked(struct engine *eng, int ret, const struct err *e)
+{
+    if (!eng->failed) {
+        eng->failed = ret;
+        eng->error = *e;
+    }
+    pthread_cond_broadcast(&eng->work_ready);
+    pthread_cond_signal(&eng->changed);
+}
+
+/* Record a finished chunk (or a failure) and free its slot. */
+static void complete_locked(struct engine *eng, unsigned slot, int ret,
+                            const struct copy_stats *st, const struct err *e)
+{
+    add_stats(&eng->stats, st);
+    if (ret == 0)
+        eng->done += eng->slots[slot].len;
+    else
+        fail_locked(eng, ret, e);
+    eng->free_slots[eng->nfree++] = slot;
+    pthread_cond_signal(&eng->changed);
+}
+
+static void cancel_locked(struct engine *eng)
+{
+    struct err e = { 0 };
+    fail_locked(eng, err_set(&e, ECANCELED, "cancelled"), &e);
+}
+
+static void *worker_main(void *opaque)
+{
+    struct worker *w = opaque;
+    struct engine *eng = w->eng;
+    pthread_mutex_lock(&eng->lock);
+    for (;;) {
+        while (!eng->queue_len && !eng->no_more_chunks && !eng->failed)
+            pthread_cond_wait(&eng->work_ready, &eng->lock);
+        if (!eng->queue_len || eng->failed)
+            break;      /* all done, or abandoned after an error */
+        unsigned slot = eng->queue[eng->queue_head];
+        eng->queue_head = (eng->queue_head + 1) % eng->nslots;
+        eng->queue_len--;
+        eng->busy++;
+        pthread_mutex_unlock(&eng->lock);
+
+        struct copy_stats st = { 0 };
+        struct err e = { 0 };
+        int ret = run_chunk(eng, &eng->slots[slot], w->buf, &st, &e);
+
+        pthread_mutex_lock(&eng->lock);
+        eng->busy--;
+        complete_locked(eng, slot, ret, &st, &e);
+    }
+    pthread_mutex_unlock(&eng->lock);
+    return NULL;
+}
+
+/* Pass completed bytes to the progress callback (called with the lock
+ * held; drops it around the callback). */
+static void report_progress_locked(struct engine *eng)
+{
+    struct copy_job *job = eng->job;
+    if (!job->progress || eng->done == eng->reported)
+        return;
+    uint64_t done = eng->done;
+    eng->reported = done;
+    pthread_mutex_unlock(&eng->lock);
+    job->progress(job->opaque, done, job->length);
+    pthread_mutex_lock(&eng->lock);
+}
+
+/* Wait (lock held) until `ready` holds or the copy failed, reporting
+ * progress and polling the cancel flag meanwhile. */
+static void wait_locked(struct engine *eng, bool (*ready)(const struct engine *))
+{
+    for (;;) {
+        report_progress_locked(eng);
+        if (eng->failed || ready(eng))
+            return;
+        if (cancel_requested(eng->job)) {
+            cancel_locked(eng);
+            return;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += CANCEL_POLL_NS;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&eng->changed, &eng->lock, &ts);
+    }
+}
+
+static bool slot_free(const struct engine *eng)
+{
+    return eng->nfree > 0;
+}
+
+static bool all_finished(const struct engine *eng)
+{
+    return eng->busy == 0 && eng->queue_len == 0;
+}
+
+/* --- The dispatcher: cutting the range into chunks --- */
+
+/* Load the source extent at `off` into the cursor if it is used up. */
+static int cursor_load(struct engine *eng, struct cursor *cur, uint64_t off, struct err *e)
+{
+    if (cur->len)
+        return 0;
+    struct copy_job *job = eng->job;
+    struct blk_extent ext;
+    int ret = blk_block_status_above(job->src, job->base, off, eng->end - off, &ext, e);
+    if (ret < 0)
+        return ret;
+    cur->off = off;
+    cur->len = ext.length;
+    if (job->base && !(ext.flags & BLK_STATUS_ALLOCATED))
+        cur->kind = CHUNK_SKIP;     /* base or below: the target's backing has it */
+    else if (ext.flags & BLK_STATUS_ZERO)
+        cur->kind = CHUNK_ZERO;
+    else
+        cur->kind = CHUNK_DATA;
+    return 0;
+}
+
+static void cursor_take(struct cursor *cur, uint64_t len)
+{
+    cur->off += len;
+    cur->len -= len;
+}
+
+/* Where a run of non-data at `off` (of `len` bytes) could end as whole
+ * target clusters: its end rounded down to a cluster boundary, or the end
+ * of the range.  At most `off` when the run ends inside off's cluster. */
+static uint64_t whole_cluster_end(const struct engine *eng, uint64_t off, uint64_t len)
+{
+    uint64_t stop = off + len;
+    return stop == eng->end ? stop : align_down(stop, eng->align);
+}
+
+static int add_piece(struct chunk *c, enum chunk_kind kind, uint64_t len, struct err *e)
+{
+    if (c->npieces && c->pieces[c->npieces - 1].kind == kind) {
+        c->pieces[c->npieces - 1].len += len;
+    } else {
+        if (c->npieces == c->cap) {
+            size_t cap = c->cap ? c->cap * 2 : 16;
+            struct piece *p = realloc(c->pieces, cap * sizeof(*p));
+            if (!p)
+                return err_set(e, ENOMEM, "out of memory");
+            c->pieces = p;
+            c->cap = cap;
+        }
+        c->pieces[c->npieces++] = (struct piece){ .len = len, .kind = kind };
+    }
+    c->len += len;
+    return 0;
+}
+
+/* Cut the next chunk at `off` from the source's block status. */
+static int build_chunk(struct engine *eng, struct cursor *cur, uint64_t off, struct chunk *c,
+                       struct err *e)
+{
+    int ret = cursor_load(eng, cur, off, e);
+    if (ret < 0)
+        return ret;
+    c->off = off;
+    c->len = 0;
+    c->npieces = 0;
+    if (cur->kind != CHUNK_DATA) {
+        uint64_t stop = whole_cluster_end(eng, off, cur->len);
+        if (stop > off) {
+            c->kind = cur->kind;
+            c->len = stop - off;
+            cursor_take(cur, c->len);
+            return 0;
+        }
+        /* The run ends inside this cluster: it goes with the data after it. */
+    }
+    /* A DATA chunk: whole clusters, up to buf_size (the first chunk may
+     * start inside a cluster when the range does). */
+    c->kind = CHUNK_DATA;
+    uint64_t limit = min_u64(eng->end, align_down(off, eng->align) + eng->buf_size);
+    uint64_t pos = off;
+    bool has_data = false;
+    for (;;) {
+        if ((ret = cursor_load(eng, cur, pos, e)) < 0)
+            return ret;
+        uint64_t take = min_u64(cur->len, limit - pos);
+        if (cur->kind != CHUNK_DATA && eng->align > 1)
+            take = min_u64(take, align_down(pos, eng->align) + eng->align - pos);
+        if ((ret = add_piece(c, cur->kind, take, e)) < 0)
+            return ret;
+        has_data |= cur->kind == CHUNK_DATA;
+        cursor_take(cur, take);
+        pos += take;
+        if (pos == limit)
+            break;
+        if (pos % eng->align == 0) {
+            /* At a cluster boundary: stop if whole clusters of non-data
+             * follow (they make their own chunk). */
+            if ((ret = cursor_load(eng, cur, pos, e)) < 0)
+                return ret;
+            if (cur->kind != CHUNK_DATA && whole_cluster_end(eng, pos, cur->len) > pos)
+                break;
+        }
+    }
+    if (!has_data && c->npieces == 1)
+        c->kind = c->pieces[0].kind;    /* e.g. zero runs from two layers */
+    return 0;
+}
+
+/* Hand the chunk in `slot` to the workers, or account for it at once when
+ * there is nothing to do. */
+static void dispatch_locked(struct engine *eng, unsigned slot)
+{
+    struct chunk *c = &eng->slots[slot];
+    if (c->kind == CHUNK_SKIP || (c->kind == CHUNK_ZERO && eng->job->target_is_zero)) {
+        struct copy_stats st = { .bytes_skipped = c->len };
+        complete_locked(eng, slot, 0, &st, NULL);
+        return;
+    }
+    eng->queue[(eng->queue_head + eng->queue_len) % eng->nslots] = slot;
+    eng->queue_len++;
+    pthread_cond_signal(&eng->work_ready);
+}
+
+static void dispatch_all(struct engine *eng)
+{
+    struct cursor cur = { 0 };
+    uint64_t off = eng->job->offset;
+    pthread_mutex_lock(&eng->lock);
+    while (off < eng->end) {
+        if (cancel_requested(eng->job))
+            cancel_locked(eng);
+        wait_locked(eng, slot_free);
+        if (eng->failed)
+            break;
+        unsigned slot = eng->free_slots[--eng->nfree];
+        pthread_mutex_unlock(&eng->lock);
+
+        struct err e = { 0 };
+        int ret = build_chunk(eng, &cur, off, &eng->slots[slot], &e);
+
+        pthread_mutex_lock(&eng->lock);
+        if (ret < 0) {
+            eng->free_slots[eng->nfree++] = slot;
+            fail_locked(eng, ret, &e);
+            break;
+        }
+        off += eng->slots[slot].len;
+        dispatch_locked(eng, slot);
+    }
+    eng->no_more_chunks = true;
+    pthread_cond_broadcast(&eng->work_ready);
+    wait_locked(eng, all_finished);
+    pthread_mutex_unlock(&eng->lock);
+}
+
+/* --- Setup --- */
+
+static int check_job(struct copy_job *job, struct err *e)
+{
     if (job->offset > job->src->size || job->length > job->src->size - job->offset)
         return err_set(e, EINVAL, "%s: copy range is beyond the end of the image",
                        job->src->filename);
     if (job->offset + job->length > job->dst->size)
         return err_set(e, EINVAL, "%s: target is smaller (%llu bytes) than the range to "
                        "copy", job->dst->filename, (unsigned long long)job->dst->size);
-    uint8_t *buf;
-    if (posix_memalign((void **)&buf, 4096, buf_size))
-        return err_set(e, ENOMEM, "out of memory for a %zu-byte copy buffer", buf_size);
-    uint64_t end = job->offset + job->length;
-    int ret = 0;
-    for (uint64_t off = job->offset; off < end;) {
-        if (job->cancel && *job->cancel) {
-            ret = err_set(e, ECANCELED, "cancelled");
-            break;
-        }
-        struct blk_extent ext;
-        uint64_t want = min_u64(end - off, buf_size);
-        ret = blk_block_status_above(job->src, job->base, off, want, &ext, e);
-        if (ret < 0)
-            break;
-        uint64_t len = ext.length;
-        if (job->base && !(ext.flags & BLK_STATUS_ALLOCATED)) {
-            /* Comes from base or below: the target's backing provides it. */
-            job->stats.bytes_skipped += len;
-        } else if (ext.flags & BLK_STATUS_ZERO) {
-            ret = copy_zeroes(job, off, len, e);
-        } else {
-            ret = blk_pread(job->src, off, buf, (size_t)len, e);
-            if (ret == 0) {
-                job->stats.bytes_read += len;
-                ret = copy_buffer(job, buf, off, (size_t)len, unit, e);
-            }
-        }
-        if (ret < 0)
-            break;
-        off += len;
-        if (job->progress)
-            job->progress(job->opaque, off - job->offset, job->length);
+    if (job->max_in_flight > COPY_MAX_IN_FLIGHT)
+        return err_set(e, EINVAL, "at most %d requests can be in flight",
+                       COPY_MAX_IN_FLIGHT);
+    if (job->compress)
+        return blk_check_compression(job->dst->drv, job->dst->filename, e);
+    return 0;
+}
+
+static int engine_init(struct engine *eng, struct copy_job *job, unsigned nworkers,
+                       struct err *e)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_mutex_init(&eng->lock, NULL);
+    pthread_cond_init(&eng->work_ready, NULL);
+    pthread_cond_init(&eng->changed, &attr);
+    pthread_condattr_destroy(&attr);
+    eng->job = job;
+    eng->end = job->offset + job->length;
+    eng->align = blk_write_alignment(job->dst);
+    eng->unit = job->zero_detect ? job->zero_detect
+                                 : (uint32_t)max_u64(4096, eng->align);
+    size_t buf = job->buf_size ? job->buf_size : DEFAULT_BUF_SIZE;
+    eng->buf_size = (size_t)max_u64(align_up(buf, eng->align), eng->align);
+    /* Twice as many chunks as workers, so that the next ones are queued
+     * while the workers are busy. */
+    eng->nslots = nworkers * 2;
+    eng->slots = calloc(eng->nslots, sizeof(*eng->slots));
+    eng->queue = calloc(eng->nslots, sizeof(*eng->queue));
+    eng->free_slots = calloc(eng->nslots, sizeof(*eng->free_slots));
+    if (!eng->slots || !eng->queue || !eng->free_slots)
+        return err_set(e, ENOMEM, "out of memory");
+    for (unsigned i = 0; i < eng->nslots; i++)
+        eng->free_slots[eng->nfree++] = i;
+    return 0;
+}
+
+static void engine_destroy(struct engine *eng)
+{
+    if (eng->slots) {
+        for (unsigned i = 0; i < eng->nslots; i++)
+            free(eng->slots[i].pieces);
     }
-    free(buf);
+    free(eng->slots);
+    free(eng->queue);
+    free(eng->free_slots);
+    pthread_mutex_destroy(&eng->lock);
+    pthread_cond_destroy(&eng->work_ready);
+    pthread_cond_destroy(&eng->changed);
+}
+
+/* Start the workers with signals blocked, so that SIGINT and SIGTERM reach
+ * the calling thread (which polls the cancel flag) and never interrupt a
+ * worker's I/O.  Returns how many started. */
+static unsigned start_workers(struct engine *eng, struct worker *w, unsigned n, struct err *e)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    unsigned started = 0;
+    for (unsigned i = 0; i < n; i++) {
+        w[i].eng = eng;
+        if (posix_memalign((void **)&w[i].buf, 4096, eng->buf_size)) {
+            w[i].buf = NULL;
+            err_set(e, ENOMEM, "out of memory for a %zu-byte copy buffer", eng->buf_size);
+            break;
+        }
+        int ret = pthread_create(&w[i].thread, NULL, worker_main, &w[i]);
+        if (ret) {
+            free(w[i].buf);
+            w[i].buf = NULL;
+            err_set(e, ret, "cannot start a copy thread: %s", strerror(ret));
+            break;
+        }
+        started++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return started;
+}
+
+int copy_run(struct copy_job *job, struct err *e)
+{
+    int ret = check_job(job, e);
+    if (ret < 0)
+        return ret;
+    unsigned nworkers = job->max_in_flight ? job->max_in_flight : COPY_DEFAULT_IN_FLIGHT;
+    struct worker *workers = calloc(nworkers, sizeof(*workers));
+    if (!workers)
+        return err_set(e, ENOMEM, "out of memory");
+    struct engine eng = { 0 };
+    ret = engine_init(&eng, job, nworkers, e);
+    unsigned started = 0;
+    if (ret == 0) {
+        /* Fewer workers than asked for still copy correctly. */
+        started = start_workers(&eng, workers, nworkers, e);
+        if (started == 0)
+            ret = -e->code;
+    }
+    if (ret == 0) {
+        err_clear(e);
+        dispatch_all(&eng);
+        for (unsigned i = 0; i < started; i++)
+            pthread_join(workers[i].thread, NULL);
+        add_stats(&job->stats, &eng.stats);
+        ret = eng.failed;
+        if (ret < 0)
+            *e = eng.error;
+    }
+    for (unsigned i = 0; i < started; i++)
+        free(workers[i].buf);
+    free(workers);
+    engine_destroy(&eng);
     return ret;
 }

@@ -1,7 +1,13 @@
 /* The copy engine shared by convert, mirror, export, rebase and commit:
  * one loop that walks the source's block status, reads only what holds
  * data, writes zero ranges as zeroes (or not at all where the target
- * already reads zeroes), and reports progress through a callback. */
+ * already reads zeroes), and reports progress through a callback.
+ *
+ * Several requests are in flight at once: the calling thread walks the
+ * block status and hands out chunks (at most buf_size bytes of data each,
+ * cut at the target's cluster boundaries) to a small pool of worker
+ * threads that read, write or zero them.  Callers see none of this: they
+ * fill a copy_job, call copy_run, and get one result. */
 #ifndef IMGTOOL_COPY_H
 #define IMGTOOL_COPY_H
 
@@ -13,7 +19,7 @@
 
 struct copy_stats {
     uint64_t bytes_read;        /* read from the source */
-    uint64_t bytes_written;     /* data written to the target */
+    uint64_t bytes_written;     /* data written to the target (before compression) */
     uint64_t bytes_zeroed;      /* written to the target as zeroes */
     uint64_t bytes_skipped;     /* not written: already right on the target */
 };
@@ -28,18 +34,39 @@ struct copy_job {
     uint64_t offset, length;    /* the range to copy */
     bool target_is_zero;        /* the target reads as zeroes everywhere */
     size_t buf_size;            /* bytes per request (default 2 MiB) */
+    /* Requests in flight at once, each in its own worker thread with its
+     * own buf_size buffer (0 means COPY_DEFAULT_IN_FLIGHT; at most
+     * COPY_MAX_IN_FLIGHT).  Requests complete out of order. */
+    unsigned max_in_flight;
+    /* Write data as compressed clusters (blk_pwrite_compressed): every
+     * chunk then covers whole target clusters (blk_write_alignment), and a
+     * cluster that only partly lies in [offset, offset+length) and does not
+     * end the disk is written uncompressed.  copy_run fails with -ENOTSUP
+     * at once if the target's format has no compression. */
+    bool compress;
     /* Smallest unit in which zero data is detected and skipped; 0 means
      * 4 KiB or the target's write alignment, whichever is larger. */
     uint32_t zero_detect;
-    /* Called after each request; may be NULL. */
+    /* Called as requests complete, always from the thread that called
+     * copy_run (never concurrently), with the bytes of the range completed
+     * so far: `done` only grows and reaches `total` on success.  May be
+     * NULL. */
     void (*progress)(void *opaque, uint64_t done, uint64_t total);
     void *opaque;
     /* Set asynchronously (signal handler) to stop the copy: copy_run then
-     * returns -ECANCELED. */
+     * returns -ECANCELED.  Requests already running finish first. */
     volatile sig_atomic_t *cancel;
     struct copy_stats stats;
 };
 
+enum {
+    COPY_DEFAULT_IN_FLIGHT = 4,
+    COPY_MAX_IN_FLIGHT = 64,
+};
+
+/* Copy; on failure the first error wins (the rest of the work is
+ * abandoned and every worker has stopped before copy_run returns), and the
+ * target holds a partial copy.  job->stats is filled in either case. */
 int copy_run(struct copy_job *job, struct err *e);
 
 #endif

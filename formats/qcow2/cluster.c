@@ -1,0 +1,308 @@
+/* qcow2 cluster mapping: the L1 table, L2 tables through the L2 cache,
+ * subcluster types, and copy-on-write of shared L2 tables (qcow2.txt
+ * "Cluster mapping", "Extended L2 Entries").  Lock held throughout. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/qcow2/qcow2.h"
+
+int qcow2_l1_init(struct qcow2_state *s, struct err *e)
+{
+    uint64_t file_size;
+    int ret = hostfile_size(s->bs->file, &file_size, e);
+    if (ret < 0)
+        return ret;
+    s->l1 = calloc(s->l1_size ? s->l1_size : 1, sizeof(uint64_t));
+    if (!s->l1)
+        return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
+    if (s->l1_size &&
+        (ret = hostfile_pread(s->bs->file, s->l1_offset, s->l1, (size_t)s->l1_size * 8, e)) < 0)
+        return ret;
+    for (uint32_t i = 0; i < s->l1_size; i++) {
+        uint64_t v = be64_read(&s->l1[i]);
+        uint64_t off = v & QCOW2_OFFSET_MASK;
+        if (off & (s->cluster_size - 1))
+            return err_set(e, EINVAL, "%s: L2 table offset 0x%llx is not cluster aligned "
+                           "(L1 index %u)", s->bs->filename, (unsigned long long)off, i);
+        if (off && (off > file_size || s->cluster_size > file_size - off))
+            return err_set(e, EINVAL, "%s: L2 table offset 0x%llx is past the end of the "
+                           "file (L1 index %u)", s->bs->filename, (unsigned long long)off, i);
+        if (off && off < s->cluster_size)
+            return err_set(e, EINVAL, "%s: L2 table (L1 index %u) overlaps the header",
+                           s->bs->filename, i);
+        s->l1[i] = v;
+    }
+    return 0;
+}
+
+uint64_t qcow2_l2e_host_offset(const struct qcow2_state *s, struct qcow2_l2e l2e)
+{
+    if (l2e.entry & QCOW2_OFLAG_COMPRESSED)
+        return l2e.entry & s->coffset_mask;
+    return l2e.entry & QCOW2_OFFSET_MASK;
+}
+
+enum qcow2_sc_type qcow2_sc_type(const struct qcow2_state *s, struct qcow2_l2e l2e, unsigned sc)
+{
+    if (l2e.entry & QCOW2_OFLAG_COMPRESSED)
+        return QCOW2_SC_COMPRESSED;
+    uint64_t host = l2e.entry & QCOW2_OFFSET_MASK;
+    if (!s->extended_l2) {
+        if (l2e.entry & QCOW2_OFLAG_ZERO)
+            return host ? QCOW2_SC_ZERO_ALLOC : QCOW2_SC_ZERO_PLAIN;
+        return host ? QCOW2_SC_NORMAL : QCOW2_SC_UNALLOC_PLAIN;
+    }
+    uint64_t alloc = l2e.bitmap & QCOW2_BITMAP_ALL_ALLOC, zero = l2e.bitmap >> 32;
+    if (host) {
+        if (alloc & zero)
+            return QCOW2_SC_INVALID;
+        if (zero & (1ull << sc))
+            return QCOW2_SC_ZERO_ALLOC;
+        return (alloc & (1ull << sc)) ? QCOW2_SC_NORMAL : QCOW2_SC_UNALLOC_ALLOC;
+    }
+    if (alloc)
+        return QCOW2_SC_INVALID;
+    return (zero & (1ull << sc)) ? QCOW2_SC_ZERO_PLAIN : QCOW2_SC_UNALLOC_PLAIN;
+}
+
+static struct qcow2_l2e l2e_read(const struct qcow2_state *s, const uint8_t *table,
+                                 uint64_t index)
+{
+    const uint8_t *p = table + index * s->l2_entry_bytes;
+    struct qcow2_l2e l2e = { be64_read(p), s->extended_l2 ? be64_read(p + 8) : 0 };
+    return l2e;
+}
+
+static void l2e_write(const struct qcow2_state *s, uint8_t *table, uint64_t index,
+                      struct qcow2_l2e l2e)
+{
+    uint8_t *p = table + index * s->l2_entry_bytes;
+    be64_write(p, l2e.entry);
+    if (s->extended_l2)
+        be64_write(p + 8, l2e.bitmap);
+}
+
+static uint64_t l1_index_of(const struct qcow2_state *s, uint64_t off)
+{
+    return off >> (s->cluster_bits + s->l2_bits);
+}
+
+static uint64_t l2_index_of(const struct qcow2_state *s, uint64_t off)
+{
+    return (off >> s->cluster_bits) & (s->l2_entries - 1);
+}
+
+/* Check an entry before its offset is used (the file size bound is left
+ * to the reads, which return zeroes past the end as QEMU's do). */
+static int validate_l2e(struct qcow2_state *s, uint64_t off, struct qcow2_l2e l2e,
+                        struct err *e)
+{
+    if (l2e.entry & QCOW2_OFLAG_COMPRESSED) {
+        if (s->extended_l2 && l2e.bitmap)
+            return err_set(e, EIO, "%s: compressed cluster at guest offset 0x%llx has a "
+                           "subcluster bitmap; run 'imgtool check -r all'", s->bs->filename,
+                           (unsigned long long)off);
+        return 0;
+    }
+    uint64_t host = l2e.entry & QCOW2_OFFSET_MASK;
+    if (host & (s->cluster_size - 1))
+        return err_set(e, EIO, "%s: cluster offset 0x%llx for guest offset 0x%llx is not "
+                       "cluster aligned; run 'imgtool check -r all'", s->bs->filename,
+                       (unsigned long long)host, (unsigned long long)off);
+    if (host && host < s->cluster_size)
+        return err_set(e, EIO, "%s: data cluster for guest offset 0x%llx overlaps the "
+                       "header", s->bs->filename, (unsigned long long)off);
+    return 0;
+}
+
+/* The L2 table for `off`, or *table = NULL when none is allocated. */
+static int get_l2_table(struct qcow2_state *s, uint64_t off, uint8_t **table, struct err *e)
+{
+    uint64_t i = l1_index_of(s, off);
+    *table = NULL;
+    if (i >= s->l1_size)
+        return 0;
+    uint64_t l2_off = s->l1[i] & QCOW2_OFFSET_MASK;
+    if (!l2_off)
+        return 0;
+    return qcow2_cache_get(s, &s->l2_cache, l2_off, false, table, e);
+}
+
+int qcow2_get_l2e(struct qcow2_state *s, uint64_t off, struct qcow2_l2e *l2e, struct err *e)
+{
+    uint8_t *table;
+    int ret = get_l2_table(s, off, &table, e);
+    if (ret < 0)
+        return ret;
+    l2e->entry = l2e->bitmap = 0;
+    if (table)
+        *l2e = l2e_read(s, table, l2_index_of(s, off));
+    return validate_l2e(s, off, *l2e, e);
+}
+
+static int write_l1_entry(struct qcow2_state *s, uint64_t i, struct err *e)
+{
+    uint8_t buf[8];
+    be64_write(buf, s->l1[i]);
+    return hostfile_pwrite(s->bs->file, s->l1_offset + i * 8, buf, 8, e);
+}
+
+/* A new L2 table for L1 entry i (copy of the shared old one, if any):
+ * refcounts, then the table, then the L1 entry, then the old table's
+ * reference is dropped. */
+static int allocate_l2_table(struct qcow2_state *s, uint64_t i, uint8_t **table, struct err *e)
+{
+    uint64_t old = s->l1[i] & QCOW2_OFFSET_MASK;
+    uint8_t *copy = NULL;
+    int ret;
+    if (old) {
+        uint8_t *t;
+        if (!(copy = malloc(s->cluster_size)))
+            return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
+        if ((ret = qcow2_cache_get(s, &s->l2_cache, old, false, &t, e)) < 0)
+            goto out;
+        memcpy(copy, t, s->cluster_size);
+    }
+    uint64_t n;
+    if ((ret = qcow2_alloc_clusters(s, 1, &n, e)) < 0 ||
+        (ret = qcow2_l2_depends_on_refblocks(s, e)) < 0 ||
+        (ret = qcow2_cache_get(s, &s->l2_cache, n, true, table, e)) < 0)
+        goto out;
+    if (copy)
+        memcpy(*table, copy, s->cluster_size);
+    if ((ret = qcow2_cache_flush(s, &s->l2_cache, e)) < 0 ||
+        (ret = hostfile_flush(s->bs->file, e)) < 0)
+        goto out;
+    s->l1[i] = n | QCOW2_OFLAG_COPIED;
+    if ((ret = write_l1_entry(s, i, e)) < 0)
+        goto out;
+    if (old) {
+        /* The L1 entry must be stable before the old table loses a
+         * reference (it stays in use by a snapshot). */
+        if ((ret = hostfile_flush(s->bs->file, e)) == 0)
+            ret = qcow2_free_clusters(s, old, s->cluster_size, e);
+        /* The table pointer may be stale if freeing evicted nothing; get
+         * it again to be safe. */
+        if (ret == 0)
+            ret = qcow2_cache_get(s, &s->l2_cache, n, false, table, e);
+    }
+out:
+    free(copy);
+    return ret;
+}
+
+int qcow2_set_l2e(struct qcow2_state *s, uint64_t off, struct qcow2_l2e l2e, struct err *e)
+{
+    uint64_t i = l1_index_of(s, off);
+    if (i >= s->l1_size)
+        return err_set(e, EIO, "%s: guest offset 0x%llx is beyond the L1 table",
+                       s->bs->filename, (unsigned long long)off);
+    uint8_t *table;
+    int ret;
+    if ((s->l1[i] & QCOW2_OFFSET_MASK) && (s->l1[i] & QCOW2_OFLAG_COPIED))
+        ret = qcow2_cache_get(s, &s->l2_cache, s->l1[i] & QCOW2_OFFSET_MASK, false, &table, e);
+    else
+        ret = allocate_l2_table(s, i, &table, e);
+    if (ret < 0)
+        return ret;
+    l2e_write(s, table, l2_index_of(s, off), l2e);
+    qcow2_cache_mark_dirty(&s->l2_cache, table);
+    return 0;
+}
+
+int qcow2_map_run(struct qcow2_state *s, uint64_t off, uint64_t max, enum qcow2_sc_type *type,
+                  uint64_t *host, uint64_t *len, struct qcow2_l2e *l2e_out, struct err *e)
+{
+    uint64_t l2_span = qcow2_l1_coverage(s);
+    uint64_t end = off + min_u64(max, l2_span - (off & (l2_span - 1)));
+    uint8_t *table;
+    int ret = get_l2_table(s, off, &table, e);
+    if (ret < 0)
+        return ret;
+    if (!table) {
+        *type = QCOW2_SC_UNALLOC_PLAIN;
+        *host = 0;
+        *len = end - off;
+        l2e_out->entry = l2e_out->bitmap = 0;
+        return 0;
+    }
+    uint64_t cur = off;
+    bool first = true;
+    while (cur < end) {
+        uint64_t cstart = qcow2_cluster_start(s, cur);
+        struct qcow2_l2e l2e = l2e_read(s, table, l2_index_of(s, cur));
+        if ((ret = validate_l2e(s, cur, l2e, e)) < 0)
+            return ret;
+        uint64_t base = l2e.entry & QCOW2_OFFSET_MASK;
+        for (unsigned sc = (unsigned)((cur - cstart) / s->subcluster_size);
+             sc < s->subclusters && cur < end; sc++) {
+            enum qcow2_sc_type t = qcow2_sc_type(s, l2e, sc);
+            if (t == QCOW2_SC_INVALID)
+                return err_set(e, EIO, "%s: invalid subcluster bitmap 0x%016llx for guest "
+                               "offset 0x%llx; run 'imgtool check -r all'", s->bs->filename,
+                               (unsigned long long)l2e.bitmap, (unsigned long long)cur);
+            bool has_host = t == QCOW2_SC_NORMAL || t == QCOW2_SC_ZERO_ALLOC ||
+                            t == QCOW2_SC_UNALLOC_ALLOC;
+            uint64_t h = has_host ? base + (cur - cstart) : 0;
+            if (first) {
+                *type = t;
+                *host = h;
+                *l2e_out = l2e;
+                first = false;
+            } else if (t != *type || t == QCOW2_SC_COMPRESSED ||
+                       (has_host && h != *host + (cur - off))) {
+                *len = cur - off;
+                return 0;
+            }
+            cur = min_u64(cstart + (sc + 1) * s->subcluster_size, end);
+        }
+    }
+    *len = cur - off;
+    return 0;
+}
+
+int qcow2_grow_l1(struct qcow2_state *s, uint64_t entries, struct err *e)
+{
+    if (entries <= s->l1_size)
+        return 0;
+    if (entries > QCOW2_MAX_L1_BYTES / 8)
+        return err_set(e, EFBIG, "%s: the L1 table would exceed %u bytes (image too large)",
+                       s->bs->filename, QCOW2_MAX_L1_BYTES);
+    uint64_t bytes = align_up(entries * 8, s->cluster_size);
+    uint64_t *l1 = calloc(1, bytes);
+    uint8_t *buf = calloc(1, bytes);
+    int ret;
+    if (!l1 || !buf) {
+        ret = err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
+        goto out;
+    }
+    memcpy(l1, s->l1, (size_t)s->l1_size * 8);
+    for (uint64_t i = 0; i < s->l1_size; i++)
+        be64_write(buf + 8 * i, s->l1[i]);
+    uint64_t offset;
+    if ((ret = qcow2_alloc_clusters(s, bytes >> s->cluster_bits, &offset, e)) < 0 ||
+        (ret = qcow2_flush_metadata(s, e)) < 0 ||
+        (ret = hostfile_pwrite(s->bs->file, offset, buf, bytes, e)) < 0 ||
+        (ret = hostfile_flush(s->bs->file, e)) < 0)
+        goto out;
+    uint8_t hdr[12];
+    be32_write(hdr, (uint32_t)entries);
+    be64_write(hdr + 4, offset);
+    if ((ret = hostfile_pwrite(s->bs->file, 36, hdr, sizeof(hdr), e)) < 0 ||
+        (ret = hostfile_flush(s->bs->file, e)) < 0)
+        goto out;
+    uint64_t old_offset = s->l1_offset, old_bytes = align_up((uint64_t)s->l1_size * 8,
+                                                             s->cluster_size);
+    free(s->l1);
+    s->l1 = l1;
+    l1 = NULL;
+    s->l1_offset = offset;
+    s->l1_size = (uint32_t)entries;
+    if (old_offset && old_bytes)
+        ret = qcow2_free_clusters(s, old_offset, old_bytes, e);
+out:
+    free(l1);
+    free(buf);
+    return ret;
+}

@@ -1,0 +1,951 @@
+/* The qcow2 block driver (the vtable): open/close, create, reads through
+ * the cluster map and the backing chain, allocating writes with
+ * copy-on-write, zero writes, discard, truncate, compressed writes, info.
+ * The pieces live in header.c, cache.c, refcount.c and cluster.c. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "formats/qcow2/qcow2.h"
+
+#define QCOW2_L2_CACHE_BYTES    (8u << 20)  /* default L2 cache size */
+#define QCOW2_L2_CACHE_MAX      64
+#define QCOW2_RB_CACHE_ENTRIES  8
+
+static int qcow2_probe(const uint8_t *buf, size_t len)
+{
+    return len >= 8 && be32_read(buf) == QCOW2_MAGIC && be32_read(buf + 4) >= 2 ? 100 : 0;
+}
+
+static bool has_backing(const struct blockdev *bs)
+{
+    return bs->backing || (bs->backing_name && bs->backing_name[0]);
+}
+
+static void free_state(struct qcow2_state *s)
+{
+    qcow2_cache_destroy(&s->l2_cache);
+    qcow2_cache_destroy(&s->rb_cache);
+    qcow2_free_header(s);
+    free(s->l1);
+    free(s->reftable);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+static int open_state(struct blockdev *bs, struct qcow2_state **out, struct err *e)
+{
+    struct qcow2_state *s = calloc(1, sizeof(*s));
+    if (!s)
+        return err_set(e, ENOMEM, "%s: out of memory", bs->filename);
+    pthread_mutex_init(&s->lock, NULL);
+    s->bs = bs;
+    s->free_cluster_hint = 1;
+    int ret = qcow2_read_header(s, e);
+    if (ret < 0)
+        goto fail;
+    /* check (BLK_OPEN_CHECK) opens damaged images to repair them. */
+    bool repairing = bs->open_flags & BLK_OPEN_CHECK;
+    if (!bs->read_only && !repairing && (s->incompatible & QCOW2_INCOMPAT_CORRUPT)) {
+        ret = err_set(e, EROFS, "%s: image is marked corrupt: open it read-only, or repair it "
+                      "with 'imgtool check -r all'", bs->filename);
+        goto fail;
+    }
+    if (!bs->read_only && !repairing && (s->incompatible & QCOW2_INCOMPAT_DIRTY)) {
+        ret = err_set(e, EROFS, "%s: image was not closed cleanly (dirty bit set, lazy "
+                      "refcounts): repair it with 'imgtool check -r all' or 'qemu-img check "
+                      "-r all', or open it read-only", bs->filename);
+        goto fail;
+    }
+    size_t l2_count = QCOW2_L2_CACHE_BYTES / s->cluster_size;
+    l2_count = l2_count < 4 ? 4 : l2_count > QCOW2_L2_CACHE_MAX ? QCOW2_L2_CACHE_MAX : l2_count;
+    if ((ret = qcow2_refcount_init(s, e)) < 0 || (ret = qcow2_l1_init(s, e)) < 0)
+        goto fail;
+    if (qcow2_cache_init(&s->l2_cache, l2_count, s->cluster_size, true) < 0 ||
+        qcow2_cache_init(&s->rb_cache, QCOW2_RB_CACHE_ENTRIES, s->cluster_size, false) < 0) {
+        ret = err_set(e, ENOMEM, "%s: out of memory for the metadata caches", bs->filename);
+        goto fail;
+    }
+    if (!bs->read_only && s->version == 3 && (s->autoclear & ~QCOW2_AUTOCLEAR_KNOWN)) {
+        /* Autoclear features we do not maintain become invalid as soon as
+         * we write: clear them, as QEMU does. */
+        s->autoclear &= QCOW2_AUTOCLEAR_KNOWN;
+        if ((ret = qcow2_update_header(s, e)) < 0)
+            goto fail;
+    }
+    *out = s;
+    return 0;
+fail:
+    free_state(s);
+    return ret;
+}
+
+static int qcow2_open(struct blockdev *bs, struct err *e)
+{
+    struct qcow2_state *s;
+    int ret = open_state(bs, &s, e);
+    if (ret == 0)
+        bs->opaque = s;
+    return ret;
+}
+
+static void qcow2_close(struct blockdev *bs)
+{
+    struct qcow2_state *s = bs->opaque;
+    if (!s)
+        return;
+    if (!bs->read_only) {
+        struct err e = { 0 };
+        qcow2_flush_metadata(s, &e);    /* errors were reported by blk_flush already */
+    }
+    free_state(s);
+    bs->opaque = NULL;
+}
+
+/* --- iovec helpers --- */
+
+/* The part [pos, pos + len) of an iovec, in `out` (iovcnt entries). */
+static int iov_slice(const struct iovec *iov, int iovcnt, size_t pos, size_t len,
+                     struct iovec *out)
+{
+    int n = 0;
+    for (int i = 0; i < iovcnt && len; i++) {
+        if (pos >= iov[i].iov_len) {
+            pos -= iov[i].iov_len;
+            continue;
+        }
+        size_t take = min_u64(iov[i].iov_len - pos, len);
+        out[n].iov_base = (char *)iov[i].iov_base + pos;
+        out[n].iov_len = take;
+        n++;
+        len -= take;
+        pos = 0;
+    }
+    return n;
+}
+
+static void iov_copy_in(const struct iovec *iov, int iovcnt, size_t pos, const void *src,
+                        size_t len)
+{
+    const char *p = src;
+    for (int i = 0; i < iovcnt && len; i++) {
+        if (pos >= iov[i].iov_len) {
+            pos -= iov[i].iov_len;
+            continue;
+        }
+        size_t take = min_u64(iov[i].iov_len - pos, len);
+        memcpy((char *)iov[i].iov_base + pos, p, take);
+        p += take;
+        len -= take;
+        pos = 0;
+    }
+}
+
+/* --- reads --- */
+
+static int read_compressed_cluster(struct qcow2_state *s, struct qcow2_l2e l2e, uint8_t *out,
+                                   struct err *e)
+{
+    uint64_t coff = l2e.entry & s->coffset_mask;
+    uint64_t sectors = ((l2e.entry >> s->csize_shift) & s->csize_mask) + 1;
+    uint64_t csize = sectors * 512 - (coff & 511);
+    uint8_t *in = malloc(csize);
+    if (!in)
+        return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
+    int ret = hostfile_pread(s->bs->file, coff, in, csize, e);
+    if (ret == 0) {
+        ret = qcow2_decompress(s->compression_type, in, csize, out, s->cluster_size, e);
+        if (ret < 0)
+            err_prefix(e, "%s: compressed cluster at 0x%llx: ", s->bs->filename,
+                       (unsigned long long)coff);
+    }
+    free(in);
+    return ret;
+}
+
+/* Read guest bytes [off, off + len) into iov.  With `locked` the caller
+ * holds the lock (copy-on-write); otherwise the lock is taken only to look
+ * up the mapping. */
+static int read_range(struct qcow2_state *s, uint64_t off, const struct iovec *iov, int iovcnt,
+                      bool locked, struct err *e)
+{
+    size_t len = iov_size(iov, iovcnt), done = 0;
+    struct iovec *part = malloc(sizeof(*part) * (size_t)(iovcnt > 0 ? iovcnt : 1));
+    uint8_t *cbuf = NULL;
+    if (!part)
+        return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
+    int ret = 0;
+    while (done < len && ret == 0) {
+        enum qcow2_sc_type type;
+        uint64_t host, run;
+        struct qcow2_l2e l2e;
+        if (!locked)
+            pthread_mutex_lock(&s->lock);
+        ret = qcow2_map_run(s, off + done, len - done, &type, &host, &run, &l2e, e);
+        if (!locked)
+            pthread_mutex_unlock(&s->lock);
+        if (ret < 0)
+            break;
+        int n = iov_slice(iov, iovcnt, done, run, part);
+        switch (type) {
+        case QCOW2_SC_NORMAL:
+            ret = hostfile_preadv(s->bs->file, host, part, n, e);
+            break;
+        case QCOW2_SC_ZERO_PLAIN:
+        case QCOW2_SC_ZERO_ALLOC:
+            iov_memset(part, n, 0, 0, run);
+            break;
+        case QCOW2_SC_UNALLOC_PLAIN:
+        case QCOW2_SC_UNALLOC_ALLOC:
+            ret = blk_read_backing(s->bs, off + done, part, n, e);
+            break;
+        case QCOW2_SC_COMPRESSED:
+            if (!cbuf && !(cbuf = malloc(s->cluster_size))) {
+                ret = err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
+                break;
+            }
+            ret = read_compressed_cluster(s, l2e, cbuf, e);
+            if (ret == 0)
+                iov_copy_in(part, n, 0, cbuf + ((off + done) & (s->cluster_size - 1)), run);
+            break;
+        default:
+            ret = err_set(e, EIO, "%s: invalid cluster type", s->bs->filename);
+            break;
+        }
+        done += run;
+    }
+    free(part);
+    free(cbuf);
+    return ret;
+}
+
+static int read_buf_locked(struct qcow2_state *s, uint64_t off, void *buf, size_t len,
+                           struct err *e)
+{
+    struct iovec iov = { .iov_base = buf, .iov_len = len };
+    return len ? read_range(s, off, &iov, 1, true, e) : 0;
+}
+
+static int qcow2_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
+                        struct err *e)
+{
+    return read_range(bs->opaque, off, iov, iovcnt, false, e);
+}
+
+/* --- writes --- */
+
+static bool range_is_normal(struct qcow2_state *s, struct qcow2_l2e l2e, uint64_t a,
+                            uint64_t b)
+{
+    for (uint64_t sc = a / s->subcluster_size; sc <= (b - 1) / s->subcluster_size; sc++)
+        if (qcow2_sc_type(s, l2e, (unsigned)sc) != QCOW2_SC_NORMAL)
+            return false;
+    return true;
+}
+
+/* Subclusters [a, b) (byte offsets in the cluster, already subcluster
+ * aligned) are now allocated and not zero. */
+static uint64_t bitmap_mark_allocated(struct qcow2_state *s, uint64_t bitmap, uint64_t a,
+                                      uint64_t b)
+{
+    for (uint64_t sc = a / s->subcluster_size; sc < b / s->subcluster_size; sc++) {
+        bitmap |= 1ull << sc;
+        bitmap &= ~(1ull << (32 + sc));
+    }
+    return bitmap;
+}
+
+/* Write [a, b) of the cluster at guest `cstart` to host cluster `host`,
+ * widened to whole subclusters, filling the widened parts with the
+ * cluster's current contents (from the backing file, zeroes, ...). */
+static int write_widened(struct qcow2_state *s, uint64_t cstart, uint64_t host, uint64_t a,
+                         uint64_t b, const uint8_t *data, uint64_t wa, uint64_t wb,
+                         struct err *e)
+{
+    uint8_t *tmp = malloc(wb - wa);
+    if (!tmp)
+        return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
+    int ret = read_buf_locked(s, cstart + wa, tmp, a - wa, e);
+    if (ret == 0)
+        ret = read_buf_locked(s, cstart + b, tmp + (b - wa), wb - b, e);
+    if (ret == 0) {
+        memcpy(tmp + (a - wa), data, b - a);
+        ret = hostfile_pwrite(s->bs->file, host + wa, tmp, wb - wa, e);
+    }
+    free(tmp);
+    return ret;
+}
+
+/* Write `len` bytes at guest `off`, all inside one cluster. */
+static int write_in_cluster(struct qcow2_state *s, uint64_t off, const uint8_t *data,
+                            uint64_t len, struct err *e)
+{
+    uint64_t cstart = qcow2_cluster_start(s, off);
+    uint64_t a = off - cstart, b = a + len;
+    uint64_t scs = s->subcluster_size;
+    uint64_t wa = align_down(a, scs), wb = align_up(b, scs);
+    struct qcow2_l2e old, l2e;
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_get_l2e(s, cstart, &old, e);
+    if (ret < 0)
+        goto out;
+    uint64_t host = old.entry & QCOW2_OFFSET_MASK;
+    bool compressed = old.entry & QCOW2_OFLAG_COMPRESSED;
+    if (!compressed && host && (old.entry & QCOW2_OFLAG_COPIED)) {
+        if (range_is_normal(s, old, a, b)) {
+            /* Already ours: plain data write, outside the lock. */
+            pthread_mutex_unlock(&s->lock);
+            return hostfile_pwrite(s->bs->file, host + a, data, len, e);
+        }
+        /* Our cluster, but some subclusters read as zero or fall through. */
+        if ((ret = write_widened(s, cstart, host, a, b, data, wa, wb, e)) < 0)
+            goto out;
+        l2e.entry = host | QCOW2_OFLAG_COPIED;
+        l2e.bitmap = s->extended_l2 ? bitmap_mark_allocated(s, old.bitmap, wa, wb) : 0;
+        /* The data must be stable before the entry that marks it valid. */
+        if ((ret = qcow2_l2_depends_on_refblocks(s, e)) == 0)
+            ret = qcow2_set_l2e(s, cstart, l2e, e);
+        goto out;
+    }
+    uint64_t new_host;
+    if ((ret = qcow2_alloc_clusters(s, 1, &new_host, e)) < 0)
+        goto out;
+    if (s->extended_l2 && !host && !compressed) {
+        /* Only the touched subclusters are written; the others keep their
+         * zero or unallocated state. */
+        ret = write_widened(s, cstart, new_host, a, b, data, wa, wb, e);
+        l2e.bitmap = bitmap_mark_allocated(s, old.bitmap, wa, wb);
+    } else {
+        ret = write_widened(s, cstart, new_host, a, b, data, 0, s->cluster_size, e);
+        l2e.bitmap = s->extended_l2 ? QCOW2_BITMAP_ALL_ALLOC : 0;
+    }
+    l2e.entry = new_host | QCOW2_OFLAG_COPIED;
+    if (ret < 0 || (ret = qcow2_l2_depends_on_refblocks(s, e)) < 0 ||
+        (ret = qcow2_set_l2e(s, cstart, l2e, e)) < 0)
+        goto out;
+    if (host || compressed)
+        ret = qcow2_free_l2e_clusters(s, old.entry, e);
+out:
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int write_buf(struct qcow2_state *s, uint64_t off, const uint8_t *data, uint64_t len,
+                     struct err *e)
+{
+    while (len) {
+        uint64_t n = min_u64(len, s->cluster_size - (off & (s->cluster_size - 1)));
+        int ret = write_in_cluster(s, off, data, n, e);
+        if (ret < 0)
+            return ret;
+        off += n;
+        data += n;
+        len -= n;
+    }
+    return 0;
+}
+
+static int qcow2_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *iov,
+                         int iovcnt, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    if (iovcnt == 1)
+        return write_buf(s, off, iov[0].iov_base, iov[0].iov_len, e);
+    size_t len = iov_size(iov, iovcnt), pos = 0;
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf)
+        return err_set(e, ENOMEM, "%s: out of memory", bs->filename);
+    for (int i = 0; i < iovcnt; i++) {
+        memcpy(buf + pos, iov[i].iov_base, iov[i].iov_len);
+        pos += iov[i].iov_len;
+    }
+    int ret = write_buf(s, off, buf, len, e);
+    free(buf);
+    return ret;
+}
+
+/* Write real zeroes (when the metadata cannot express them). */
+static int write_zero_buffer(struct qcow2_state *s, uint64_t off, uint64_t len, struct err *e)
+{
+    uint8_t *zero = calloc(1, s->cluster_size);
+    if (!zero)
+        return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
+    int ret = 0;
+    while (len && ret == 0) {
+        uint64_t n = min_u64(len, s->cluster_size - (off & (s->cluster_size - 1)));
+        ret = write_in_cluster(s, off, zero, n, e);
+        off += n;
+        len -= n;
+    }
+    free(zero);
+    return ret;
+}
+
+/* Replace the entry of cluster `cstart` (lock held); the old clusters are
+ * released after the new entry when `release` is set. */
+static int replace_l2e(struct qcow2_state *s, uint64_t cstart, struct qcow2_l2e old,
+                       struct qcow2_l2e l2e, bool release, struct err *e)
+{
+    if (old.entry == l2e.entry && old.bitmap == l2e.bitmap)
+        return 0;
+    int ret = qcow2_set_l2e(s, cstart, l2e, e);
+    if (ret == 0 && release)
+        ret = qcow2_free_l2e_clusters(s, old.entry, e);
+    return ret;
+}
+
+/* A whole cluster reads as zeroes from now on (v3), as QEMU's
+ * zero_in_l2_slice. */
+static int zero_cluster(struct qcow2_state *s, uint64_t cstart, unsigned flags, struct err *e)
+{
+    struct qcow2_l2e old, l2e;
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_get_l2e(s, cstart, &old, e);
+    if (ret == 0) {
+        bool compressed = old.entry & QCOW2_OFLAG_COMPRESSED;
+        bool allocated = compressed || (old.entry & QCOW2_OFFSET_MASK);
+        bool unmap = compressed || ((flags & BLK_ZERO_MAY_UNMAP) && allocated);
+        l2e.entry = unmap ? 0 : old.entry;
+        l2e.bitmap = old.bitmap;
+        if (s->extended_l2)
+            l2e.bitmap = QCOW2_BITMAP_ALL_ZERO;
+        else
+            l2e.entry |= QCOW2_OFLAG_ZERO;
+        ret = replace_l2e(s, cstart, old, l2e, unmap, e);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* Whole subclusters [a, b) of one cluster read as zeroes (extended L2). */
+static int zero_subclusters(struct qcow2_state *s, uint64_t cstart, uint64_t a, uint64_t b,
+                            struct err *e)
+{
+    struct qcow2_l2e old, l2e;
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_get_l2e(s, cstart, &old, e);
+    if (ret == 0 && (old.entry & QCOW2_OFLAG_COMPRESSED)) {
+        pthread_mutex_unlock(&s->lock);
+        return write_zero_buffer(s, cstart + a, b - a, e);
+    }
+    if (ret == 0) {
+        l2e = old;
+        for (uint64_t sc = a / s->subcluster_size; sc < b / s->subcluster_size; sc++) {
+            l2e.bitmap |= 1ull << (32 + sc);
+            l2e.bitmap &= ~(1ull << sc);
+        }
+        ret = replace_l2e(s, cstart, old, l2e, false, e);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* Deallocate one whole cluster (v2 zero writes without a backing file). */
+static int deallocate_cluster(struct qcow2_state *s, uint64_t cstart, struct err *e)
+{
+    struct qcow2_l2e old, none = { 0, 0 };
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_get_l2e(s, cstart, &old, e);
+    if (ret == 0)
+        ret = replace_l2e(s, cstart, old, none,
+                          (old.entry & (QCOW2_OFFSET_MASK | QCOW2_OFLAG_COMPRESSED)) != 0, e);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int qcow2_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned flags,
+                              struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    uint64_t end = off + len;
+    int ret = 0;
+    while (off < end && ret == 0) {
+        uint64_t cstart = qcow2_cluster_start(s, off);
+        uint64_t cend = cstart + s->cluster_size;
+        uint64_t n = min_u64(end, cend) - off;
+        /* The tail of the last cluster past the disk end counts as covered. */
+        bool whole = off == cstart && (n == s->cluster_size || off + n == bs->size);
+        if (s->version < 3) {
+            if (whole && !has_backing(bs))
+                ret = deallocate_cluster(s, cstart, e);
+            else
+                ret = write_zero_buffer(s, off, n, e);
+        } else if (whole) {
+            ret = zero_cluster(s, cstart, flags, e);
+        } else if (s->extended_l2) {
+            uint64_t a = off - cstart, b = a + n;
+            uint64_t za = align_up(a, s->subcluster_size);
+            uint64_t zb = off + n == bs->size ? align_up(b, s->subcluster_size)
+                                              : align_down(b, s->subcluster_size);
+            if (za >= zb) {
+                ret = write_zero_buffer(s, off, n, e);
+            } else {
+                if (za > a)
+                    ret = write_zero_buffer(s, off, za - a, e);
+                if (ret == 0)
+                    ret = zero_subclusters(s, cstart, za, zb, e);
+                if (ret == 0 && b > zb)
+                    ret = write_zero_buffer(s, cstart + zb, b - zb, e);
+            }
+        } else {
+            ret = write_zero_buffer(s, off, n, e);
+        }
+        off += n;
+    }
+    return ret;
+}
+
+/* QEMU's discard: whole clusters only (partial ones are ignored, except a
+ * partial last cluster of the disk); v3 marks them zero when that differs
+ * from what unallocated would read, v2 deallocates. */
+static int qcow2_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    uint64_t end = off + len;
+    uint64_t first = align_up(off, s->cluster_size);
+    uint64_t last = end == bs->size ? end : align_down(end, s->cluster_size);
+    for (uint64_t c = first; c < last; c += s->cluster_size) {
+        struct qcow2_l2e old, l2e = { 0, 0 };
+        pthread_mutex_lock(&s->lock);
+        int ret = qcow2_get_l2e(s, c, &old, e);
+        if (ret == 0) {
+            bool allocated = old.entry & (QCOW2_OFFSET_MASK | QCOW2_OFLAG_COMPRESSED);
+            if (s->version < 3) {
+                l2e.entry = 0;
+            } else if (has_backing(bs) || allocated) {
+                if (s->extended_l2)
+                    l2e.bitmap = QCOW2_BITMAP_ALL_ZERO;
+                else
+                    l2e.entry = QCOW2_OFLAG_ZERO;
+            } else {
+                l2e = old;
+            }
+            ret = replace_l2e(s, c, old, l2e, allocated, e);
+        }
+        pthread_mutex_unlock(&s->lock);
+        if (ret < 0)
+            return ret;
+    }
+    return 0;
+}
+
+static int qcow2_flush(struct blockdev *bs, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_flush_metadata(s, e);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int write_size_field(struct qcow2_state *s, uint64_t size, struct err *e)
+{
+    uint8_t buf[8];
+    be64_write(buf, size);
+    int ret = qcow2_flush_metadata(s, e);
+    if (ret == 0)
+        ret = hostfile_pwrite(s->bs->file, 24, buf, 8, e);
+    if (ret == 0)
+        ret = hostfile_flush(s->bs->file, e);
+    if (ret == 0)
+        s->size = s->bs->size = size;
+    return ret;
+}
+
+/* Shrinking: drop every cluster past the new end (whole clusters; the
+ * partial last one stays, as in QEMU), then the L2 tables past it. */
+static int shrink(struct qcow2_state *s, uint64_t size, struct err *e)
+{
+    uint64_t keep = align_up(size, s->cluster_size);
+    for (uint64_t c = keep; c < s->size; c += s->cluster_size) {
+        struct qcow2_l2e old, none = { 0, 0 };
+        int ret = qcow2_get_l2e(s, c, &old, e);
+        if (ret == 0)
+            ret = replace_l2e(s, c, old, none,
+                              (old.entry & (QCOW2_OFFSET_MASK | QCOW2_OFLAG_COMPRESSED)) != 0,
+                              e);
+        if (ret < 0)
+            return ret;
+    }
+    int ret = write_size_field(s, size, e);
+    if (ret < 0)
+        return ret;
+    for (uint64_t i = qcow2_l1_entries_for(s, size); i < s->l1_size; i++) {
+        uint64_t l2 = s->l1[i] & QCOW2_OFFSET_MASK;
+        if (!l2)
+            continue;
+        uint8_t zero[8] = { 0 };
+        s->l1[i] = 0;
+        if ((ret = hostfile_pwrite(s->bs->file, s->l1_offset + i * 8, zero, 8, e)) < 0 ||
+            (ret = hostfile_flush(s->bs->file, e)) < 0)
+            return ret;
+        qcow2_cache_forget(&s->l2_cache, l2);
+        if ((ret = qcow2_free_clusters(s, l2, s->cluster_size, e)) < 0)
+            return ret;
+    }
+    return qcow2_flush_metadata(s, e);
+}
+
+static int truncate_locked(struct qcow2_state *s, uint64_t size, struct err *e)
+{
+    if (s->nb_snapshots)
+        return err_set(e, ENOTSUP, "%s: cannot resize a qcow2 image with internal snapshots",
+                       s->bs->filename);
+    if (size > (uint64_t)INT64_MAX)
+        return err_set(e, EFBIG, "%s: size too large", s->bs->filename);
+    if (size < s->size)
+        return shrink(s, size, e);
+    int ret = qcow2_grow_l1(s, qcow2_l1_entries_for(s, size), e);
+    if (ret == 0)
+        ret = write_size_field(s, size, e);
+    return ret;
+}
+
+static int qcow2_truncate(struct blockdev *bs, uint64_t size, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    int ret = truncate_locked(s, size, e);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int qcow2_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
+                              struct blk_extent *ext, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    enum qcow2_sc_type type;
+    uint64_t host, run;
+    struct qcow2_l2e l2e;
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_map_run(s, off, bytes, &type, &host, &run, &l2e, e);
+    pthread_mutex_unlock(&s->lock);
+    if (ret < 0)
+        return ret;
+    ext->length = run;
+    switch (type) {
+    case QCOW2_SC_NORMAL:
+        ext->flags = BLK_STATUS_DATA | BLK_STATUS_ALLOCATED | BLK_STATUS_OFFSET;
+        break;
+    case QCOW2_SC_COMPRESSED:
+        ext->flags = BLK_STATUS_DATA | BLK_STATUS_ALLOCATED;
+        break;
+    case QCOW2_SC_ZERO_PLAIN:
+        ext->flags = BLK_STATUS_ZERO | BLK_STATUS_ALLOCATED;
+        break;
+    case QCOW2_SC_ZERO_ALLOC:
+        /* QEMU reports the host offset of preallocated zero clusters. */
+        ext->flags = BLK_STATUS_ZERO | BLK_STATUS_ALLOCATED | BLK_STATUS_OFFSET;
+        break;
+    case QCOW2_SC_UNALLOC_ALLOC:
+        ext->flags = BLK_STATUS_OFFSET;
+        break;
+    default:
+        ext->flags = 0;
+        break;
+    }
+    ext->host_offset = host;
+    return 0;
+}
+
+static int qcow2_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *buf,
+                                   size_t len, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    uint8_t *in = calloc(1, s->cluster_size), *out = malloc(s->cluster_size);
+    int ret = 0;
+    if (!in || !out) {
+        ret = err_set(e, ENOMEM, "%s: out of memory", bs->filename);
+        goto done;
+    }
+    const uint8_t *src = buf;
+    while (len && ret == 0) {
+        uint64_t n = min_u64(len, s->cluster_size - (off & (s->cluster_size - 1)));
+        if ((off & (s->cluster_size - 1)) || (n < s->cluster_size && off + n != bs->size)) {
+            ret = err_set(e, EINVAL, "%s: compressed write at %llu+%llu is not cluster "
+                          "aligned", bs->filename, (unsigned long long)off,
+                          (unsigned long long)n);
+            break;
+        }
+        /* A short last cluster is compressed padded with zeroes, as QEMU. */
+        memcpy(in, src, n);
+        memset(in + n, 0, s->cluster_size - n);
+        ssize_t clen = qcow2_compress(s->compression_type, in, s->cluster_size, out,
+                                      s->cluster_size - 1, e);
+        if (clen == -ENOSPC) {
+            err_clear(e);
+            ret = write_buf(s, off, src, n, e);
+        } else if (clen < 0) {
+            ret = (int)clen;
+        } else {
+            struct qcow2_l2e old, l2e = { 0, 0 };
+            uint64_t coff;
+            pthread_mutex_lock(&s->lock);
+            if ((ret = qcow2_get_l2e(s, off, &old, e)) == 0 &&
+                (ret = qcow2_alloc_bytes(s, (uint64_t)clen, &coff, e)) == 0 &&
+                (ret = hostfile_pwrite(bs->file, coff, out, (size_t)clen, e)) == 0 &&
+                (ret = qcow2_l2_depends_on_refblocks(s, e)) == 0) {
+                uint64_t sectors = ((coff + (uint64_t)clen - 1) >> 9) - (coff >> 9);
+                l2e.entry = coff | QCOW2_OFLAG_COMPRESSED | (sectors << s->csize_shift);
+                ret = replace_l2e(s, off, old, l2e,
+                                  (old.entry & (QCOW2_OFFSET_MASK | QCOW2_OFLAG_COMPRESSED))
+                                  != 0, e);
+            }
+            pthread_mutex_unlock(&s->lock);
+        }
+        off += n;
+        src += n;
+        len -= n;
+    }
+done:
+    free(in);
+    free(out);
+    return ret;
+}
+
+static uint32_t qcow2_write_alignment(struct blockdev *bs)
+{
+    struct qcow2_state *s = bs->opaque;
+    return (uint32_t)s->cluster_size;
+}
+
+static int qcow2_set_backing(struct blockdev *bs, const char *name, const char *format,
+                             struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    char *old_name = bs->backing_name, *old_format = bs->backing_format;
+    bs->backing_name = name && name[0] ? strdup(name) : NULL;
+    bs->backing_format = format && name && name[0] ? strdup(format) : NULL;
+    int ret;
+    if ((name && name[0] && !bs->backing_name) || (format && name && name[0] &&
+                                                   !bs->backing_format))
+        ret = err_set(e, ENOMEM, "%s: out of memory", bs->filename);
+    else
+        ret = qcow2_update_header(s, e);
+    if (ret < 0) {
+        free(bs->backing_name);
+        free(bs->backing_format);
+        bs->backing_name = old_name;
+        bs->backing_format = old_format;
+        return ret;
+    }
+    free(old_name);
+    free(old_format);
+    return 0;
+}
+
+static int qcow2_get_info(struct blockdev *bs, struct prop *info, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    prop_add_uint(info, "cluster-size", s->cluster_size);
+    struct prop *spec = prop_add_object(info, "format-specific");
+    prop_add_string(spec, "type", "qcow2");
+    struct prop *data = prop_add_object(spec, "data");
+    prop_add_string(data, "compat", s->version == 2 ? "0.10" : "1.1");
+    prop_add_string(data, "compression-type",
+                    s->compression_type == QCOW2_COMPRESSION_ZSTD ? "zstd" : "zlib");
+    if (s->version >= 3)
+        prop_add_bool(data, "lazy-refcounts", s->compatible & QCOW2_COMPAT_LAZY_REFCOUNTS);
+    prop_add_uint(data, "refcount-bits", 1ull << s->refcount_order);
+    if (s->version >= 3) {
+        prop_add_bool(data, "corrupt", s->incompatible & QCOW2_INCOMPAT_CORRUPT);
+        prop_add_bool(data, "extended-l2", s->extended_l2);
+    }
+    prop_add_bool(info, "dirty-flag", s->incompatible & QCOW2_INCOMPAT_DIRTY);
+    if (s->nb_snapshots) {
+        struct prop *list = prop_add_array(info, "snapshots");
+        for (uint32_t i = 0; i < s->nb_snapshots; i++) {
+            const struct qcow2_snapshot *sn = &s->snapshots[i];
+            struct prop *o = prop_add_object(list, NULL);
+            if (sn->icount != UINT64_MAX)
+                prop_add_uint(o, "icount", sn->icount);
+            prop_add_uint(o, "vm-clock-nsec", sn->vm_clock_nsec % 1000000000ull);
+            prop_add_string(o, "name", sn->name);
+            prop_add_uint(o, "date-sec", sn->date_sec);
+            prop_add_uint(o, "date-nsec", sn->date_nsec);
+            prop_add_uint(o, "vm-clock-sec", sn->vm_clock_nsec / 1000000000ull);
+            prop_add_string(o, "id", sn->id);
+            prop_add_uint(o, "vm-state-size", sn->vm_state_size);
+        }
+    }
+    if (prop_failed(info))
+        return err_set(e, ENOMEM, "out of memory");
+    return 0;
+}
+
+/* --- create --- */
+
+struct create_opts {
+    uint64_t cluster_size;
+    uint32_t version;
+    uint64_t refcount_bits;
+    bool lazy_refcounts, extended_l2, prealloc_metadata;
+    enum qcow2_compression_type compression;
+};
+
+static int parse_create_opts(const struct blk_create_params *p, struct create_opts *o,
+                             struct err *e)
+{
+    const char *f = p->filename;
+    int ret;
+    if ((ret = kvopts_get_size(p->opts, "cluster_size", 65536, &o->cluster_size, e)) < 0)
+        return ret;
+    if (!is_power_of_2(o->cluster_size) || o->cluster_size < 512 ||
+        o->cluster_size > (2u << 20))
+        return err_set(e, EINVAL, "%s: Cluster size must be a power of two between 512 and "
+                       "2048k", f);
+    const char *compat = kvopts_get(p->opts, "compat");
+    if (!compat || !strcmp(compat, "1.1") || !strcmp(compat, "v3"))
+        o->version = 3;
+    else if (!strcmp(compat, "0.10") || !strcmp(compat, "v2"))
+        o->version = 2;
+    else
+        return err_set(e, EINVAL, "%s: Parameter 'compat' does not accept value '%s' (use "
+                       "0.10 or 1.1)", f, compat);
+    if ((ret = kvopts_get_size(p->opts, "refcount_bits", 16, &o->refcount_bits, e)) < 0)
+        return ret;
+    if (!is_power_of_2(o->refcount_bits) || o->refcount_bits > 64)
+        return err_set(e, EINVAL, "%s: Refcount width must be a power of two and may not "
+                       "exceed 64 bits", f);
+    if ((ret = kvopts_get_bool(p->opts, "lazy_refcounts", false, &o->lazy_refcounts, e)) < 0 ||
+        (ret = kvopts_get_bool(p->opts, "extended_l2", false, &o->extended_l2, e)) < 0)
+        return ret;
+    const char *ctype = kvopts_get(p->opts, "compression_type");
+    if (!ctype || !strcmp(ctype, "zlib"))
+        o->compression = QCOW2_COMPRESSION_ZLIB;
+    else if (!strcmp(ctype, "zstd"))
+        o->compression = QCOW2_COMPRESSION_ZSTD;
+    else
+        return err_set(e, EINVAL, "%s: Parameter 'compression_type' does not accept value "
+                       "'%s' (use zlib or zstd)", f, ctype);
+    const char *prealloc = kvopts_get(p->opts, "preallocation");
+    if (prealloc && strcmp(prealloc, "off") && strcmp(prealloc, "metadata"))
+        return err_set(e, EINVAL, "%s: Parameter 'preallocation' does not accept value '%s' "
+                       "(use off or metadata)", f, prealloc);
+    o->prealloc_metadata = prealloc && !strcmp(prealloc, "metadata");
+    /* -b/-F arrive in p; the -o spellings were consumed by the command. */
+    kvopts_get(p->opts, "backing_file");
+    kvopts_get(p->opts, "backing_fmt");
+    if ((ret = kvopts_check_unused(p->opts, "qcow2", e)) < 0)
+        return ret;
+    if (o->version == 2) {
+        const char *v3 = "require compatibility level 1.1 or above (use compat=1.1)";
+        if (o->refcount_bits != 16)
+            return err_set(e, EINVAL, "%s: Different refcount widths than 16 bits %s", f, v3);
+        if (o->lazy_refcounts)
+            return err_set(e, EINVAL, "%s: Lazy refcounts %s", f, v3);
+        if (o->extended_l2)
+            return err_set(e, EINVAL, "%s: Extended L2 entries %s", f, v3);
+        if (o->compression != QCOW2_COMPRESSION_ZLIB)
+            return err_set(e, EINVAL, "%s: Non-zlib compression type %s", f, v3);
+    }
+    if (o->extended_l2 && o->cluster_size < 16384)
+        return err_set(e, EINVAL, "%s: Extended L2 entries are only supported with cluster "
+                       "sizes of at least 16384 bytes", f);
+    if (p->backing_file && o->prealloc_metadata)
+        return err_set(e, EINVAL, "%s: Backing file and preallocation can only be used at "
+                       "the same time if extended_l2 is on", f);
+    return 0;
+}
+
+/* Metadata preallocation: every cluster gets a host cluster (left
+ * unwritten, so it reads as zeroes from the sparse file). */
+static int preallocate_metadata(struct qcow2_state *s, struct err *e)
+{
+    uint64_t end_of_data = 0;
+    for (uint64_t off = 0; off < s->size; off += s->cluster_size) {
+        uint64_t host;
+        struct qcow2_l2e l2e = { 0, 0 };
+        int ret = qcow2_alloc_clusters(s, 1, &host, e);
+        if (ret < 0)
+            return ret;
+        l2e.entry = host | QCOW2_OFLAG_COPIED;
+        l2e.bitmap = s->extended_l2 ? QCOW2_BITMAP_ALL_ALLOC : 0;
+        if ((ret = qcow2_l2_depends_on_refblocks(s, e)) < 0 ||
+            (ret = qcow2_set_l2e(s, off, l2e, e)) < 0)
+            return ret;
+        end_of_data = max_u64(end_of_data, host + s->cluster_size);
+    }
+    int ret = qcow2_flush_metadata(s, e);
+    uint64_t file_size;
+    if (ret == 0)
+        ret = hostfile_size(s->bs->file, &file_size, e);
+    if (ret == 0 && file_size < end_of_data)
+        ret = hostfile_truncate(s->bs->file, end_of_data, e);
+    return ret;
+}
+
+static int qcow2_create(struct hostfile *file, const struct blk_create_params *p,
+                        struct err *e)
+{
+    struct create_opts o;
+    int ret = parse_create_opts(p, &o, e);
+    if (ret < 0)
+        return ret;
+    struct blockdev bs = {
+        .filename = (char *)p->filename, .file = file, .read_only = false,
+        .backing_name = (char *)p->backing_file, .backing_format = (char *)p->backing_format,
+    };
+    /* Cluster 0 header, 1 refcount table, 2 refcount block: the minimal
+     * image, then the driver itself grows it to the size (L1 table). */
+    struct qcow2_state h = { .bs = &bs };
+    h.version = o.version;
+    h.cluster_bits = (uint32_t)__builtin_ctzll(o.cluster_size);
+    h.cluster_size = o.cluster_size;
+    h.reftable_offset = o.cluster_size;
+    h.reftable_clusters = 1;
+    h.refcount_order = (uint32_t)__builtin_ctzll(o.refcount_bits);
+    h.compression_type = o.compression;
+    if (o.extended_l2)
+        h.incompatible |= QCOW2_INCOMPAT_EXTL2;
+    if (o.compression != QCOW2_COMPRESSION_ZLIB)
+        h.incompatible |= QCOW2_INCOMPAT_COMPRESSION;
+    if (o.lazy_refcounts)
+        h.compatible |= QCOW2_COMPAT_LAZY_REFCOUNTS;
+    h.header_length = o.version == 3 ? QCOW2_HEADER_LENGTH_WRITTEN : QCOW2_V2_HEADER_LENGTH;
+    uint8_t *buf = calloc(3, o.cluster_size);
+    if (!buf)
+        return err_set(e, ENOMEM, "%s: out of memory", p->filename);
+    if ((ret = qcow2_encode_header(&h, buf, e)) < 0)
+        goto out;
+    be64_write(buf + o.cluster_size, 2 * o.cluster_size);
+    if ((ret = hostfile_pwrite(file, 0, buf, 3 * o.cluster_size, e)) < 0 ||
+        (ret = hostfile_flush(file, e)) < 0)
+        goto out;
+    struct qcow2_state *s;
+    bs.backing_name = bs.backing_format = NULL;     /* read back from the header */
+    if ((ret = open_state(&bs, &s, e)) < 0)
+        goto out;
+    ret = qcow2_update_refcount(s, 0, 3 * o.cluster_size, 1, e);
+    if (ret == 0 && p->size)
+        ret = truncate_locked(s, p->size, e);
+    if (ret == 0 && o.prealloc_metadata)
+        ret = preallocate_metadata(s, e);
+    if (ret == 0)
+        ret = qcow2_flush_metadata(s, e);
+    free_state(s);
+    free(bs.backing_name);
+    free(bs.backing_format);
+out:
+    free(buf);
+    return ret;
+}
+
+const struct blockdrv blockdrv_qcow2 = {
+    .name = "qcow2",
+    .probe = qcow2_probe,
+    .open = qcow2_open,
+    .close = qcow2_close,
+    .create = qcow2_create,
+    .preadv = qcow2_preadv,
+    .pwritev = qcow2_pwritev,
+    .block_status = qcow2_block_status,
+    .write_zeroes = qcow2_write_zeroes,
+    .discard = qcow2_discard,
+    .flush = qcow2_flush,
+    .truncate = qcow2_truncate,
+    .get_info = qcow2_get_info,
+    .set_backing = qcow2_set_backing,
+    .pwrite_compressed = qcow2_pwrite_compressed,
+    .write_alignment = qcow2_write_alignment,
+};
