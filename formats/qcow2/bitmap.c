@@ -532,8 +532,10 @@ int qcow2_bitmaps_load(struct blockdev *bs, bool mark_in_use, struct err *e)
             err_prefix(e, "%s: cannot mark the bitmaps in use: ", bs->filename);
             goto out;
         }
+        /* Written now, so that a crash in the session leaks nothing. */
         struct err ignored = { 0 };
-        qcow2_free_clusters(s, old_offset, old_size, &ignored);
+        if (qcow2_free_clusters(s, old_offset, old_size, &ignored) == 0)
+            qcow2_flush_metadata(s, &ignored);
     }
 out:
     dir_free(&dir);
