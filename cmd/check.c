@@ -90,13 +90,15 @@ static void print_json(const char *filename, const char *format,
 
 int cmd_check(const struct command *cmd, int argc, const char **argv)
 {
-    char *format = NULL, *output = NULL, *repair = NULL;
+    char *format = NULL, *output = NULL, *repair = NULL, *cache = NULL;
     int force_share = 0, quiet = 0;
     struct poptOption options[] = {
         { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
         { "output", '\0', POPT_ARG_STRING, &output, 0, "output format", "human|json" },
         { "repair", 'r', POPT_ARG_STRING, &repair, 0,
           "repair leaked clusters (leaks) or every inconsistency (all)", "leaks|all" },
+        { "source-cache", 'T', POPT_ARG_STRING, &cache, 0, "cache mode (none = O_DIRECT)",
+          "MODE" },
         { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
           "check even if another process is writing the image (results may be wrong)", NULL },
         { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print only the problems", NULL },
@@ -126,12 +128,13 @@ int cmd_check(const struct command *cmd, int argc, const char **argv)
             goto out;
         }
     }
-    unsigned flags = BLK_OPEN_NO_BACKING | BLK_OPEN_CHECK | (fix ? BLK_OPEN_RDWR : 0) |
-                     (force_share ? BLK_OPEN_FORCE_SHARE : 0);
+    int ret;
+    unsigned flags = BLK_OPEN_NO_BACKING | BLK_OPEN_CHECK |
+                     cmd_open_flags(fix, force_share, cache, &e, &ret);
     status = CHECK_FAILED;
-    if (blk_open(cl.args[0], format, flags, &bs, &e) < 0)
+    if (ret < 0 || blk_open(cl.args[0], format, flags, &bs, &e) < 0)
         goto fail;
-    int ret = blk_check(bs, &res, fix, &e);
+    ret = blk_check(bs, &res, fix, &e);
     if (ret == -ENOTSUP) {
         cmd_error("%s", e.msg);
         status = CHECK_UNSUPPORTED;

@@ -72,7 +72,10 @@ int parse_size(const char *s, uint64_t *out)
         return -EINVAL;
     errno = 0;
     char *end;
-    unsigned long long v = strtoull(s, &end, 0);
+    /* Decimal, or hexadecimal with 0x as in qemu-img: "010" is ten, not
+     * octal eight. */
+    int base = s[0] == '0' && (s[1] == 'x' || s[1] == 'X') ? 16 : 10;
+    unsigned long long v = strtoull(s, &end, base);
     if (errno || end == s)
         return errno == ERANGE ? -ERANGE : -EINVAL;
     unsigned shift = 0;

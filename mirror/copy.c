@@ -45,20 +45,26 @@ struct piece {
 
 struct chunk {
     uint64_t off, len;
+    size_t range;               /* index of the range it belongs to */
     enum chunk_kind kind;
     struct piece *pieces;       /* DATA: the runs, in order, covering len */
     size_t npieces, cap;
 };
 
-/* The source extent the dispatcher is cutting chunks from. */
+/* What is left of the source extent the dispatcher is cutting chunks
+ * from (it always starts at the dispatcher's position). */
 struct cursor {
-    uint64_t off, len;          /* len == 0: nothing loaded */
+    uint64_t len;               /* 0: used up, load the next one */
     enum chunk_kind kind;
 };
 
 struct engine {
     struct copy_job *job;
-    uint64_t end;
+    const struct copy_range *ranges;    /* job->ranges, or &whole */
+    size_t nranges;
+    struct copy_range whole;
+    uint64_t total;             /* bytes of all ranges */
+    uint64_t end;               /* end of the range being cut into chunks */
     size_t buf_size;            /* a multiple of align */
     uint32_t align;             /* target cluster size (write alignment) */
     uint32_t unit;              /* zero detection granularity */
@@ -78,6 +84,14 @@ struct engine {
     struct err error;           /* ... and its message */
     uint64_t done;              /* bytes of completed chunks */
     uint64_t reported;          /* `done` as last passed to progress */
+    /* Per range: chunks not yet completed, plus one while the dispatcher
+     * is still cutting it.  A range whose count drops to 0 is complete and
+     * waits in `finished` to be passed to range_done. */
+    size_t *pending;
+    size_t *finished;
+    size_t nfinished;
+    uint64_t io_dispatched;     /* bytes that cost I/O, for the rate limit */
+    struct timespec start;
     struct copy_stats stats;
 };
 
@@ -275,15 +289,24 @@ static void fail_locked(struct engine *eng, int ret, const struct err *e)
     pthread_cond_signal(&eng->changed);
 }
 
+/* One piece of range `r` is done (a chunk, or the dispatcher's hold). */
+static void range_progress_locked(struct engine *eng, size_t r)
+{
+    if (--eng->pending[r] == 0)
+        eng->finished[eng->nfinished++] = r;
+}
+
 /* Record a finished chunk (or a failure) and free its slot. */
 static void complete_locked(struct engine *eng, unsigned slot, int ret,
                             const struct copy_stats *st, const struct err *e)
 {
     add_stats(&eng->stats, st);
-    if (ret == 0)
+    if (ret == 0) {
         eng->done += eng->slots[slot].len;
-    else
+        range_progress_locked(eng, eng->slots[slot].range);
+    } else {
         fail_locked(eng, ret, e);
+    }
     eng->free_slots[eng->nfree++] = slot;
     pthread_cond_signal(&eng->changed);
 }
@@ -327,12 +350,20 @@ static void *worker_main(void *opaque)
 static void report_progress_locked(struct engine *eng)
 {
     struct copy_job *job = eng->job;
+    while (eng->nfinished) {
+        size_t r = eng->finished[--eng->nfinished];
+        if (job->range_done) {
+            pthread_mutex_unlock(&eng->lock);
+            job->range_done(job->opaque, r);
+            pthread_mutex_lock(&eng->lock);
+        }
+    }
     if (!job->progress || eng->done == eng->reported)
         return;
     uint64_t done = eng->done;
     eng->reported = done;
     pthread_mutex_unlock(&eng->lock);
-    job->progress(job->opaque, done, job->length);
+    job->progress(job->opaque, done, eng->total);
     pthread_mutex_lock(&eng->lock);
 }
 
@@ -341,8 +372,12 @@ static void report_progress_locked(struct engine *eng)
 static void wait_locked(struct engine *eng, bool (*ready)(const struct engine *))
 {
     for (;;) {
+        /* Look first, report second: the report drops the lock, and what
+         * completes meanwhile must still be reported before returning
+         * (both conditions stay true once true). */
+        bool finished = eng->failed || ready(eng);
         report_progress_locked(eng);
-        if (eng->failed || ready(eng))
+        if (finished)
             return;
         if (cancel_requested(eng->job)) {
             cancel_locked(eng);
@@ -381,7 +416,6 @@ static int cursor_load(struct engine *eng, struct cursor *cur, uint64_t off, str
     int ret = blk_block_status_above(job->src, job->base, off, eng->end - off, &ext, e);
     if (ret < 0)
         return ret;
-    cur->off = off;
     cur->len = ext.length;
     if (job->base && !(ext.flags & BLK_STATUS_ALLOCATED))
         cur->kind = CHUNK_SKIP;     /* base or below: the target's backing has it */
@@ -394,7 +428,6 @@ static int cursor_load(struct engine *eng, struct cursor *cur, uint64_t off, str
 
 static void cursor_take(struct cursor *cur, uint64_t len)
 {
-    cur->off += len;
     cur->len -= len;
 }
 
@@ -484,6 +517,9 @@ static int build_chunk(struct engine *eng, struct cursor *cur, uint64_t off, str
 static void dispatch_locked(struct engine *eng, unsigned slot)
 {
     struct chunk *c = &eng->slots[slot];
+    eng->pending[c->range]++;
+    if (c->kind == CHUNK_DATA || (c->kind == CHUNK_ZERO && !eng->job->target_is_zero))
+        eng->io_dispatched += c->len;
     if (c->kind == CHUNK_SKIP || (c->kind == CHUNK_ZERO && eng->job->target_is_zero)) {
         struct copy_stats st = { .bytes_skipped = c->len };
         complete_locked(eng, slot, 0, &st, NULL);
@@ -494,32 +530,75 @@ static void dispatch_locked(struct engine *eng, unsigned slot)
     pthread_cond_signal(&eng->work_ready);
 }
 
-static void dispatch_all(struct engine *eng)
+/* The rate limit: wait (lock held, progress reported, cancel polled)
+ * until the I/O dispatched so far is due at job->speed bytes/second. */
+static void throttle_locked(struct engine *eng)
 {
-    struct cursor cur = { 0 };
-    uint64_t off = eng->job->offset;
-    pthread_mutex_lock(&eng->lock);
+    if (!eng->job->speed)
+        return;
+    for (;;) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t elapsed_ns = (int64_t)(now.tv_sec - eng->start.tv_sec) * 1000000000 +
+                             (now.tv_nsec - eng->start.tv_nsec);
+        double due_ns = (double)eng->io_dispatched * 1e9 / (double)eng->job->speed;
+        if (eng->failed || due_ns <= (double)elapsed_ns)
+            return;
+        report_progress_locked(eng);
+        if (cancel_requested(eng->job)) {
+            cancel_locked(eng);
+            return;
+        }
+        long wait_ns = (long)min_u64((uint64_t)(due_ns - (double)elapsed_ns), CANCEL_POLL_NS);
+        struct timespec ts = now;
+        ts.tv_nsec += wait_ns;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&eng->changed, &eng->lock, &ts);
+    }
+}
+
+/* Cut range `r` into chunks and queue them (lock held). */
+static void dispatch_range_locked(struct engine *eng, size_t r)
+{
+    struct cursor cur = { 0 };  /* block status is looked up afresh per range */
+    uint64_t off = eng->ranges[r].offset;
+    eng->end = off + eng->ranges[r].length;
+    eng->pending[r] = 1;        /* the dispatcher's hold, released at the end */
     while (off < eng->end) {
         if (cancel_requested(eng->job))
             cancel_locked(eng);
         wait_locked(eng, slot_free);
+        throttle_locked(eng);
         if (eng->failed)
-            break;
+            return;
         unsigned slot = eng->free_slots[--eng->nfree];
         pthread_mutex_unlock(&eng->lock);
 
         struct err e = { 0 };
         int ret = build_chunk(eng, &cur, off, &eng->slots[slot], &e);
+        eng->slots[slot].range = r;
 
         pthread_mutex_lock(&eng->lock);
         if (ret < 0) {
             eng->free_slots[eng->nfree++] = slot;
             fail_locked(eng, ret, &e);
-            break;
+            return;
         }
         off += eng->slots[slot].len;
         dispatch_locked(eng, slot);
     }
+    range_progress_locked(eng, r);
+}
+
+static void dispatch_all(struct engine *eng)
+{
+    pthread_mutex_lock(&eng->lock);
+    clock_gettime(CLOCK_MONOTONIC, &eng->start);
+    for (size_t r = 0; r < eng->nranges && !eng->failed; r++)
+        dispatch_range_locked(eng, r);
     eng->no_more_chunks = true;
     pthread_cond_broadcast(&eng->work_ready);
     wait_locked(eng, all_finished);
@@ -536,6 +615,16 @@ static int check_job(struct copy_job *job, struct err *e)
     if (job->offset + job->length > job->dst->size)
         return err_set(e, EINVAL, "%s: target is smaller (%llu bytes) than the range to "
                        "copy", job->dst->filename, (unsigned long long)job->dst->size);
+    uint64_t prev_end = job->offset;
+    for (size_t i = 0; job->ranges && i < job->nranges; i++) {
+        const struct copy_range *r = &job->ranges[i];
+        if (!r->length || r->offset < prev_end || r->offset > job->offset + job->length ||
+            r->length > job->offset + job->length - r->offset)
+            return err_set(e, EINVAL, "copy range %zu (%llu+%llu) is empty, out of order or "
+                           "outside the copy", i, (unsigned long long)r->offset,
+                           (unsigned long long)r->length);
+        prev_end = r->offset + r->length;
+    }
     if (job->max_in_flight > COPY_MAX_IN_FLIGHT)
         return err_set(e, EINVAL, "at most %d requests can be in flight",
                        COPY_MAX_IN_FLIGHT);
@@ -555,7 +644,15 @@ static int engine_init(struct engine *eng, struct copy_job *job, unsigned nworke
     pthread_cond_init(&eng->changed, &attr);
     pthread_condattr_destroy(&attr);
     eng->job = job;
-    eng->end = job->offset + job->length;
+    eng->whole = (struct copy_range){ job->offset, job->length };
+    eng->ranges = job->ranges ? job->ranges : &eng->whole;
+    eng->nranges = job->ranges ? job->nranges : (job->length ? 1 : 0);
+    for (size_t i = 0; i < eng->nranges; i++)
+        eng->total += eng->ranges[i].length;
+    eng->pending = calloc(eng->nranges ? eng->nranges : 1, sizeof(*eng->pending));
+    eng->finished = calloc(eng->nranges ? eng->nranges : 1, sizeof(*eng->finished));
+    if (!eng->pending || !eng->finished)
+        return err_set(e, ENOMEM, "out of memory");
     eng->align = blk_write_alignment(job->dst);
     eng->unit = job->zero_detect ? job->zero_detect
                                  : (uint32_t)max_u64(4096, eng->align);
@@ -580,6 +677,8 @@ static void engine_destroy(struct engine *eng)
         for (unsigned i = 0; i < eng->nslots; i++)
             free(eng->slots[i].pieces);
     }
+    free(eng->pending);
+    free(eng->finished);
     free(eng->slots);
     free(eng->queue);
     free(eng->free_slots);

@@ -24,6 +24,11 @@ struct copy_stats {
     uint64_t bytes_skipped;     /* not written: already right on the target */
 };
 
+/* A byte range of the disk. */
+struct copy_range {
+    uint64_t offset, length;
+};
+
 struct copy_job {
     struct blockdev *src;
     /* Copy only what the layers above `base` allocate (NULL: the whole
@@ -53,6 +58,25 @@ struct copy_job {
      * NULL. */
     void (*progress)(void *opaque, uint64_t done, uint64_t total);
     void *opaque;
+    /* Copy only these ranges (sorted, not overlapping, non-empty, inside
+     * [offset, offset+length)) instead of all of [offset, offset+length):
+     * mirror and export pass the dirty extents of a bitmap, widened to the
+     * target's clusters.  A chunk never crosses a range boundary, so ranges
+     * should start and end on target cluster boundaries (or the disk's
+     * end); progress then counts the bytes of the ranges.  NULL: the whole
+     * of [offset, offset+length) is one range. */
+    const struct copy_range *ranges;
+    size_t nranges;
+    /* Called when every byte of range `index` (of `ranges`, or 0 for the
+     * whole range) has reached the target, from the thread that called
+     * copy_run, never concurrently, in no particular order.  A job that
+     * fails may have completed some ranges: only those are reported.  May
+     * be NULL. */
+    void (*range_done)(void *opaque, size_t index);
+    /* Rate limit in bytes per second of I/O (data read from the source
+     * and zero ranges written to the target; holes skipped by block status
+     * cost nothing).  0: unlimited. */
+    uint64_t speed;
     /* Set asynchronously (signal handler) to stop the copy: copy_run then
      * returns -ECANCELED.  Requests already running finish first. */
     volatile sig_atomic_t *cancel;

@@ -66,6 +66,10 @@ if [ $direct = 1 ]; then
     expect_eq "$(out)" "Images are identical."
     ok qemu-io -f raw -n -c 'read -P 0x3d 2M 512' -c 'read -P 0x3c 1M 64k' a.raw
 fi
+# check -T, as qemu-img check -T (raw has no checks: 63).
+expect_status 63 imgtool check -T writeback a.raw
+expect_status 1 imgtool check -T bogus a.raw
+expect_match "$(err)" "^imgtool: invalid cache mode 'bogus'"
 expect_status 1 imgtool io -n -t writeback -c 'read 0 512' a.raw
 expect_match "$(err)" "^imgtool io: -n means -t none, not -t writeback$"
 

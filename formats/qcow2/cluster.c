@@ -28,9 +28,6 @@ int qcow2_l1_init(struct qcow2_state *s, struct err *e)
         if (off && (off > file_size || s->cluster_size > file_size - off))
             return err_set(e, EINVAL, "%s: L2 table offset 0x%llx is past the end of the "
                            "file (L1 index %u)", s->bs->filename, (unsigned long long)off, i);
-        if (off && off < s->cluster_size)
-            return err_set(e, EINVAL, "%s: L2 table (L1 index %u) overlaps the header",
-                           s->bs->filename, i);
         s->l1[i] = v;
     }
     return 0;
@@ -110,9 +107,6 @@ static int validate_l2e(struct qcow2_state *s, uint64_t off, struct qcow2_l2e l2
         return err_set(e, EIO, "%s: cluster offset 0x%llx for guest offset 0x%llx is not "
                        "cluster aligned; run 'imgtool check -r all'", s->bs->filename,
                        (unsigned long long)host, (unsigned long long)off);
-    if (host && host < s->cluster_size)
-        return err_set(e, EIO, "%s: data cluster for guest offset 0x%llx overlaps the "
-                       "header", s->bs->filename, (unsigned long long)off);
     return 0;
 }
 

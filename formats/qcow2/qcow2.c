@@ -498,10 +498,15 @@ static int qcow2_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, u
 
 /* QEMU's discard: whole clusters only (partial ones are ignored, except a
  * partial last cluster of the disk); v3 marks them zero when that differs
- * from what unallocated would read, v2 deallocates. */
+ * from what unallocated would read, v2 without a backing file
+ * deallocates. */
 static int qcow2_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
 {
     struct qcow2_state *s = bs->opaque;
+    /* v2 cannot mark clusters zero: discarding would expose the backing
+     * file's data, so QEMU ignores discards there. */
+    if (s->version < 3 && has_backing(bs))
+        return 0;
     uint64_t end = off + len;
     uint64_t first = align_up(off, s->cluster_size);
     uint64_t last = end == bs->size ? end : align_down(end, s->cluster_size);
@@ -605,6 +610,14 @@ static int truncate_locked(struct qcow2_state *s, uint64_t size, struct err *e)
 static int qcow2_truncate(struct blockdev *bs, uint64_t size, struct err *e)
 {
     struct qcow2_state *s = bs->opaque;
+    uint64_t tail_end = min_u64(size, align_up(s->size, s->cluster_size));
+    if (size > s->size && tail_end > s->size && !s->nb_snapshots) {
+        /* The partial last cluster may hold bytes from before a shrink:
+         * the grown part must read as zeroes (QEMU 7.2 leaves them). */
+        int ret = write_zero_buffer(s, s->size, tail_end - s->size, e);
+        if (ret < 0)
+            return ret;
+    }
     pthread_mutex_lock(&s->lock);
     int ret = truncate_locked(s, size, e);
     pthread_mutex_unlock(&s->lock);

@@ -19,6 +19,10 @@ static void test_parse_size(void)
     CU_ASSERT_EQUAL(v, 2ULL << 20);
     CU_ASSERT_EQUAL(parse_size("0x1000", &v), 0);
     CU_ASSERT_EQUAL(v, 4096);
+    CU_ASSERT_EQUAL(parse_size("010", &v), 0);     /* decimal, as qemu-img */
+    CU_ASSERT_EQUAL(v, 10);
+    CU_ASSERT_EQUAL(parse_size("0x1fk", &v), 0);
+    CU_ASSERT_EQUAL(v, 31 << 10);
     CU_ASSERT_EQUAL(parse_size("15E", &v), 0);
     CU_ASSERT_EQUAL(v, 15ULL << 60);
     CU_ASSERT_EQUAL(parse_size("16E", &v), -ERANGE);
