@@ -25,11 +25,12 @@ qemu_dirty() {
     map=$(nbdinfo --map="qemu:dirty-bitmap:$2" "nbd+unix:///?socket=$dir/sock") ||
         die "nbdinfo --map=qemu:dirty-bitmap:$2 failed"
     # The server ends with the connection; wait until it has released the
-    # image's locks, so that the next command may write the image.
+    # image's locks (it is dead, even if not yet reaped by init), so that
+    # the next command may write the image.
     local pid i=0
     pid=$(cat "$dir/pid")
     kill "$pid" 2>/dev/null
-    while kill -0 "$pid" 2>/dev/null; do
+    while [ -e "/proc/$pid" ] && ! grep -q '^State:[[:space:]]*[ZX]' "/proc/$pid/status" 2>/dev/null; do
         i=$((i + 1))
         [ $i -lt 3000 ] || die "qemu-nbd $pid does not exit"
         sleep 0.01
