@@ -15,5 +15,6 @@ DECLARE_COMMAND(cmd_resize);
 DECLARE_COMMAND(cmd_io);
 DECLARE_COMMAND(cmd_check);
 DECLARE_COMMAND(cmd_bitmap);
+DECLARE_COMMAND(cmd_mirror);
 
 #endif

@@ -24,6 +24,13 @@ struct copy_stats {
     uint64_t bytes_skipped;     /* not written: already right on the target */
 };
 
+/* What to do when a request fails (--on-source-error, --on-target-error). */
+enum copy_error_action {
+    COPY_ERROR_REPORT,      /* stop the copy and fail */
+    COPY_ERROR_IGNORE,      /* skip the request's range, go on, fail at the end */
+    COPY_ERROR_RETRY,       /* retry the request (COPY_RETRIES times), then report */
+};
+
 /* A byte range of the disk. */
 struct copy_range {
     uint64_t offset, length;
@@ -38,6 +45,12 @@ struct copy_job {
     struct blockdev *dst;
     uint64_t offset, length;    /* the range to copy */
     bool target_is_zero;        /* the target reads as zeroes everywhere */
+    /* Zero ranges of the source become allocated zeroes in the target
+     * (qcow2 zero clusters), even where the target reads zeroes now because
+     * nothing is allocated there: for a diff image that will be rebased
+     * onto a backing file later, an unallocated range would show the
+     * backing file's data instead of the zeroes.  Excludes target_is_zero. */
+    bool explicit_zeroes;
     size_t buf_size;            /* bytes per request (default 2 MiB) */
     /* Requests in flight at once, each in its own worker thread with its
      * own buf_size buffer (0 means COPY_DEFAULT_IN_FLIGHT; at most
@@ -77,6 +90,10 @@ struct copy_job {
      * and zero ranges written to the target; holes skipped by block status
      * cost nothing).  0: unlimited. */
     uint64_t speed;
+    /* Failed reads of the source and failed writes (or block status) of
+     * the target.  An ignored failure leaves its range unreported to
+     * range_done, and copy_run returns -EIO after copying the rest. */
+    enum copy_error_action on_source_error, on_target_error;
     /* Set asynchronously (signal handler) to stop the copy: copy_run then
      * returns -ECANCELED.  Requests already running finish first. */
     volatile sig_atomic_t *cancel;
@@ -84,6 +101,7 @@ struct copy_job {
 };
 
 enum {
+    COPY_RETRIES = 3,           /* COPY_ERROR_RETRY: attempts after the first */
     COPY_DEFAULT_IN_FLIGHT = 4,
     COPY_MAX_IN_FLIGHT = 64,
 };
