@@ -209,7 +209,9 @@ void json_print(FILE *out, const struct prop *p, int indent)
     }
     bool obj = p->type == PROP_OBJECT;
     if (!p->first) {
-        fputs(obj ? "{}" : "[]", out);
+        /* QEMU's JSON writer puts the closing bracket of an empty container
+         * on its own line too ("flags": [\n    ]). */
+        fprintf(out, "%c\n%*s%c", obj ? '{' : '[', indent, "", obj ? '}' : ']');
         return;
     }
     fputs(obj ? "{\n" : "[\n", out);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "formats/qcow2/qcow2.h"
+#include "formats/qcow2/qcow2-bitmap.h"
 
 #define QCOW2_L2_CACHE_BYTES    (8u << 20)  /* default L2 cache size */
 #define QCOW2_L2_CACHE_MAX      64
@@ -779,6 +780,9 @@ static int qcow2_get_info(struct blockdev *bs, struct prop *info, struct err *e)
                     s->compression_type == QCOW2_COMPRESSION_ZSTD ? "zstd" : "zlib");
     if (s->version >= 3)
         prop_add_bool(data, "lazy-refcounts", s->compatible & QCOW2_COMPAT_LAZY_REFCOUNTS);
+    int ret = qcow2_bitmaps_info(s, data, e);
+    if (ret < 0)
+        return ret;
     prop_add_uint(data, "refcount-bits", 1ull << s->refcount_order);
     if (s->version >= 3) {
         prop_add_bool(data, "corrupt", s->incompatible & QCOW2_INCOMPAT_CORRUPT);
@@ -982,4 +986,7 @@ const struct blockdrv blockdrv_qcow2 = {
     .make_empty = qcow2_make_empty,
     .pwrite_compressed = qcow2_pwrite_compressed,
     .write_alignment = qcow2_write_alignment,
+    .bitmaps_load = qcow2_bitmaps_load,
+    .bitmaps_store = qcow2_bitmaps_store,
+    .bitmap_check_new = qcow2_bitmap_check_new,
 };
