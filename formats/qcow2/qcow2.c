@@ -845,7 +845,10 @@ static int qcow2_pwrite_compressed(struct blockdev *bs, uint64_t off, const void
                           (unsigned long long)n);
             break;
         }
-        /* A short last cluster is compressed padded with zeroes, as QEMU. */
+        /* A short last cluster is compressed padded with zeroes, as QEMU.
+         * QEMU's room for the result is a byte short of a cluster: with
+         * the same room, the same clusters stay uncompressed (zlib output
+         * of cluster_size - 1 bytes does not fit, see qcow2_compress). */
         memcpy(in, src, n);
         memset(in + n, 0, s->cluster_size - n);
         ssize_t clen = qcow2_compress(s->compression_type, in, s->cluster_size, out,
