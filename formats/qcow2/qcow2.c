@@ -358,19 +358,42 @@ static int write_partial(struct qcow2_state *s, uint64_t off, const struct iovec
  * 16 MiB of data with 64 KiB clusters). */
 #define WRITE_RUN_MAX 256
 
-/* What writing a whole cluster does with the cluster's current entry. */
-enum write_kind {
-    WRITE_IN_PLACE,     /* our cluster and all of it data: overwrite it */
-    WRITE_ALLOCATE,     /* no cluster, compressed or shared: a new cluster */
-    WRITE_OTHER,        /* our cluster with zero or unallocated subclusters */
-};
-
-static enum write_kind write_kind_of(struct qcow2_state *s, struct qcow2_l2e l2e)
+/* Writing a whole cluster needs a new cluster unless it has one of its
+ * own (not compressed, not shared). */
+static bool needs_new_cluster(struct qcow2_l2e l2e)
 {
-    if ((l2e.entry & QCOW2_OFLAG_COMPRESSED) || !(l2e.entry & QCOW2_OFFSET_MASK) ||
-        !(l2e.entry & QCOW2_OFLAG_COPIED))
-        return WRITE_ALLOCATE;
-    return range_is_normal(s, l2e, 0, s->cluster_size) ? WRITE_IN_PLACE : WRITE_OTHER;
+    return (l2e.entry & QCOW2_OFLAG_COMPRESSED) || !(l2e.entry & QCOW2_OFFSET_MASK) ||
+           !(l2e.entry & QCOW2_OFLAG_COPIED);
+}
+
+/* The entry of a cluster written whole at `host`. */
+static struct qcow2_l2e data_l2e(const struct qcow2_state *s, uint64_t host)
+{
+    struct qcow2_l2e l2e = { host | QCOW2_OFLAG_COPIED,
+                             s->extended_l2 ? QCOW2_BITMAP_ALL_ALLOC : 0 };
+    return l2e;
+}
+
+/* The n clusters from guest `off`, ours at `host` on, were written whole
+ * in place: those whose entries said zero or unallocated (subclusters)
+ * read the data from now on (lock held).  An entry that no longer points
+ * at the cluster written (changed meanwhile) is left alone. */
+static int mark_written_in_place(struct qcow2_state *s, uint64_t off, uint64_t n,
+                                 uint64_t host, struct err *e)
+{
+    struct qcow2_l2e l2e[WRITE_RUN_MAX];
+    /* The data reaches the disk before the L2 table that marks it valid. */
+    int ret = qcow2_l2_depends_on_refblocks(s, e);
+    if (ret == 0)
+        ret = qcow2_get_l2e_run(s, off, n, l2e, e);
+    if (ret < 0)
+        return ret;
+    for (uint64_t k = 0; k < n; k++) {
+        uint64_t h = host + (k << s->cluster_bits);
+        if (!needs_new_cluster(l2e[k]) && (l2e[k].entry & QCOW2_OFFSET_MASK) == h)
+            l2e[k] = data_l2e(s, h);
+    }
+    return qcow2_set_l2e_run(s, off, n, l2e, e);
 }
 
 /* Give back n clusters from `host` that nothing refers to (a write that
@@ -390,10 +413,8 @@ static int link_new_clusters(struct qcow2_state *s, uint64_t off, uint64_t n, ui
                              struct err *e)
 {
     struct qcow2_l2e old[WRITE_RUN_MAX], l2e[WRITE_RUN_MAX];
-    for (uint64_t k = 0; k < n; k++) {
-        l2e[k].entry = (host + (k << s->cluster_bits)) | QCOW2_OFLAG_COPIED;
-        l2e[k].bitmap = s->extended_l2 ? QCOW2_BITMAP_ALL_ALLOC : 0;
-    }
+    for (uint64_t k = 0; k < n; k++)
+        l2e[k] = data_l2e(s, host + (k << s->cluster_bits));
     /* Data and refcounts reach the disk before the L2 table that uses
      * them (the next write of the L2 cache flushes first). */
     int ret = qcow2_l2_depends_on_refblocks(s, e);
@@ -416,50 +437,48 @@ static int link_new_clusters(struct qcow2_state *s, uint64_t off, uint64_t n, ui
  * them, from position `pos` of iov; *done is set to the number of
  * clusters written.  One step handles a run of clusters of one L2 table
  * that need the same treatment, with one data write:
- *   - our own clusters at contiguous host offsets: written in place;
+ *   - our own clusters at contiguous host offsets: written in place (then
+ *     the entries of those that read as zeroes are updated);
  *   - clusters that need new ones: that many contiguous clusters are
  *     allocated (refcounts set) under the lock, the data is written to
  *     them without it, so that other requests go on meanwhile, then the L2
  *     entries are linked under the lock (crash safe: nothing refers to the
  *     new clusters until their data is written, and the L2 table reaches
- *     the disk only after the refcounts);
- *   - one cluster of ours with zero or unallocated subclusters goes
- *     through write_in_cluster. */
+ *     the disk only after the data and the refcounts). */
 static int write_cluster_run(struct qcow2_state *s, uint64_t off, uint64_t max,
                              const struct iovec *iov, int iovcnt, size_t pos,
                              struct iovec *part, uint64_t *done, struct err *e)
 {
     struct qcow2_l2e old[WRITE_RUN_MAX];
     uint64_t n = min_u64(min_u64(max, WRITE_RUN_MAX), qcow2_l2_entries_left(s, off));
-    uint64_t cs = s->cluster_size;
     *done = 1;
     pthread_mutex_lock(&s->lock);
     int ret = qcow2_get_l2e_run(s, off, n, old, e);
     if (ret < 0)
         goto unlock;
-    enum write_kind kind = write_kind_of(s, old[0]);
+    bool allocate = needs_new_cluster(old[0]);
     uint64_t host = old[0].entry & QCOW2_OFFSET_MASK;
+    bool update = !allocate && !range_is_normal(s, old[0], 0, s->cluster_size);
     uint64_t count = 1;
-    if (kind == WRITE_OTHER) {
-        pthread_mutex_unlock(&s->lock);
-        return write_partial(s, off, iov, iovcnt, pos, cs, part, e);
+    for (; count < n && needs_new_cluster(old[count]) == allocate; count++) {
+        if (allocate)
+            continue;
+        if ((old[count].entry & QCOW2_OFFSET_MASK) != host + (count << s->cluster_bits))
+            break;
+        update |= !range_is_normal(s, old[count], 0, s->cluster_size);
     }
-    while (count < n && write_kind_of(s, old[count]) == kind &&
-           (kind == WRITE_ALLOCATE ||
-            (old[count].entry & QCOW2_OFFSET_MASK) == host + (count << s->cluster_bits)))
-        count++;
     *done = count;
     int nparts = iov_slice(iov, iovcnt, pos, count << s->cluster_bits, part);
-    if (kind == WRITE_IN_PLACE) {
-        pthread_mutex_unlock(&s->lock);
-        return hostfile_pwritev(s->bs->file, host, part, nparts, e);
-    }
-    if ((ret = qcow2_alloc_clusters(s, count, &host, e)) < 0)
+    if (allocate && (ret = qcow2_alloc_clusters(s, count, &host, e)) < 0)
         goto unlock;
     pthread_mutex_unlock(&s->lock);
     ret = hostfile_pwritev(s->bs->file, host, part, nparts, e);
+    if (!allocate && (ret < 0 || !update))
+        return ret;
     pthread_mutex_lock(&s->lock);
-    if (ret == 0)
+    if (!allocate)
+        ret = mark_written_in_place(s, off, count, host, e);
+    else if (ret == 0)
         ret = link_new_clusters(s, off, count, host, e);
     else
         unallocate_clusters(s, host, count);
