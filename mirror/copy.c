@@ -583,8 +583,16 @@ static int cursor_load(struct engine *eng, struct cursor *cur, uint64_t off, str
     if (cur->len)
         return 0;
     struct copy_job *job = eng->job;
+    uint64_t src_size = job->src ? job->src->size : 0;
+    if (off >= src_size) {
+        /* Past the end of a short source (source_zero_past_end). */
+        cur->len = eng->end - off;
+        cur->kind = CHUNK_ZERO;
+        return 0;
+    }
     struct blk_extent ext;
-    int ret = blk_block_status_above(job->src, job->base, off, eng->end - off, &ext, e);
+    int ret = blk_block_status_above(job->src, job->base, off,
+                                     min_u64(eng->end, src_size) - off, &ext, e);
     if (ret < 0)
         return ret;
     cur->len = ext.length;
@@ -780,10 +788,13 @@ static void dispatch_all(struct engine *eng)
 
 static int check_job(struct copy_job *job, struct err *e)
 {
-    if (job->offset > job->src->size || job->length > job->src->size - job->offset)
+    if (!job->src && !job->source_zero_past_end)
+        return err_set(e, EINVAL, "no source to copy from");
+    if (!job->source_zero_past_end &&
+        (job->offset > job->src->size || job->length > job->src->size - job->offset))
         return err_set(e, EINVAL, "%s: copy range is beyond the end of the image",
                        job->src->filename);
-    if (job->offset + job->length > job->dst->size)
+    if (job->offset > job->dst->size || job->length > job->dst->size - job->offset)
         return err_set(e, EINVAL, "%s: target is smaller (%llu bytes) than the range to "
                        "copy", job->dst->filename, (unsigned long long)job->dst->size);
     if (job->explicit_zeroes && job->target_is_zero)

@@ -39,6 +39,11 @@ struct copy_range {
 
 struct copy_job {
     struct blockdev *src;
+    /* The source may end before offset+length, or be NULL: past its end
+     * it reads as zeroes (rebase: the old backing file may be shorter than
+     * the image, or there may be none).  Otherwise the whole range must lie
+     * inside the source. */
+    bool source_zero_past_end;
     /* Copy only what the layers above `base` allocate (NULL: the whole
      * chain, flattened).  Ranges no layer above base allocates are left
      * alone: the target reads them from its own backing file. */

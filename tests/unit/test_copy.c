@@ -827,6 +827,50 @@ static void test_skip_identical(void)
     mem_close(old);
 }
 
+/* source_zero_past_end: a source shorter than the copy (or none) reads as
+ * zeroes past its end, so the target's data there is zeroed. */
+static void test_short_source(void)
+{
+    const uint64_t C = 64 * KiB, size = 16 * C;
+    struct blockdev *new = mem_open("new.mem", size, &mem_driver, MEM_ZERO);
+    mem_fill(new, 0, C, 0x33);
+    mem_fill(new, 12 * C, C, 0x33);
+    struct blockdev *old = mem_open("old.mem", 8 * C, &mem_driver, MEM_ZERO);
+    mem_fill(old, 0, C, 0x44);
+    for (int with_source = 1; with_source >= 0; with_source--) {
+        struct blockdev *image = mem_open("image.mem", size, &mem_driver_compressing,
+                                          MEM_UNALLOCATED);
+        md(image)->align = (uint32_t)C;
+        image->backing = new;
+        struct copy_job job = {
+            .src = with_source ? old : NULL, .source_zero_past_end = true, .dst = image,
+            .length = size, .skip_identical = true,
+        };
+        struct err e = { 0 };
+        CU_ASSERT_EQUAL(copy_run(&job, &e), 0);
+        CU_ASSERT_EQUAL(job.stats.bytes_read, with_source ? C : 0);
+        CU_ASSERT_EQUAL(job.stats.bytes_written, with_source ? C : 0);
+        CU_ASSERT_EQUAL(job.stats.bytes_zeroed, with_source ? C : 2 * C);
+        static uint8_t buf[16 * 64 * KiB];
+        CU_ASSERT_EQUAL(blk_pread(image, 0, buf, size, &e), 0);
+        CU_ASSERT_EQUAL(buf[0], with_source ? 0x44 : 0);
+        CU_ASSERT_TRUE(buffer_is_zero(buf + C, size - C));
+        mem_close(image);
+    }
+    /* Without the flag the range must lie inside a source. */
+    struct blockdev *image = mem_open("image.mem", size, &mem_driver, MEM_ZERO);
+    struct copy_job job = { .src = old, .dst = image, .length = size };
+    struct err e = { 0 };
+    CU_ASSERT_EQUAL(copy_run(&job, &e), -EINVAL);
+    CU_ASSERT_STRING_EQUAL(e.msg, "old.mem: copy range is beyond the end of the image");
+    job = (struct copy_job){ .dst = image, .length = size };
+    CU_ASSERT_EQUAL(copy_run(&job, &e), -EINVAL);
+    CU_ASSERT_STRING_EQUAL(e.msg, "no source to copy from");
+    mem_close(image);
+    mem_close(old);
+    mem_close(new);
+}
+
 /* Only the given ranges are copied; each is reported done once. */
 struct ranges_seen {
     unsigned count[8];
@@ -1059,6 +1103,7 @@ UNIT_MAIN("copy",
           UNIT_TEST(test_base),
           UNIT_TEST(test_ranges),
           UNIT_TEST(test_skip_identical),
+          UNIT_TEST(test_short_source),
           UNIT_TEST(test_ranges_invalid),
           UNIT_TEST(test_speed),
           UNIT_TEST(test_error_ignore),
