@@ -45,8 +45,11 @@ info_fields() {
 # reads_as_before IMG: IMG reads what src/top.qcow2 read before the change.
 reads_as_before() { same_content -F raw "$1" view-before.raw; }
 
-# own_extents IMG: the extents IMG allocates itself ("start length" lines).
+# own_extents IMG: the ranges IMG allocates itself, data or zeroes
+# ("start length" lines, adjacent ones joined).
 own_extents() {
     qemu-img map --output=json -U "$1" |
-        sed -n 's/.*"start": \([0-9]*\), "length": \([0-9]*\), "depth": 0, "present": true.*/\1 \2/p'
+        sed -n 's/.*"start": \([0-9]*\), "length": \([0-9]*\), "depth": 0, "present": true.*/\1 \2/p' |
+        awk '{ if (have && s + l == $1) l += $2; else { if (have) print s, l; s = $1; l = $2; have = 1 } }
+             END { if (have) print s, l }'
 }
