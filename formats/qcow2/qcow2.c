@@ -961,4 +961,5 @@ const struct blockdrv blockdrv_qcow2 = {
     .set_backing = qcow2_set_backing,
     .pwrite_compressed = qcow2_pwrite_compressed,
     .write_alignment = qcow2_write_alignment,
+    .check = qcow2_check,
 };

@@ -159,6 +159,7 @@ struct qcow2_state {
     uint32_t reftable_clusters;
     uint32_t nb_snapshots;
     uint64_t snapshots_offset;
+    uint64_t snapshots_size;    /* bytes of the snapshot table (its entries) */
     uint64_t incompatible, compatible, autoclear;
     uint32_t refcount_order;
     uint32_t header_length;
@@ -238,6 +239,10 @@ int qcow2_refblocks_depend_on_l2(struct qcow2_state *s, struct err *e);
 int qcow2_flush_metadata(struct qcow2_state *s, struct err *e);
 
 /* --- refcount.c --- */
+/* Entry i of a refcount block (or of an array in the same layout) with
+ * (1 << order)-bit entries. */
+uint64_t qcow2_refcount_entry_get(const uint8_t *block, uint64_t i, uint32_t order);
+void qcow2_refcount_entry_set(uint8_t *block, uint64_t i, uint32_t order, uint64_t v);
 int qcow2_refcount_init(struct qcow2_state *s, struct err *e);
 /* Refcount of cluster `index` (0 past the refcount table). */
 int qcow2_get_refcount(struct qcow2_state *s, uint64_t index, uint64_t *refcount,
@@ -255,6 +260,12 @@ int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len, st
 int qcow2_alloc_bytes(struct qcow2_state *s, uint64_t size, uint64_t *offset, struct err *e);
 /* Drop the reference(s) an L2 entry holds (normal, zero-alloc, compressed). */
 int qcow2_free_l2e_clusters(struct qcow2_state *s, uint64_t entry, struct err *e);
+
+/* --- check.c --- */
+/* blockdrv.check: verify refcounts against every reference, L1/L2 entries
+ * and OFLAG_COPIED as qemu-img check does; repair with BLK_CHECK_FIX_*. */
+int qcow2_check(struct blockdev *bs, struct blk_check_result *res, unsigned fix,
+                struct err *e);
 
 /* --- cluster.c --- */
 int qcow2_l1_init(struct qcow2_state *s, struct err *e);
