@@ -580,7 +580,8 @@ static int disk_refcount(struct check *c, uint64_t cluster, uint64_t *refcount, 
     return qcow2_get_refcount(s, cluster, refcount, e);
 }
 
-/* Set the refcount of `cluster` from `from` to `to` on disk. */
+/* Set the refcount of `cluster` from `from` to `to` on disk.  A cluster
+ * that becomes free is discarded in the file, as QEMU does. */
 static int set_disk_refcount(struct check *c, uint64_t cluster, uint64_t from, uint64_t to,
                              struct err *e)
 {
@@ -594,6 +595,8 @@ static int set_disk_refcount(struct check *c, uint64_t cluster, uint64_t from, u
             return ret;
         from = from < to ? from + step : from - step;
     }
+    if (to == 0)
+        return hostfile_discard(s->bs->file, cluster << s->cluster_bits, s->cluster_size, e);
     return 0;
 }
 
@@ -913,6 +916,9 @@ static int check_refcounts(struct check *c, unsigned fix, struct err *e)
             return ret;
         }
         res->corruptions = res->leaks = 0;
+        /* Refcounts that could not be read belonged to the old structure
+         * (QEMU cannot rebuild in that case: it stops at the first). */
+        res->check_errors = before_compare.check_errors;
         /* The references are counted again: the new structure is in use,
          * the old one is not. */
         c->rebuild = false;
