@@ -70,6 +70,11 @@ int cmd_parse_size_arg(struct cmdline *cl, const char *what, const char *s, uint
 void json_print(FILE *out, const struct prop *p, int indent);
 void json_print_string(FILE *out, const char *s);
 
+/* The copy engine's counters as "bytes-read", "bytes-written",
+ * "bytes-zeroed", "bytes-skipped" (the --output=json summaries). */
+struct copy_stats;
+void cmd_add_copy_stats(struct prop *o, const struct copy_stats *st);
+
 /* Progress bar: drawn on stderr only when enabled and stderr is a terminal. */
 struct progress {
     bool enabled;

@@ -14,5 +14,8 @@ DECLARE_COMMAND(cmd_convert);
 DECLARE_COMMAND(cmd_resize);
 DECLARE_COMMAND(cmd_io);
 DECLARE_COMMAND(cmd_check);
+DECLARE_COMMAND(cmd_bitmap);
+DECLARE_COMMAND(cmd_mirror);
+DECLARE_COMMAND(cmd_commit);
 
 #endif

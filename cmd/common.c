@@ -1,4 +1,5 @@
 #include "cmd/cmd.h"
+#include "mirror/copy.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -208,7 +209,9 @@ void json_print(FILE *out, const struct prop *p, int indent)
     }
     bool obj = p->type == PROP_OBJECT;
     if (!p->first) {
-        fputs(obj ? "{}" : "[]", out);
+        /* QEMU's JSON writer puts the closing bracket of an empty container
+         * on its own line too ("flags": [\n    ]). */
+        fprintf(out, "%c\n%*s%c", obj ? '{' : '[', indent, "", obj ? '}' : ']');
         return;
     }
     fputs(obj ? "{\n" : "[\n", out);
@@ -222,6 +225,14 @@ void json_print(FILE *out, const struct prop *p, int indent)
         fputs(c->next ? ",\n" : "\n", out);
     }
     fprintf(out, "%*s%c", indent, "", obj ? '}' : ']');
+}
+
+void cmd_add_copy_stats(struct prop *o, const struct copy_stats *st)
+{
+    prop_add_uint(o, "bytes-read", st->bytes_read);
+    prop_add_uint(o, "bytes-written", st->bytes_written);
+    prop_add_uint(o, "bytes-zeroed", st->bytes_zeroed);
+    prop_add_uint(o, "bytes-skipped", st->bytes_skipped);
 }
 
 void progress_init(struct progress *p, bool requested, uint64_t total)

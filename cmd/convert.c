@@ -10,6 +10,7 @@
 
 #include "cmd/commands.h"
 #include "cmd/signals.h"
+#include "formats/blockdev-bitmaps.h"
 #include "mirror/copy.h"
 
 enum { OPT_O = 1 };
@@ -39,6 +40,7 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     char *buf_size_s = NULL;
     int no_create = 0, progress = 0, quiet = 0, force_share = 0, target_is_zero = 0;
     int compress = 0, out_of_order = 0, max_in_flight = COPY_DEFAULT_IN_FLIGHT;
+    int copy_bitmaps = 0, skip_broken = 0;
     struct convert_args a = { 0 };
     struct poptOption options[] = {
         { "format", 'f', POPT_ARG_STRING, &src_fmt, 0, "source format (default: probe)",
@@ -66,6 +68,10 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
         { "progress", 'p', POPT_ARG_NONE, &progress, 0, "show a progress bar on a terminal",
           NULL },
         { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
+        { "bitmaps", '\0', POPT_ARG_NONE, &copy_bitmaps, 0,
+          "copy the persistent bitmaps too (qcow2 target)", NULL },
+        { "skip-broken-bitmaps", '\0', POPT_ARG_NONE, &skip_broken, 0,
+          "with --bitmaps: leave out inconsistent bitmaps", NULL },
         POPT_TABLEEND
     };
     struct cmdline cl = { 0 };
@@ -93,6 +99,10 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
         status = cmd_usage_error(&cl, "--target-is-zero needs -n (a new target is always zero)");
         goto out;
     }
+    if (skip_broken && !copy_bitmaps) {
+        status = cmd_usage_error(&cl, "--skip-broken-bitmaps needs --bitmaps");
+        goto out;
+    }
     if (no_create && a.opts.count) {
         status = cmd_usage_error(&cl, "-o cannot be used with -n (the target exists)");
         goto out;
@@ -104,6 +114,8 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     status = EXIT_ERROR;
     if (ret < 0 || blk_open(src_name, src_fmt, sflags, &src, &e) < 0)
         goto fail;
+    if (copy_bitmaps && blk_bitmaps_check_copy(src, skip_broken, &e) < 0)
+        goto fail;
 
     unsigned dflags = cmd_open_flags(true, false, cache, &e, &ret);
     if (ret < 0)
@@ -114,6 +126,11 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
      * the copy itself). */
     if (compress && !no_create && new_drv && blk_check_compression(new_drv, dst_name, &e) < 0)
         goto fail;
+    if (copy_bitmaps && !no_create && new_drv && !blk_driver_has_bitmaps(new_drv)) {
+        err_set(&e, ENOTSUP, "%s: format '%s' does not support persistent bitmaps", dst_name,
+                new_drv->name);
+        goto fail;
+    }
     if (!no_create) {
         struct blk_create_params p = {
             .filename = dst_name, .size = src->size, .opts = &a.opts,
@@ -146,6 +163,9 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     progress_finish(&bar);
     if (ret == 0)
         ret = blk_flush(dst, &e);
+    /* After the data, so that copying it does not dirty them. */
+    if (ret == 0 && copy_bitmaps && (ret = blk_bitmaps_copy(dst, src, skip_broken, &e)) == 0)
+        ret = blk_bitmaps_release(dst, &e);
     if (ret < 0) {
         if (ret == -ECANCELED) {
             status = EXIT_CANCELLED;

@@ -2,6 +2,7 @@
  * format-specific details), human-readable or as qemu-img's JSON. */
 #include <inttypes.h>
 #include <string.h>
+#include <time.h>
 
 #include "cmd/commands.h"
 
@@ -61,17 +62,27 @@ static uint64_t prop_uint(const struct prop *info, const char *key)
     return p->type == PROP_UINT ? p->v.u : (uint64_t)p->v.i;
 }
 
+/* The snapshot table as qemu-img prints it. */
 static void print_snapshots(const struct prop *snaps)
 {
-    printf("Snapshot list:\n%-4s %-20s %10s %19s %15s %10s\n", "ID", "TAG", "VM SIZE", "DATE",
+    printf("Snapshot list:\n%-9s %-16s %8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
            "VM CLOCK", "ICOUNT");
     for (const struct prop *s = snaps->first; s; s = s->next) {
-        char vmsize[32];
+        char vmsize[32], date[32] = "", clock[32], icount[32] = "";
         format_size_human(prop_uint(s, "vm-state-size"), vmsize, sizeof(vmsize));
+        time_t secs = (time_t)prop_uint(s, "date-sec");
+        struct tm tm;
+        if (localtime_r(&secs, &tm))
+            strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+        uint64_t ns = prop_uint(s, "vm-clock-sec") * 1000000000ULL + prop_uint(s, "vm-clock-nsec");
+        uint64_t ms = ns / 1000000;
+        snprintf(clock, sizeof(clock), "%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64,
+                 ms / 3600000, ms / 60000 % 60, ms / 1000 % 60, ms % 1000);
+        if (prop_get(s, "icount"))
+            snprintf(icount, sizeof(icount), "%" PRIu64, prop_uint(s, "icount"));
         const char *id = prop_string(s, "id"), *name = prop_string(s, "name");
-        printf("%-4s %-20s %10s %19s %15s %10s\n", id ? id : "", name ? name : "", vmsize,
-               prop_string(s, "date") ? prop_string(s, "date") : "",
-               prop_string(s, "vm-clock") ? prop_string(s, "vm-clock") : "", "");
+        printf("%-9s %-16s %8s%20s%13s%11s\n", id ? id : "", name ? name : "", vmsize, date,
+               clock, icount);
     }
 }
 

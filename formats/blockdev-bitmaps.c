@@ -7,9 +7,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+bool blk_driver_has_bitmaps(const struct blockdrv *drv)
+{
+    return drv && drv->bitmaps_load && drv->bitmaps_store;
+}
+
 bool blk_bitmaps_supported(const struct blockdev *bs)
 {
-    return bs->drv && bs->drv->bitmaps_load && bs->drv->bitmaps_store;
+    return blk_driver_has_bitmaps(bs->drv);
 }
 
 void blk_bitmaps_init(struct blockdev *bs)
@@ -178,6 +183,38 @@ int blk_bitmap_remove(struct blockdev *bs, const char *name, struct err *e)
         return 0;
     }
     return err_set(e, ENOENT, "%s: no bitmap '%s'", bs->filename, name);
+}
+
+int blk_bitmaps_check_copy(struct blockdev *src, bool skip_inconsistent, struct err *e)
+{
+    int ret = blk_bitmaps_load(src, e);
+    if (ret < 0)
+        return ret;
+    for (size_t i = 0; i < src->nbitmaps && !skip_inconsistent; i++)
+        if (dirty_bitmap_persistent(src->bitmaps[i]) &&
+            dirty_bitmap_inconsistent(src->bitmaps[i]))
+            return err_set(e, EINVAL, "%s: bitmap '%s' is inconsistent and cannot be copied; "
+                           "skip it with --skip-broken-bitmaps or remove it (imgtool bitmap "
+                           "--remove)", src->filename, dirty_bitmap_name(src->bitmaps[i]));
+    return 0;
+}
+
+int blk_bitmaps_copy(struct blockdev *dst, struct blockdev *src, bool skip_inconsistent,
+                     struct err *e)
+{
+    int ret = blk_bitmaps_check_copy(src, skip_inconsistent, e);
+    for (size_t i = 0; ret == 0 && i < src->nbitmaps; i++) {
+        const struct dirty_bitmap *from = src->bitmaps[i];
+        struct dirty_bitmap *to;
+        if (!dirty_bitmap_persistent(from) || dirty_bitmap_inconsistent(from))
+            continue;
+        ret = blk_bitmap_add(dst, dirty_bitmap_name(from), dirty_bitmap_granularity(from),
+                             BLK_BITMAP_PERSISTENT |
+                             (dirty_bitmap_enabled(from) ? 0 : BLK_BITMAP_DISABLED), &to, e);
+        if (ret == 0 && (ret = dirty_bitmap_merge(to, from, e)) < 0)
+            err_prefix(e, "%s: ", dst->filename);
+    }
+    return ret;
 }
 
 static int store(struct blockdev *bs, bool in_use, struct err *e)

@@ -45,6 +45,7 @@ enum {
 
 /* True if the format can store persistent bitmaps. */
 bool blk_bitmaps_supported(const struct blockdev *bs);
+bool blk_driver_has_bitmaps(const struct blockdrv *drv);
 /* Load the image's persistent bitmaps if that was not done at open (read-only
  * opens).  -ENOTSUP naming the format when it has none. */
 int blk_bitmaps_load(struct blockdev *bs, struct err *e);
@@ -76,6 +77,14 @@ int blk_bitmaps_store(struct blockdev *bs, struct err *e);
 /* Store them clean now, reporting errors (blk_close does the same silently);
  * guest writes are refused afterwards. */
 int blk_bitmaps_release(struct blockdev *bs, struct err *e);
+
+/* convert --bitmaps: can src's persistent bitmaps be copied (loads them;
+ * inconsistent ones are an error unless skipped)?  Then, once the data is
+ * copied, add them to dst as persistent bitmaps with the same name,
+ * granularity, enabled state and dirty bits. */
+int blk_bitmaps_check_copy(struct blockdev *src, bool skip_inconsistent, struct err *e);
+int blk_bitmaps_copy(struct blockdev *dst, struct blockdev *src, bool skip_inconsistent,
+                     struct err *e);
 
 void blk_bitmaps_lock(struct blockdev *bs);
 void blk_bitmaps_unlock(struct blockdev *bs);

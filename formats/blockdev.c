@@ -86,6 +86,20 @@ char *blk_resolve_backing_path(const char *image_path, const char *backing_name)
     return path;
 }
 
+struct blockdev *blk_chain_find(struct blockdev *bs, const char *path)
+{
+    struct stat want;
+    if (stat(path, &want) < 0)
+        return NULL;
+    for (; bs; bs = bs->backing) {
+        struct stat st;
+        if (fstat(bs->file->fd, &st) == 0 && st.st_dev == want.st_dev &&
+            st.st_ino == want.st_ino)
+            return bs;
+    }
+    return NULL;
+}
+
 /* Backing chains are bounded so that a loop or a hostile chain cannot make
  * us open files forever. */
 #define MAX_CHAIN_DEPTH 256
@@ -165,6 +179,37 @@ int blk_open(const char *filename, const char *format, unsigned flags,
              struct blockdev **out, struct err *e)
 {
     return open_layer(filename, format, flags, 0, out, e);
+}
+
+int blk_reopen_writable(struct blockdev *top, struct blockdev *layer, struct blockdev **out,
+                        struct err *e)
+{
+    struct blockdev *parent = top;
+    while (parent && parent->backing != layer)
+        parent = parent->backing;
+    if (!parent || !layer)
+        return err_set(e, EINVAL, "%s is not a backing file of %s",
+                       layer ? layer->filename : "(none)", top->filename);
+    /* Our own read-only open refuses writers: release its locks for the
+     * writable open, and take them back if that fails. */
+    struct hostfile *f = layer->file;
+    bool was_locked = f->locked;
+    unsigned perm = f->perm, shared = f->shared;
+    if (was_locked)
+        hostfile_unlock(f);
+    unsigned flags = (layer->open_flags | BLK_OPEN_RDWR) & ~BLK_OPEN_FORCE_SHARE;
+    struct blockdev *fresh;
+    int ret = blk_open(layer->filename, layer->drv->name, flags, &fresh, e);
+    if (ret < 0) {
+        struct err ignored;
+        if (was_locked)
+            hostfile_lock(f, perm, shared, &ignored);
+        return ret;
+    }
+    parent->backing = fresh;
+    blk_close(layer);
+    *out = fresh;
+    return 0;
 }
 
 void blk_close(struct blockdev *bs)
@@ -454,6 +499,31 @@ uint32_t blk_write_alignment(struct blockdev *bs)
     return a ? a : 1;
 }
 
+int blk_make_empty(struct blockdev *bs, struct err *e)
+{
+    int ret = check_writable(bs, e);
+    if (ret == 0)
+        ret = blk_bitmaps_check_guest_write(bs, e);
+    if (ret < 0)
+        return ret;
+    if (!bs->drv->make_empty)
+        return err_set(e, ENOTSUP, "%s: format '%s' cannot be emptied (use -d to keep "
+                       "it as it is)", bs->filename, bs->drv->name);
+    return bs->drv->make_empty(bs, e);
+}
+
+int blk_set_backing(struct blockdev *bs, const char *name, const char *format,
+                    struct err *e)
+{
+    int ret = check_writable(bs, e);
+    if (ret < 0)
+        return ret;
+    if (!bs->drv->set_backing)
+        return err_set(e, ENOTSUP, "%s: format '%s' has no backing file", bs->filename,
+                       bs->drv->name);
+    return bs->drv->set_backing(bs, name, format, e);
+}
+
 int blk_check(struct blockdev *bs, struct blk_check_result *res, unsigned fix, struct err *e)
 {
     if (!bs->drv->check)
@@ -555,8 +625,10 @@ int blk_block_status_above(struct blockdev *bs, const struct blockdev *base, uin
         }
         if (off >= backing->size) {
             /* Past the end of a shorter backing file: zeroes, reported at
-             * this layer, as qemu-img map does. */
-            ext->flags = BLK_STATUS_ZERO;
+             * this layer, as qemu-img map does.  Above `base` the short
+             * layer decides them, so they count as allocated (QEMU's
+             * rule: commit writes these zeroes into base). */
+            ext->flags = BLK_STATUS_ZERO | (base ? BLK_STATUS_ALLOCATED : 0);
             return 0;
         }
         depth++;

@@ -12,8 +12,8 @@
  * threads, so preadv, pwritev, write_zeroes, discard, block_status and
  * pwrite_compressed may be called concurrently on one blockdev.  Drivers
  * protect their metadata with their own lock and do data I/O outside it
- * where they can; open, close, create, truncate, flush and set_backing are
- * never called concurrently with anything else. */
+ * where they can; open, close, create, truncate, flush, set_backing and
+ * make_empty are never called concurrently with anything else. */
 #ifndef IMGTOOL_BLOCKDEV_H
 #define IMGTOOL_BLOCKDEV_H
 
@@ -129,6 +129,10 @@ struct blockdrv {
     /* Change the backing file name in the header (rebase -u); may be NULL. */
     int (*set_backing)(struct blockdev *bs, const char *name, const char *format,
                        struct err *e);
+    /* Make every cluster unallocated, so that the whole image reads
+     * through to its backing file (commit, after copying the data down,
+     * as QEMU's bdrv_make_empty); may be NULL. */
+    int (*make_empty)(struct blockdev *bs, struct err *e);
     /* Write whole clusters compressed (convert -c, export -c); `off` and
      * `len` are cluster aligned except at the end of the disk.  The driver
      * compresses outside its lock so that several threads compress at
@@ -221,6 +225,16 @@ int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e);
 int blk_flush(struct blockdev *bs, struct err *e);
 int blk_truncate(struct blockdev *bs, uint64_t size, struct err *e);
 uint32_t blk_write_alignment(struct blockdev *bs);
+/* Deallocate everything (blockdrv.make_empty): the image then reads as
+ * its backing file.  Dirty bitmaps are not marked: commit calls it after
+ * writing the same data into the backing file, so what the image reads
+ * does not change.  -ENOTSUP naming the format when it cannot. */
+int blk_make_empty(struct blockdev *bs, struct err *e);
+/* Change the backing file name (and format, may be NULL) stored in the
+ * image header; "" or NULL: no backing file.  The open chain is not
+ * touched.  -ENOTSUP naming the format when it cannot. */
+int blk_set_backing(struct blockdev *bs, const char *name, const char *format,
+                    struct err *e);
 /* Run the driver's check; -ENOTSUP when the format has none. */
 int blk_check(struct blockdev *bs, struct blk_check_result *res, unsigned fix, struct err *e);
 /* Add a problem description to res->messages (printf-style). */
@@ -243,7 +257,9 @@ int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,
 int blk_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
                      struct blk_extent *ext, struct err *e);
 /* Like blk_block_status but stops descending at `base` (exclusive): a run
- * that no layer above `base` allocates is reported without ALLOCATED. */
+ * that no layer above `base` allocates is reported without ALLOCATED.  The
+ * zeroes past the end of a layer above `base` that is shorter than the
+ * image count as allocated (by that layer), as in QEMU. */
 int blk_block_status_above(struct blockdev *bs, const struct blockdev *base, uint64_t off,
                            uint64_t bytes, struct blk_extent *ext, struct err *e);
 
@@ -255,6 +271,17 @@ int blk_read_backing(struct blockdev *bs, uint64_t off, const struct iovec *iov,
 /* Resolve a backing file name relative to the directory of the image that
  * names it (QEMU's rule); returns a malloc'ed path or NULL on ENOMEM. */
 char *blk_resolve_backing_path(const char *image_path, const char *backing_name);
+/* The member of bs's open chain (bs itself included) whose file is `path`
+ * (the same file, however it is named), or NULL. */
+struct blockdev *blk_chain_find(struct blockdev *bs, const char *path);
+/* Reopen `layer`, a backing file in top's open chain, read-write (commit
+ * writes into it), as a writable blk_open would: its dirty bitmaps are
+ * loaded and marked in use, and it takes the write locks.  Its own backing
+ * chain stays read-only.  On success the old layer is closed and *out is
+ * the new one, linked into the chain in its place; on failure the chain
+ * is unchanged. */
+int blk_reopen_writable(struct blockdev *top, struct blockdev *layer, struct blockdev **out,
+                        struct err *e);
 
 /* Common `info` fields plus the driver's format-specific data. */
 int blk_get_info(struct blockdev *bs, struct prop **out, struct err *e);

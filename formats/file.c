@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -247,9 +248,28 @@ int hostfile_preadv(struct hostfile *f, uint64_t off, const struct iovec *iov, i
     return 0;
 }
 
+/* Test hook for crash tests (tests/t2*-bitmap*.sh): with
+ * IMGTOOL_FAULT_AFTER_WRITES=N in the environment the process kills itself
+ * (SIGKILL) instead of issuing its write number N + 1, so that a test can
+ * interrupt a command at each of its writes in turn, without timing. */
+static void fault_injection_point(void)
+{
+    static long limit = -2;     /* -2: environment not read yet; -1: off */
+    static long writes;
+    long l = __atomic_load_n(&limit, __ATOMIC_RELAXED);
+    if (l == -2) {
+        const char *v = getenv("IMGTOOL_FAULT_AFTER_WRITES");
+        l = v && *v ? strtol(v, NULL, 10) : -1;
+        __atomic_store_n(&limit, l, __ATOMIC_RELAXED);
+    }
+    if (l >= 0 && __atomic_fetch_add(&writes, 1, __ATOMIC_RELAXED) >= l)
+        raise(SIGKILL);
+}
+
 int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, int iovcnt,
                      struct err *e)
 {
+    fault_injection_point();
     int fd = fd_for(f, off, iov, iovcnt);
     struct iovec cur[IOV_BATCH];
     size_t skip = 0;

@@ -45,6 +45,7 @@ struct piece {
 
 struct chunk {
     uint64_t off, len;
+    size_t range;               /* index of the range it belongs to */
     enum chunk_kind kind;
     struct piece *pieces;       /* DATA: the runs, in order, covering len */
     size_t npieces, cap;
@@ -59,7 +60,11 @@ struct cursor {
 
 struct engine {
     struct copy_job *job;
-    uint64_t end;
+    const struct copy_range *ranges;    /* job->ranges, or &whole */
+    size_t nranges;
+    struct copy_range whole;
+    uint64_t total;             /* bytes of all ranges */
+    uint64_t end;               /* end of the range being cut into chunks */
     size_t buf_size;            /* a multiple of align */
     uint32_t align;             /* target cluster size (write alignment) */
     uint32_t unit;              /* zero detection granularity */
@@ -79,6 +84,17 @@ struct engine {
     struct err error;           /* ... and its message */
     uint64_t done;              /* bytes of completed chunks */
     uint64_t reported;          /* `done` as last passed to progress */
+    /* Per range: chunks not yet completed, plus one while the dispatcher
+     * is still cutting it.  A range whose count drops to 0 is complete and
+     * waits in `finished` to be passed to range_done. */
+    size_t *pending;
+    size_t *finished;
+    size_t nfinished;
+    bool *range_failed;         /* a chunk of it failed and was ignored */
+    unsigned nignored;          /* chunks that failed and were ignored */
+    struct err ignored_error;   /* ... the first one's message */
+    uint64_t io_dispatched;     /* bytes that cost I/O, for the rate limit */
+    struct timespec start;
     struct copy_stats stats;
 };
 
@@ -95,6 +111,20 @@ static bool cancel_requested(const struct copy_job *job)
 
 /* --- Work done by the workers (no engine state touched) --- */
 
+/* The target's status at `off` for copy_zeroes: where it reads zeroes
+ * (through its chain), unless explicit zeroes are wanted, where only zeroes
+ * allocated in the target itself count as already right. */
+static int target_zero_status(struct copy_job *job, uint64_t off, uint64_t len,
+                                  struct blk_extent *ext, struct err *e)
+{
+    if (!job->explicit_zeroes)
+        return blk_block_status(job->dst, off, len, ext, e);
+    int ret = blk_block_status_layer(job->dst, off, len, ext, e);
+    if (ret == 0 && !(ext->flags & BLK_STATUS_ALLOCATED))
+        ext->flags &= ~BLK_STATUS_ZERO;
+    return ret;
+}
+
 /* Make [off, off+len) of the target read as zeroes, skipping sub-ranges it
  * already reads as zeroes (unless the whole target is known to be zero). */
 static int copy_zeroes(struct copy_job *job, uint64_t off, uint64_t len,
@@ -108,13 +138,14 @@ static int copy_zeroes(struct copy_job *job, uint64_t off, uint64_t len,
         if (cancel_requested(job))
             return err_set(e, ECANCELED, "cancelled");
         struct blk_extent ext;
-        int ret = blk_block_status(job->dst, off, len, &ext, e);
+        int ret = target_zero_status(job, off, len, &ext, e);
         if (ret < 0)
             return ret;
         if (ext.flags & BLK_STATUS_ZERO) {
             st->bytes_skipped += ext.length;
         } else {
-            ret = blk_write_zeroes(job->dst, off, ext.length, BLK_ZERO_MAY_UNMAP, e);
+            ret = blk_write_zeroes(job->dst, off, ext.length,
+                                   job->explicit_zeroes ? 0 : BLK_ZERO_MAY_UNMAP, e);
             if (ret < 0)
                 return ret;
             st->bytes_zeroed += ext.length;
@@ -211,11 +242,13 @@ static int fill_buffer(struct engine *eng, const struct chunk *c, uint8_t *buf,
 }
 
 static int copy_data_chunk(struct engine *eng, const struct chunk *c, uint8_t *buf,
-                           struct copy_stats *st, struct err *e)
+                           struct copy_stats *st, struct err *e, bool *source_error)
 {
     int ret = fill_buffer(eng, c, buf, st, e);
-    if (ret < 0)
+    if (ret < 0) {
+        *source_error = true;
         return ret;
+    }
     if (eng->job->compress)
         return write_compressed(eng, buf, c->off, (size_t)c->len, st, e);
     /* Write each stretch between SKIP pieces. */
@@ -237,9 +270,14 @@ static int copy_data_chunk(struct engine *eng, const struct chunk *c, uint8_t *b
     return 0;
 }
 
+static void add_stats(struct copy_stats *to, const struct copy_stats *from);
+
+/* Do a chunk's work; a failure sets *source_error when it was a read of
+ * the source (everything else touches the target). */
 static int run_chunk(struct engine *eng, const struct chunk *c, uint8_t *buf,
-                     struct copy_stats *st, struct err *e)
+                     struct copy_stats *st, struct err *e, bool *source_error)
 {
+    *source_error = false;
     if (cancel_requested(eng->job))
         return err_set(e, ECANCELED, "cancelled");
     switch (c->kind) {
@@ -249,9 +287,41 @@ static int run_chunk(struct engine *eng, const struct chunk *c, uint8_t *buf,
     case CHUNK_ZERO:
         return copy_zeroes(eng->job, c->off, c->len, st, e);
     case CHUNK_DATA:
-        return copy_data_chunk(eng, c, buf, st, e);
+        return copy_data_chunk(eng, c, buf, st, e, source_error);
     }
     return 0;
+}
+
+/* Sleep before retry `attempt` (1, 2, ...): 100 ms, 400 ms, 1.6 s. */
+static void retry_backoff(unsigned attempt)
+{
+    long ms = 100L << (2 * (attempt - 1));
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+/* Run a chunk with the job's error actions.  Returns 0, a failure to
+ * report, or 1 for a failure to ignore (its message in *e). */
+static int run_chunk_with_policy(struct engine *eng, const struct chunk *c, uint8_t *buf,
+                                 struct copy_stats *st, struct err *e)
+{
+    for (unsigned attempt = 0;; attempt++) {
+        bool source_error;
+        struct copy_stats try_st = { 0 };
+        err_clear(e);
+        int ret = run_chunk(eng, c, buf, &try_st, e, &source_error);
+        add_stats(st, &try_st);
+        if (ret == 0 || ret == -ECANCELED)
+            return ret;
+        enum copy_error_action action = source_error ? eng->job->on_source_error
+                                                     : eng->job->on_target_error;
+        if (action == COPY_ERROR_IGNORE)
+            return 1;
+        if (action != COPY_ERROR_RETRY || attempt == COPY_RETRIES ||
+            cancel_requested(eng->job))
+            return ret;
+        retry_backoff(attempt + 1);
+    }
 }
 
 /* --- Shared state, under eng->lock --- */
@@ -276,17 +346,39 @@ static void fail_locked(struct engine *eng, int ret, const struct err *e)
     pthread_cond_signal(&eng->changed);
 }
 
+/* One piece of range `r` is done (a chunk, or the dispatcher's hold). */
+static void range_progress_locked(struct engine *eng, size_t r)
+{
+    if (--eng->pending[r] == 0 && !eng->range_failed[r])
+        eng->finished[eng->nfinished++] = r;
+}
+
 /* Record a finished chunk (or a failure) and free its slot. */
 static void complete_locked(struct engine *eng, unsigned slot, int ret,
                             const struct copy_stats *st, const struct err *e)
 {
     add_stats(&eng->stats, st);
-    if (ret == 0)
+    if (ret == 0) {
         eng->done += eng->slots[slot].len;
-    else
+        range_progress_locked(eng, eng->slots[slot].range);
+    } else {
         fail_locked(eng, ret, e);
+    }
     eng->free_slots[eng->nfree++] = slot;
     pthread_cond_signal(&eng->changed);
+}
+
+/* A failed chunk the job ignores: its range will not be reported done,
+ * the copy goes on, and copy_run fails at the end. */
+static void ignore_locked(struct engine *eng, unsigned slot, const struct copy_stats *st,
+                          const struct err *e)
+{
+    size_t r = eng->slots[slot].range;
+    if (!eng->nignored++)
+        eng->ignored_error = *e;
+    eng->range_failed[r] = true;
+    /* Progress counts it as processed: the copy does go past it. */
+    complete_locked(eng, slot, 0, st, NULL);
 }
 
 static void cancel_locked(struct engine *eng)
@@ -313,11 +405,14 @@ static void *worker_main(void *opaque)
 
         struct copy_stats st = { 0 };
         struct err e = { 0 };
-        int ret = run_chunk(eng, &eng->slots[slot], w->buf, &st, &e);
+        int ret = run_chunk_with_policy(eng, &eng->slots[slot], w->buf, &st, &e);
 
         pthread_mutex_lock(&eng->lock);
         eng->busy--;
-        complete_locked(eng, slot, ret, &st, &e);
+        if (ret == 1)
+            ignore_locked(eng, slot, &st, &e);
+        else
+            complete_locked(eng, slot, ret, &st, &e);
     }
     pthread_mutex_unlock(&eng->lock);
     return NULL;
@@ -328,12 +423,20 @@ static void *worker_main(void *opaque)
 static void report_progress_locked(struct engine *eng)
 {
     struct copy_job *job = eng->job;
+    while (eng->nfinished) {
+        size_t r = eng->finished[--eng->nfinished];
+        if (job->range_done) {
+            pthread_mutex_unlock(&eng->lock);
+            job->range_done(job->opaque, r);
+            pthread_mutex_lock(&eng->lock);
+        }
+    }
     if (!job->progress || eng->done == eng->reported)
         return;
     uint64_t done = eng->done;
     eng->reported = done;
     pthread_mutex_unlock(&eng->lock);
-    job->progress(job->opaque, done, job->length);
+    job->progress(job->opaque, done, eng->total);
     pthread_mutex_lock(&eng->lock);
 }
 
@@ -487,6 +590,9 @@ static int build_chunk(struct engine *eng, struct cursor *cur, uint64_t off, str
 static void dispatch_locked(struct engine *eng, unsigned slot)
 {
     struct chunk *c = &eng->slots[slot];
+    eng->pending[c->range]++;
+    if (c->kind == CHUNK_DATA || (c->kind == CHUNK_ZERO && !eng->job->target_is_zero))
+        eng->io_dispatched += c->len;
     if (c->kind == CHUNK_SKIP || (c->kind == CHUNK_ZERO && eng->job->target_is_zero)) {
         struct copy_stats st = { .bytes_skipped = c->len };
         complete_locked(eng, slot, 0, &st, NULL);
@@ -497,32 +603,75 @@ static void dispatch_locked(struct engine *eng, unsigned slot)
     pthread_cond_signal(&eng->work_ready);
 }
 
-static void dispatch_all(struct engine *eng)
+/* The rate limit: wait (lock held, progress reported, cancel polled)
+ * until the I/O dispatched so far is due at job->speed bytes/second. */
+static void throttle_locked(struct engine *eng)
 {
-    struct cursor cur = { 0 };
-    uint64_t off = eng->job->offset;
-    pthread_mutex_lock(&eng->lock);
+    if (!eng->job->speed)
+        return;
+    for (;;) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        int64_t elapsed_ns = (int64_t)(now.tv_sec - eng->start.tv_sec) * 1000000000 +
+                             (now.tv_nsec - eng->start.tv_nsec);
+        double due_ns = (double)eng->io_dispatched * 1e9 / (double)eng->job->speed;
+        if (eng->failed || due_ns <= (double)elapsed_ns)
+            return;
+        report_progress_locked(eng);
+        if (cancel_requested(eng->job)) {
+            cancel_locked(eng);
+            return;
+        }
+        long wait_ns = (long)min_u64((uint64_t)(due_ns - (double)elapsed_ns), CANCEL_POLL_NS);
+        struct timespec ts = now;
+        ts.tv_nsec += wait_ns;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&eng->changed, &eng->lock, &ts);
+    }
+}
+
+/* Cut range `r` into chunks and queue them (lock held). */
+static void dispatch_range_locked(struct engine *eng, size_t r)
+{
+    struct cursor cur = { 0 };  /* block status is looked up afresh per range */
+    uint64_t off = eng->ranges[r].offset;
+    eng->end = off + eng->ranges[r].length;
+    eng->pending[r] = 1;        /* the dispatcher's hold, released at the end */
     while (off < eng->end) {
         if (cancel_requested(eng->job))
             cancel_locked(eng);
         wait_locked(eng, slot_free);
+        throttle_locked(eng);
         if (eng->failed)
-            break;
+            return;
         unsigned slot = eng->free_slots[--eng->nfree];
         pthread_mutex_unlock(&eng->lock);
 
         struct err e = { 0 };
         int ret = build_chunk(eng, &cur, off, &eng->slots[slot], &e);
+        eng->slots[slot].range = r;
 
         pthread_mutex_lock(&eng->lock);
         if (ret < 0) {
             eng->free_slots[eng->nfree++] = slot;
             fail_locked(eng, ret, &e);
-            break;
+            return;
         }
         off += eng->slots[slot].len;
         dispatch_locked(eng, slot);
     }
+    range_progress_locked(eng, r);
+}
+
+static void dispatch_all(struct engine *eng)
+{
+    pthread_mutex_lock(&eng->lock);
+    clock_gettime(CLOCK_MONOTONIC, &eng->start);
+    for (size_t r = 0; r < eng->nranges && !eng->failed; r++)
+        dispatch_range_locked(eng, r);
     eng->no_more_chunks = true;
     pthread_cond_broadcast(&eng->work_ready);
     wait_locked(eng, all_finished);
@@ -539,6 +688,18 @@ static int check_job(struct copy_job *job, struct err *e)
     if (job->offset + job->length > job->dst->size)
         return err_set(e, EINVAL, "%s: target is smaller (%llu bytes) than the range to "
                        "copy", job->dst->filename, (unsigned long long)job->dst->size);
+    if (job->explicit_zeroes && job->target_is_zero)
+        return err_set(e, EINVAL, "explicit zeroes and target_is_zero exclude each other");
+    uint64_t prev_end = job->offset;
+    for (size_t i = 0; job->ranges && i < job->nranges; i++) {
+        const struct copy_range *r = &job->ranges[i];
+        if (!r->length || r->offset < prev_end || r->offset > job->offset + job->length ||
+            r->length > job->offset + job->length - r->offset)
+            return err_set(e, EINVAL, "copy range %zu (%llu+%llu) is empty, out of order or "
+                           "outside the copy", i, (unsigned long long)r->offset,
+                           (unsigned long long)r->length);
+        prev_end = r->offset + r->length;
+    }
     if (job->max_in_flight > COPY_MAX_IN_FLIGHT)
         return err_set(e, EINVAL, "at most %d requests can be in flight",
                        COPY_MAX_IN_FLIGHT);
@@ -558,7 +719,16 @@ static int engine_init(struct engine *eng, struct copy_job *job, unsigned nworke
     pthread_cond_init(&eng->changed, &attr);
     pthread_condattr_destroy(&attr);
     eng->job = job;
-    eng->end = job->offset + job->length;
+    eng->whole = (struct copy_range){ job->offset, job->length };
+    eng->ranges = job->ranges ? job->ranges : &eng->whole;
+    eng->nranges = job->ranges ? job->nranges : (job->length ? 1 : 0);
+    for (size_t i = 0; i < eng->nranges; i++)
+        eng->total += eng->ranges[i].length;
+    eng->pending = calloc(eng->nranges ? eng->nranges : 1, sizeof(*eng->pending));
+    eng->finished = calloc(eng->nranges ? eng->nranges : 1, sizeof(*eng->finished));
+    eng->range_failed = calloc(eng->nranges ? eng->nranges : 1, sizeof(*eng->range_failed));
+    if (!eng->pending || !eng->finished || !eng->range_failed)
+        return err_set(e, ENOMEM, "out of memory");
     eng->align = blk_write_alignment(job->dst);
     eng->unit = job->zero_detect ? job->zero_detect
                                  : (uint32_t)max_u64(4096, eng->align);
@@ -583,6 +753,9 @@ static void engine_destroy(struct engine *eng)
         for (unsigned i = 0; i < eng->nslots; i++)
             free(eng->slots[i].pieces);
     }
+    free(eng->pending);
+    free(eng->finished);
+    free(eng->range_failed);
     free(eng->slots);
     free(eng->queue);
     free(eng->free_slots);
@@ -647,6 +820,11 @@ int copy_run(struct copy_job *job, struct err *e)
         ret = eng.failed;
         if (ret < 0)
             *e = eng.error;
+        else if (eng.nignored)
+            ret = err_set(e, EIO, "%u request%s failed and %s skipped (first: %s); run the "
+                          "job again to copy what is left", eng.nignored,
+                          eng.nignored == 1 ? "" : "s", eng.nignored == 1 ? "was" : "were",
+                          eng.ignored_error.msg);
     }
     for (unsigned i = 0; i < started; i++)
         free(workers[i].buf);

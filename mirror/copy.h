@@ -24,6 +24,18 @@ struct copy_stats {
     uint64_t bytes_skipped;     /* not written: already right on the target */
 };
 
+/* What to do when a request fails (--on-source-error, --on-target-error). */
+enum copy_error_action {
+    COPY_ERROR_REPORT,      /* stop the copy and fail */
+    COPY_ERROR_IGNORE,      /* skip the request's range, go on, fail at the end */
+    COPY_ERROR_RETRY,       /* retry the request (COPY_RETRIES times), then report */
+};
+
+/* A byte range of the disk. */
+struct copy_range {
+    uint64_t offset, length;
+};
+
 struct copy_job {
     struct blockdev *src;
     /* Copy only what the layers above `base` allocate (NULL: the whole
@@ -33,6 +45,12 @@ struct copy_job {
     struct blockdev *dst;
     uint64_t offset, length;    /* the range to copy */
     bool target_is_zero;        /* the target reads as zeroes everywhere */
+    /* Zero ranges of the source become allocated zeroes in the target
+     * (qcow2 zero clusters), even where the target reads zeroes now because
+     * nothing is allocated there: for a diff image that will be rebased
+     * onto a backing file later, an unallocated range would show the
+     * backing file's data instead of the zeroes.  Excludes target_is_zero. */
+    bool explicit_zeroes;
     size_t buf_size;            /* bytes per request (default 2 MiB) */
     /* Requests in flight at once, each in its own worker thread with its
      * own buf_size buffer (0 means COPY_DEFAULT_IN_FLIGHT; at most
@@ -53,6 +71,29 @@ struct copy_job {
      * NULL. */
     void (*progress)(void *opaque, uint64_t done, uint64_t total);
     void *opaque;
+    /* Copy only these ranges (sorted, not overlapping, non-empty, inside
+     * [offset, offset+length)) instead of all of [offset, offset+length):
+     * mirror and export pass the dirty extents of a bitmap, widened to the
+     * target's clusters.  A chunk never crosses a range boundary, so ranges
+     * should start and end on target cluster boundaries (or the disk's
+     * end); progress then counts the bytes of the ranges.  NULL: the whole
+     * of [offset, offset+length) is one range. */
+    const struct copy_range *ranges;
+    size_t nranges;
+    /* Called when every byte of range `index` (of `ranges`, or 0 for the
+     * whole range) has reached the target, from the thread that called
+     * copy_run, never concurrently, in no particular order.  A job that
+     * fails may have completed some ranges: only those are reported.  May
+     * be NULL. */
+    void (*range_done)(void *opaque, size_t index);
+    /* Rate limit in bytes per second of I/O (data read from the source
+     * and zero ranges written to the target; holes skipped by block status
+     * cost nothing).  0: unlimited. */
+    uint64_t speed;
+    /* Failed reads of the source and failed writes (or block status) of
+     * the target.  An ignored failure leaves its range unreported to
+     * range_done, and copy_run returns -EIO after copying the rest. */
+    enum copy_error_action on_source_error, on_target_error;
     /* Set asynchronously (signal handler) to stop the copy: copy_run then
      * returns -ECANCELED.  Requests already running finish first. */
     volatile sig_atomic_t *cancel;
@@ -60,6 +101,7 @@ struct copy_job {
 };
 
 enum {
+    COPY_RETRIES = 3,           /* COPY_ERROR_RETRY: attempts after the first */
     COPY_DEFAULT_IN_FLIGHT = 4,
     COPY_MAX_IN_FLIGHT = 64,
 };

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "formats/qcow2/qcow2.h"
+#include "formats/qcow2/qcow2-bitmap.h"
 
 #define QCOW2_L2_CACHE_BYTES    (8u << 20)  /* default L2 cache size */
 #define QCOW2_L2_CACHE_MAX      64
@@ -453,6 +454,26 @@ static int deallocate_cluster(struct qcow2_state *s, uint64_t cstart, struct err
     return ret;
 }
 
+/* After commit (QEMU's qcow2_make_empty, the cluster-by-cluster way):
+ * every cluster unallocated, its host cluster freed, so the image reads
+ * through to its backing file.  L2 tables stay (all entries zero). */
+static int qcow2_make_empty(struct blockdev *bs, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    uint64_t coverage = qcow2_l1_coverage(s);
+    for (uint64_t i = 0; i < s->l1_size; i++) {
+        if (!(s->l1[i] & QCOW2_OFFSET_MASK))
+            continue;   /* no L2 table: nothing allocated there */
+        uint64_t end = min_u64(bs->size, (i + 1) * coverage);
+        for (uint64_t c = i * coverage; c < end; c += s->cluster_size) {
+            int ret = deallocate_cluster(s, c, e);
+            if (ret < 0)
+                return ret;
+        }
+    }
+    return 0;
+}
+
 static int qcow2_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned flags,
                               struct err *e)
 {
@@ -759,6 +780,9 @@ static int qcow2_get_info(struct blockdev *bs, struct prop *info, struct err *e)
                     s->compression_type == QCOW2_COMPRESSION_ZSTD ? "zstd" : "zlib");
     if (s->version >= 3)
         prop_add_bool(data, "lazy-refcounts", s->compatible & QCOW2_COMPAT_LAZY_REFCOUNTS);
+    int ret = qcow2_bitmaps_info(s, data, e);
+    if (ret < 0)
+        return ret;
     prop_add_uint(data, "refcount-bits", 1ull << s->refcount_order);
     if (s->version >= 3) {
         prop_add_bool(data, "corrupt", s->incompatible & QCOW2_INCOMPAT_CORRUPT);
@@ -959,7 +983,11 @@ const struct blockdrv blockdrv_qcow2 = {
     .truncate = qcow2_truncate,
     .get_info = qcow2_get_info,
     .set_backing = qcow2_set_backing,
+    .make_empty = qcow2_make_empty,
     .pwrite_compressed = qcow2_pwrite_compressed,
     .write_alignment = qcow2_write_alignment,
     .check = qcow2_check,
+    .bitmaps_load = qcow2_bitmaps_load,
+    .bitmaps_store = qcow2_bitmaps_store,
+    .bitmap_check_new = qcow2_bitmap_check_new,
 };

@@ -77,8 +77,9 @@
 #define QCOW2_AUTOCLEAR_BITMAPS     (1ull << 0)
 #define QCOW2_AUTOCLEAR_DATA_RAW    (1ull << 1)
 /* Autoclear bits this implementation keeps up to date; the others are
- * cleared on a writable open (qcow2.txt: "autoclear features"). */
-#define QCOW2_AUTOCLEAR_KNOWN       0ull
+ * cleared on a writable open (qcow2.txt: "autoclear features").  Bitmaps:
+ * every writable open marks them in use and tracks writes (bitmap.c). */
+#define QCOW2_AUTOCLEAR_KNOWN       QCOW2_AUTOCLEAR_BITMAPS
 
 /* Table entry bits. */
 #define QCOW2_OFLAG_COPIED          (1ull << 63)

@@ -330,6 +330,7 @@ struct memdisk {
     uint8_t *state;                 /* enum mem_state per MEM_UNIT */
     uint32_t align;                 /* write_alignment */
     uint64_t fail_read_at, fail_write_at;   /* UINT64_MAX: none */
+    unsigned failures_left;         /* injected failures before they stop */
     pthread_mutex_t lock;
     pthread_cond_t cond;
     unsigned reads_in_flight, max_reads_in_flight;
@@ -342,6 +343,18 @@ struct memdisk {
 static struct memdisk *md(struct blockdev *bs)
 {
     return bs->opaque;
+}
+
+/* Whether an injected failure happens this time (they can run out, for
+ * testing retries). */
+static bool mem_fail_now(struct memdisk *m)
+{
+    pthread_mutex_lock(&m->lock);
+    bool fail = m->failures_left > 0;
+    if (fail)
+        m->failures_left--;
+    pthread_mutex_unlock(&m->lock);
+    return fail;
 }
 
 static bool overlaps(uint64_t off, uint64_t len, uint64_t at)
@@ -383,7 +396,7 @@ static int mem_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov
     size_t len = iov_size(iov, iovcnt);
     mem_wait_for_company(m);
     int ret = 0;
-    if (overlaps(off, len, m->fail_read_at)) {
+    if (overlaps(off, len, m->fail_read_at) && mem_fail_now(m)) {
         ret = err_set(e, EIO, "%s: injected read error at offset %llu", bs->filename,
                       (unsigned long long)m->fail_read_at);
     } else {
@@ -415,7 +428,7 @@ static int mem_write(struct blockdev *bs, uint64_t off, const void *buf, size_t 
                      struct err *e)
 {
     struct memdisk *m = md(bs);
-    if (overlaps(off, len, m->fail_write_at))
+    if (overlaps(off, len, m->fail_write_at) && mem_fail_now(m))
         return err_set(e, EIO, "%s: injected write error at offset %llu", bs->filename,
                        (unsigned long long)m->fail_write_at);
     memcpy(m->data + off, buf, len);
@@ -472,7 +485,7 @@ static int mem_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, uns
                             struct err *e)
 {
     struct memdisk *m = md(bs);
-    if (overlaps(off, len, m->fail_write_at))
+    if (overlaps(off, len, m->fail_write_at) && mem_fail_now(m))
         return err_set(e, EIO, "%s: injected write error at offset %llu", bs->filename,
                        (unsigned long long)m->fail_write_at);
     memset(m->data + off, 0, (size_t)len);
@@ -520,6 +533,7 @@ static struct blockdev *mem_open(const char *name, uint64_t size, const struct b
     memset(m->state, initial, (size_t)div_round_up(size, MEM_UNIT));
     m->align = 1;
     m->fail_read_at = m->fail_write_at = UINT64_MAX;
+    m->failures_left = UINT32_MAX;
     pthread_mutex_init(&m->lock, NULL);
     pthread_cond_init(&m->cond, NULL);
     bs->drv = drv;
@@ -729,13 +743,210 @@ static void test_base(void)
     mem_close(base);
 }
 
+
+/* Only the given ranges are copied; each is reported done once. */
+struct ranges_seen {
+    unsigned count[8];
+    uint64_t last_done, last_total;
+};
+
+static void on_range_done(void *opaque, size_t index)
+{
+    struct ranges_seen *seen = opaque;
+    CU_ASSERT_FATAL(index < 8);
+    seen->count[index]++;
+}
+
+static void on_ranges_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    struct ranges_seen *seen = opaque;
+    CU_ASSERT_TRUE(done >= seen->last_done);
+    seen->last_done = done;
+    seen->last_total = total;
+}
+
+static void test_ranges(void)
+{
+    make_raw("sparse.raw", SPARSE_SIZE, sparse_layout, 4);
+    /* Inside data, across data/zero/hole, a pure hole, and the disk end. */
+    static const struct copy_range ranges[] = {
+        { 256 * KiB, 256 * KiB },
+        { 768 * KiB, 3 * MiB + 512 * KiB },
+        { 8 * MiB, 1 * MiB },
+        { 15 * MiB + 512 * KiB, 512 * KiB },
+    };
+    for (unsigned in_flight = 1; in_flight <= 16; in_flight *= 4) {
+        static const struct region garbage[] = { { 0, SPARSE_SIZE, 0x5e } };
+        make_raw("ranges-out.raw", SPARSE_SIZE, garbage, 1);
+        struct blockdev *src = open_raw("sparse.raw", false);
+        struct blockdev *dst = open_raw("ranges-out.raw", true);
+        struct ranges_seen seen = { 0 };
+        struct copy_job job = {
+            .src = src, .dst = dst, .offset = 0, .length = src->size,
+            .ranges = ranges, .nranges = 4, .range_done = on_range_done,
+            .progress = on_ranges_progress, .opaque = &seen,
+            .buf_size = 128 * KiB, .max_in_flight = in_flight,
+        };
+        struct err e = { 0 };
+        CU_ASSERT_EQUAL(copy_run(&job, &e), 0);
+        for (size_t i = 0; i < 4; i++)
+            CU_ASSERT_EQUAL(seen.count[i], 1);
+        uint64_t total = 256 * KiB + 3 * MiB + 512 * KiB + 1 * MiB + 512 * KiB;
+        CU_ASSERT_EQUAL(seen.last_total, total);
+        CU_ASSERT_EQUAL(seen.last_done, total);
+        /* Read: the data inside the ranges only (0xaa, zero data, 0xbb, 0xcc). */
+        CU_ASSERT_EQUAL(job.stats.bytes_read,
+                        256 * KiB + (256 * KiB + 512 * KiB + 64 * KiB) + 512 * KiB);
+        static uint8_t buf[SPARSE_SIZE];
+        CU_ASSERT_EQUAL(blk_pread(dst, 0, buf, sizeof(buf), &e), 0);
+        for (uint64_t i = 0; i < sizeof(buf); i++) {
+            bool in_range = false;
+            for (size_t r = 0; r < 4; r++)
+                in_range |= i >= ranges[r].offset && i < ranges[r].offset + ranges[r].length;
+            int source = i < 1 * MiB ? 0xaa : i >= 15 * MiB ? 0xcc
+                       : i >= 4 * MiB && i < 4 * MiB + 64 * KiB ? 0xbb : 0;
+            if (buf[i] != (in_range ? source : 0x5e)) {
+                CU_FAIL("a byte outside the ranges changed, or one inside did not");
+                break;
+            }
+        }
+        blk_close(src);
+        blk_close(dst);
+    }
+}
+
+/* Ranges must be sorted, non-empty and inside the copy. */
+static void test_ranges_invalid(void)
+{
+    make_raw("sparse.raw", SPARSE_SIZE, sparse_layout, 4);
+    make_raw("ranges-out.raw", SPARSE_SIZE, NULL, 0);
+    struct blockdev *src = open_raw("sparse.raw", false);
+    struct blockdev *dst = open_raw("ranges-out.raw", true);
+    static const struct copy_range bad[][2] = {
+        { { 1 * MiB, 1 * MiB }, { 512 * KiB, 64 * KiB } },     /* out of order */
+        { { 0, 0 }, { 1 * MiB, 1 } },                          /* empty */
+        { { 0, 1 }, { 15 * MiB, 2 * MiB } },                   /* past the end */
+    };
+    for (size_t i = 0; i < 3; i++) {
+        struct copy_job job = {
+            .src = src, .dst = dst, .offset = 0, .length = src->size,
+            .ranges = bad[i], .nranges = 2,
+        };
+        struct err e = { 0 };
+        CU_ASSERT_EQUAL(copy_run(&job, &e), -EINVAL);
+        CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "is empty, out of order or outside the copy"));
+    }
+    blk_close(src);
+    blk_close(dst);
+}
+
+/* The rate limit counts I/O, not holes: 2 MiB of data and 14 MiB of holes
+ * at 8 MiB/s take at least ~0.2 s (a bound, not a benchmark: the test only
+ * checks that the limit is applied and that holes are free). */
+static void test_speed(void)
+{
+    static const struct region two_mib[] = { { 0, 2 * MiB, 0x42 } };
+    make_raw("speed.raw", SPARSE_SIZE, two_mib, 1);
+    make_raw("speed-out.raw", SPARSE_SIZE, NULL, 0);
+    struct blockdev *src = open_raw("speed.raw", false);
+    struct blockdev *dst = open_raw("speed-out.raw", true);
+    struct copy_job job = {
+        .src = src, .dst = dst, .offset = 0, .length = src->size,
+        .target_is_zero = true, .buf_size = 256 * KiB, .speed = 8 * MiB,
+    };
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    struct err e = { 0 };
+    CU_ASSERT_EQUAL(copy_run(&job, &e), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    /* The last 256 KiB chunk may go at once: (2M - 256K) / 8M/s. */
+    CU_ASSERT_TRUE(secs >= 0.2);
+    CU_ASSERT_TRUE(same_contents(src, dst));
+    blk_close(src);
+    blk_close(dst);
+}
+
+/* on_*_error=ignore: the failed chunk's range is not reported done, the
+ * rest is copied, and copy_run fails at the end naming the failure. */
+static void on_index_done(void *opaque, size_t index)
+{
+    ((unsigned *)opaque)[index]++;
+}
+
+static void test_error_ignore(void)
+{
+    struct blockdev *src = mem_striped_source(16);
+    struct blockdev *dst = mem_open("dst.mem", src->size, &mem_driver, MEM_ZERO);
+    md(src)->fail_read_at = 5 * 64 * KiB + 7;
+    md(dst)->fail_write_at = 11 * 64 * KiB;
+    struct copy_range ranges[16];
+    for (size_t i = 0; i < 16; i++)
+        ranges[i] = (struct copy_range){ i * 64 * KiB, 64 * KiB };
+    unsigned done[16] = { 0 };
+    struct copy_job job = {
+        .src = src, .dst = dst, .length = src->size, .target_is_zero = true,
+        .buf_size = 64 * KiB, .max_in_flight = 4, .ranges = ranges, .nranges = 16,
+        .range_done = on_index_done, .opaque = done,
+        .on_source_error = COPY_ERROR_IGNORE, .on_target_error = COPY_ERROR_IGNORE,
+    };
+    struct err e = { 0 };
+    CU_ASSERT_EQUAL(copy_run(&job, &e), -EIO);
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "2 requests failed and were skipped (first: "));
+    CU_ASSERT_PTR_NOT_NULL(strstr(e.msg, "run the job again to copy what is left"));
+    for (size_t i = 0; i < 16; i++)
+        CU_ASSERT_EQUAL(done[i], i == 5 || i == 11 ? 0 : 1);
+    /* Everything else reached the target. */
+    static uint8_t a[64 * KiB], b[64 * KiB];
+    for (size_t i = 0; i < 16; i++) {
+        if (i == 5 || i == 11)
+            continue;
+        CU_ASSERT_EQUAL(blk_pread(src, i * 64 * KiB, a, sizeof(a), &e), 0);
+        CU_ASSERT_EQUAL(blk_pread(dst, i * 64 * KiB, b, sizeof(b), &e), 0);
+        CU_ASSERT_EQUAL(memcmp(a, b, sizeof(a)), 0);
+    }
+    mem_close(src);
+    mem_close(dst);
+}
+
+/* on_target_error=retry: a failure that goes away is retried and the copy
+ * succeeds; one that stays is reported after COPY_RETRIES more tries. */
+static void test_error_retry(void)
+{
+    for (unsigned failures = 2; failures <= 9; failures += 7) {
+        struct blockdev *src = mem_striped_source(8);
+        struct blockdev *dst = mem_open("dst.mem", src->size, &mem_driver, MEM_ZERO);
+        md(dst)->fail_write_at = 3 * 64 * KiB;
+        md(dst)->failures_left = failures;
+        struct copy_job job = {
+            .src = src, .dst = dst, .length = src->size, .target_is_zero = true,
+            .buf_size = 64 * KiB, .max_in_flight = 2,
+            .on_source_error = COPY_ERROR_REPORT, .on_target_error = COPY_ERROR_RETRY,
+        };
+        struct err e = { 0 };
+        int ret = copy_run(&job, &e);
+        if (failures == 2) {
+            CU_ASSERT_EQUAL(ret, 0);
+            CU_ASSERT_TRUE(same_contents(src, dst));
+            CU_ASSERT_EQUAL(md(dst)->failures_left, 0);
+        } else {
+            CU_ASSERT_EQUAL(ret, -EIO);
+            CU_ASSERT_STRING_EQUAL(e.msg, "dst.mem: injected write error at offset 196608");
+            CU_ASSERT_EQUAL(md(dst)->failures_left, failures - 1 - COPY_RETRIES);
+        }
+        mem_close(src);
+        mem_close(dst);
+    }
+}
+
 static void cleanup(void)
 {
     if (!tmpdir[0])
         return;
     static const char *const names[] = {
         "sparse.raw", "sparse-out.raw", "part-out.raw", "garbage.raw", "cancel-out.raw",
-        "small.raw", "big.raw", "progress-out.raw",
+        "small.raw", "big.raw", "progress-out.raw", "ranges-out.raw", "speed.raw",
+        "speed-out.raw",
     };
     char path[512];
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
@@ -763,4 +974,9 @@ UNIT_MAIN("copy",
           UNIT_TEST(test_write_error),
           UNIT_TEST(test_compress_whole_clusters),
           UNIT_TEST(test_base),
+          UNIT_TEST(test_ranges),
+          UNIT_TEST(test_ranges_invalid),
+          UNIT_TEST(test_speed),
+          UNIT_TEST(test_error_ignore),
+          UNIT_TEST(test_error_retry),
           UNIT_TEST(test_cleanup))

@@ -1,0 +1,505 @@
+#include "mirror/job.h"
+
+#include "formats/blockdev-bitmaps.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+struct mirror_job {
+    const struct mirror_params *p;
+    struct blockdev *src, *dst;
+    const struct blockdev *base;    /* copy what lies above this layer (NULL: all) */
+    char *tmp_path;                 /* a new target, under its temporary name */
+    struct dirty_bitmap *bitmap;    /* --sync=bitmap: the source's bitmap */
+    bool frozen;                    /* ... frozen for this job */
+    bool bitmap_changed;            /* ... consumed ranges (always mode) */
+    struct copy_range *ranges;      /* ... its dirty extents, widened */
+    size_t nranges;
+    uint64_t total, done;
+    struct copy_stats stats;
+    const struct mirror_set_options *opts;
+};
+
+int mirror_parse_sync(const char *s, enum mirror_sync *sync, bool *incremental)
+{
+    static const struct { const char *name; enum mirror_sync sync; bool incremental; } t[] = {
+        { "full", MIRROR_SYNC_FULL, false }, { "top", MIRROR_SYNC_TOP, false },
+        { "none", MIRROR_SYNC_NONE, false }, { "bitmap", MIRROR_SYNC_BITMAP, false },
+        { "incremental", MIRROR_SYNC_BITMAP, true },
+    };
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        if (!strcmp(s, t[i].name)) {
+            *sync = t[i].sync;
+            *incremental = t[i].incremental;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+const char *mirror_sync_name(enum mirror_sync sync)
+{
+    switch (sync) {
+    case MIRROR_SYNC_FULL: return "full";
+    case MIRROR_SYNC_TOP: return "top";
+    case MIRROR_SYNC_NONE: return "none";
+    case MIRROR_SYNC_BITMAP: return "bitmap";
+    }
+    return "?";
+}
+
+int mirror_parse_bitmap_mode(const char *s, enum mirror_bitmap_mode *mode)
+{
+    if (!strcmp(s, "on-success"))
+        *mode = MIRROR_BITMAP_ON_SUCCESS;
+    else if (!strcmp(s, "always"))
+        *mode = MIRROR_BITMAP_ALWAYS;
+    else if (!strcmp(s, "never"))
+        *mode = MIRROR_BITMAP_NEVER;
+    else
+        return -EINVAL;
+    return 0;
+}
+
+int mirror_parse_target_mode(const char *s, enum mirror_target_mode *mode)
+{
+    if (!strcmp(s, "existing"))
+        *mode = MIRROR_TARGET_EXISTING;
+    else if (!strcmp(s, "absolute-paths"))
+        *mode = MIRROR_TARGET_ABSOLUTE_PATHS;
+    else if (!strcmp(s, "relative-paths"))
+        *mode = MIRROR_TARGET_RELATIVE_PATHS;
+    else
+        return -EINVAL;
+    return 0;
+}
+
+int mirror_parse_error_action(const char *s, enum copy_error_action *action)
+{
+    if (!strcmp(s, "report"))
+        *action = COPY_ERROR_REPORT;
+    else if (!strcmp(s, "ignore"))
+        *action = COPY_ERROR_IGNORE;
+    else if (!strcmp(s, "retry"))
+        *action = COPY_ERROR_RETRY;
+    else
+        return -EINVAL;
+    return 0;
+}
+
+static void emit(struct mirror_job *job, enum mirror_event_type type, const char *error)
+{
+    if (!job->opts->event)
+        return;
+    struct mirror_event ev = {
+        .type = type, .job = job->p, .done = job->done, .total = job->total,
+        .error = error, .stats = &job->stats,
+    };
+    job->opts->event(job->opts->opaque, &ev);
+}
+
+static bool same_file(const struct blockdev *layer, const struct stat *st)
+{
+    struct stat lst;
+    return fstat(layer->file->fd, &lst) == 0 && lst.st_dev == st->st_dev &&
+           lst.st_ino == st->st_ino;
+}
+
+/* The layer of the source's chain that is the file `path`. */
+static int find_chain_layer(struct blockdev *src, const char *path,
+                            const struct blockdev **out, struct err *e)
+{
+    struct stat st;
+    if (stat(path, &st) < 0)
+        return err_errno(e, errno, "%s: cannot use as base", path);
+    for (const struct blockdev *l = src->backing; l; l = l->backing) {
+        if (same_file(l, &st)) {
+            *out = l;
+            return 0;
+        }
+    }
+    if (same_file(src, &st))
+        return err_set(e, EINVAL, "%s: the base cannot be the source itself", path);
+    return err_set(e, EINVAL, "%s: not in the backing chain of %s (see imgtool info "
+                   "--backing-chain)", path, src->filename);
+}
+
+/* Canonical directory of a file that may not exist yet. */
+static char *canonical_dir_of(const char *path)
+{
+    char *copy = strdup(path);
+    if (!copy)
+        return NULL;
+    char *dir = realpath(dirname(copy), NULL);
+    free(copy);
+    return dir;
+}
+
+/* The path of `to` (absolute, canonical) relative to directory `from_dir`. */
+static char *relative_path(const char *from_dir, const char *to)
+{
+    size_t common = 0, i = 0;
+    /* Longest common prefix ending at a path component boundary. */
+    while (from_dir[i] && from_dir[i] == to[i]) {
+        i++;
+        if (to[i] == '/' && (from_dir[i] == '/' || !from_dir[i]))
+            common = i;
+    }
+    if (!from_dir[i] && to[i] == '/')
+        common = i;
+    size_t ups = 0;
+    for (const char *c = from_dir + common; *c; c++)
+        if (*c == '/')
+            ups++;
+    if (!strcmp(from_dir, "/"))
+        ups = 0;
+    const char *rest = to + common + (to[common] == '/');
+    char *out = malloc(ups * 3 + strlen(rest) + 1);
+    if (!out)
+        return NULL;
+    out[0] = '\0';
+    for (size_t k = 0; k < ups; k++)
+        strcat(out, "../");
+    strcat(out, rest);
+    return out;
+}
+
+/* The name the new target records for its backing file `layer`. */
+static int backing_name_for(struct mirror_job *job, const struct blockdev *layer, char **out,
+                            struct err *e)
+{
+    char *abs = realpath(layer->filename, NULL);
+    if (!abs)
+        return err_errno(e, errno, "%s: cannot resolve path", layer->filename);
+    if (job->p->target_mode != MIRROR_TARGET_RELATIVE_PATHS) {
+        *out = abs;
+        return 0;
+    }
+    char *dir = canonical_dir_of(job->p->target);
+    if (!dir) {
+        free(abs);
+        return err_errno(e, errno, "%s: cannot resolve the target's directory", job->p->target);
+    }
+    *out = relative_path(dir, abs);
+    free(dir);
+    free(abs);
+    return *out ? 0 : err_set(e, ENOMEM, "out of memory");
+}
+
+/* Which layer a new target is backed by, per sync mode. */
+static const struct blockdev *new_target_backing(struct mirror_job *job)
+{
+    switch (job->p->sync) {
+    case MIRROR_SYNC_TOP: return job->base;
+    case MIRROR_SYNC_NONE: return job->src;
+    case MIRROR_SYNC_FULL: return job->base;     /* set by --base, else NULL */
+    case MIRROR_SYNC_BITMAP: return NULL;
+    }
+    return NULL;
+}
+
+static int create_target(struct mirror_job *job, struct err *e)
+{
+    const struct mirror_params *p = job->p;
+    const struct blockdev *backing = new_target_backing(job);
+    char *backing_name = NULL;
+    int ret;
+    if (backing && (ret = backing_name_for(job, backing, &backing_name, e)) < 0)
+        return ret;
+    struct blk_create_params cp = {
+        .filename = p->target, .size = job->src->size, .opts = p->target_opts,
+        .backing_file = backing_name,
+        .backing_format = backing ? backing->drv->name : NULL,
+    };
+    const char *fmt = p->target_format ? p->target_format : job->src->drv->name;
+    ret = blk_create_begin(fmt, &cp, &job->tmp_path, e);
+    free(backing_name);
+    if (ret < 0)
+        return ret;
+    ret = blk_open(job->tmp_path, fmt, BLK_OPEN_RDWR, &job->dst, e);
+    if (ret < 0)
+        err_prefix(e, "%s: ", p->target);
+    return ret;
+}
+
+static int open_existing_target(struct mirror_job *job, struct err *e)
+{
+    const struct mirror_params *p = job->p;
+    int ret = blk_open(p->target, p->target_format, BLK_OPEN_RDWR, &job->dst, e);
+    if (ret < 0)
+        return ret;
+    if (job->dst->size != job->src->size)
+        return err_set(e, EINVAL, "%s: target size %llu differs from source size %llu "
+                       "(resize it first; an existing target is never truncated)",
+                       p->target, (unsigned long long)job->dst->size,
+                       (unsigned long long)job->src->size);
+    return 0;
+}
+
+/* The dirty extents of the bitmap, widened to the target's clusters: a
+ * cluster the job writes must hold the source's data in full, or a diff
+ * image rebased later would hide its backing file's data in the part the
+ * bitmap did not mark (the problem of mirror-bitmap-modes-2024). */
+static int collect_ranges(struct mirror_job *job, struct err *e)
+{
+    const struct hbitmap *bits = dirty_bitmap_bits(job->bitmap);
+    uint64_t size = job->src->size;
+    uint64_t align = blk_write_alignment(job->dst);
+    uint64_t start = 0, off, len;
+    size_t cap = 0;
+    while (start < size && hbitmap_next_dirty_extent(bits, start, size, &off, &len)) {
+        uint64_t lo = align_down(off, align);
+        uint64_t hi = min_u64(size, align_up(off + len, align));
+        if (job->nranges && job->ranges[job->nranges - 1].offset +
+                            job->ranges[job->nranges - 1].length >= lo) {
+            struct copy_range *last = &job->ranges[job->nranges - 1];
+            last->length = max_u64(last->offset + last->length, hi) - last->offset;
+        } else {
+            if (job->nranges == cap) {
+                cap = cap ? cap * 2 : 64;
+                struct copy_range *r = realloc(job->ranges, cap * sizeof(*r));
+                if (!r)
+                    return err_set(e, ENOMEM, "out of memory");
+                job->ranges = r;
+            }
+            job->ranges[job->nranges++] = (struct copy_range){ lo, hi - lo };
+        }
+        start = off + len;
+    }
+    return 0;
+}
+
+static int prepare_bitmap(struct mirror_job *job, struct err *e)
+{
+    const struct mirror_params *p = job->p;
+    int ret = blk_bitmaps_supported(job->src) ? blk_bitmaps_load(job->src, e)
+              : err_set(e, ENOTSUP, "%s: format '%s' has no persistent bitmaps, so "
+                        "--sync=bitmap cannot be used", p->source, job->src->drv->name);
+    if (ret < 0)
+        return ret;
+    if ((ret = blk_bitmap_get(job->src, p->bitmap, &job->bitmap, e)) < 0)
+        return ret;
+    if (dirty_bitmap_inconsistent(job->bitmap))
+        return err_set(e, EINVAL, "%s: bitmap '%s' is inconsistent (the image was not closed "
+                       "cleanly while it recorded writes): remove it, take a full copy and "
+                       "add a new bitmap", p->source, p->bitmap);
+    if (p->bitmap_mode != MIRROR_BITMAP_NEVER) {
+        if ((ret = dirty_bitmap_freeze(job->bitmap, e)) < 0)
+            return ret;
+        job->frozen = true;
+    }
+    return collect_ranges(job, e);
+}
+
+static int prepare(struct mirror_job *job, struct err *e)
+{
+    const struct mirror_params *p = job->p;
+    /* A job that clears bits of the source's bitmap changes the image's
+     * bitmaps (and nothing else): BITMAPS_ONLY makes that one atomic
+     * store, without marking the bitmaps in use. */
+    bool edits_bitmap = p->sync == MIRROR_SYNC_BITMAP && p->bitmap_mode != MIRROR_BITMAP_NEVER;
+    if (edits_bitmap && p->force_share)
+        return err_set(e, EINVAL, "%s: -U cannot be used when the job clears bits of the "
+                       "bitmap (use --bitmap-mode=never)", p->source);
+    unsigned sflags = (p->force_share ? BLK_OPEN_FORCE_SHARE : 0) |
+                      (edits_bitmap ? BLK_OPEN_RDWR | BLK_OPEN_BITMAPS_ONLY : 0);
+    int ret = blk_open(p->source, p->source_format, sflags, &job->src, e);
+    if (ret < 0)
+        return ret;
+    if (p->base) {
+        if (p->sync != MIRROR_SYNC_FULL && p->sync != MIRROR_SYNC_TOP)
+            return err_set(e, EINVAL, "--base works with --sync=full or top, not %s",
+                           mirror_sync_name(p->sync));
+        if ((ret = find_chain_layer(job->src, p->base, &job->base, e)) < 0)
+            return ret;
+    } else if (p->sync == MIRROR_SYNC_TOP) {
+        job->base = job->src->backing;
+    }
+    enum mirror_target_mode mode = p->target_mode;
+    if (mode == MIRROR_TARGET_AUTO)
+        mode = access(p->target, F_OK) == 0 ? MIRROR_TARGET_EXISTING
+                                            : MIRROR_TARGET_ABSOLUTE_PATHS;
+    if (mode == MIRROR_TARGET_EXISTING) {
+        if (p->target_opts && p->target_opts->count)
+            return err_set(e, EINVAL, "%s: -o applies to a new target; this one exists",
+                           p->target);
+        ret = open_existing_target(job, e);
+    } else {
+        if (access(p->target, F_OK) == 0 && p->target_mode != MIRROR_TARGET_AUTO)
+            return err_set(e, EEXIST, "%s: exists; use --mode=existing to write into it, "
+                           "or remove it", p->target);
+        ret = create_target(job, e);
+    }
+    if (ret < 0)
+        return ret;
+    if (p->sync == MIRROR_SYNC_BITMAP && (ret = prepare_bitmap(job, e)) < 0)
+        return ret;
+    job->total = p->sync == MIRROR_SYNC_NONE ? 0 : job->src->size;
+    if (job->ranges) {
+        job->total = 0;
+        for (size_t i = 0; i < job->nranges; i++)
+            job->total += job->ranges[i].length;
+    }
+    return 0;
+}
+
+static void on_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    struct mirror_job *job = opaque;
+    uint64_t before = job->done;
+    job->done = done;
+    (void)total;
+    if (job->opts->event) {
+        struct mirror_event ev = {
+            .type = MIRROR_EVENT_PROGRESS, .job = job->p, .done = done, .total = job->total,
+            .offset = before, .length = done - before,
+        };
+        job->opts->event(job->opts->opaque, &ev);
+    }
+}
+
+/* --bitmap-mode=always: a range has reached the target, its bits go. */
+static void on_range_done(void *opaque, size_t index)
+{
+    struct mirror_job *job = opaque;
+    if (!job->frozen || job->p->bitmap_mode != MIRROR_BITMAP_ALWAYS)
+        return;
+    /* A new target is removed if the set fails, taking the data with it:
+     * its bits may only go when the whole set succeeds (abdicate). */
+    if (job->tmp_path)
+        return;
+    struct err e = { 0 };
+    if (dirty_bitmap_job_consume_range(job->bitmap, job->ranges[index].offset,
+                                       job->ranges[index].length, &e) == 0)
+        job->bitmap_changed = true;
+}
+
+static int run_copy(struct mirror_job *job, struct err *e)
+{
+    if (job->p->sync == MIRROR_SYNC_NONE)
+        return 0;
+    if (job->p->sync == MIRROR_SYNC_BITMAP && !job->nranges)
+        return 0;   /* nothing dirty */
+    /* A new target without a backing file reads zeroes everywhere; in
+     * bitmap mode it is a diff image to be rebased later, so its zero
+     * ranges must be allocated zeroes, not holes. */
+    bool new_plain = job->tmp_path && !job->dst->backing;
+    bool diff_image = new_plain && job->p->sync == MIRROR_SYNC_BITMAP;
+    struct copy_job cj = {
+        .src = job->src, .base = job->base, .dst = job->dst,
+        .offset = 0, .length = job->src->size,
+        .ranges = job->ranges, .nranges = job->nranges, .range_done = on_range_done,
+        .explicit_zeroes = diff_image,
+        .target_is_zero = !diff_image && (job->p->target_is_zero || new_plain),
+        .buf_size = job->p->buf_size,
+        .max_in_flight = (unsigned)job->p->max_in_flight,
+        .speed = job->p->speed,
+        .on_source_error = job->p->on_source_error,
+        .on_target_error = job->p->on_target_error,
+        .progress = on_progress, .opaque = job,
+        .cancel = job->opts->cancel,
+    };
+    int ret = copy_run(&cj, e);
+    job->stats = cj.stats;
+    if (ret == 0)
+        ret = blk_flush(job->dst, e);
+    return ret;
+}
+
+/* End the job's use of the bitmap: on success the copied bits go (the
+ * bitmap keeps only writes made meanwhile, none offline); on failure it
+ * gets back what was not copied (always) or everything (on-success).
+ * Then store it, unless nothing changed. */
+static int finish_bitmap(struct mirror_job *job, bool success, struct err *e)
+{
+    if (!job->frozen)
+        return 0;
+    job->frozen = false;
+    int ret = success ? dirty_bitmap_abdicate(job->bitmap, e)
+                      : dirty_bitmap_reclaim(job->bitmap, e);
+    if (ret < 0)
+        return ret;
+    if (!success && !job->bitmap_changed)
+        return 0;   /* as it was on disk */
+    ret = blk_bitmaps_store(job->src, e);
+    if (ret < 0)
+        err_prefix(e, "%s: the bitmap '%s' was not updated (a later run copies its ranges "
+                   "again): ", job->p->source, job->p->bitmap);
+    return ret;
+}
+
+static void close_job(struct mirror_job *job, bool success)
+{
+    blk_close(job->dst);
+    job->dst = NULL;
+    if (job->tmp_path) {
+        if (!success)
+            blk_create_abort(job->tmp_path, job->p->target);
+        free(job->tmp_path);
+        job->tmp_path = NULL;
+    }
+    blk_close(job->src);
+    job->src = NULL;
+    free(job->ranges);
+    job->ranges = NULL;
+}
+
+int mirror_run_set(const struct mirror_params *params, int n,
+                   const struct mirror_set_options *opts, struct err *e)
+{
+    struct mirror_job *jobs = calloc((size_t)n, sizeof(*jobs));
+    if (!jobs)
+        return err_set(e, ENOMEM, "out of memory");
+    int ret = 0, i;
+    for (i = 0; i < n && ret == 0; i++) {
+        jobs[i].p = &params[i];
+        jobs[i].opts = opts;
+        ret = prepare(&jobs[i], e);
+    }
+    for (i = 0; i < n && ret == 0; i++) {
+        emit(&jobs[i], MIRROR_EVENT_STARTED, NULL);
+        ret = run_copy(&jobs[i], e);
+        if (ret == 0)
+            emit(&jobs[i], MIRROR_EVENT_READY, NULL);
+    }
+    /* Only a set that fully succeeded makes its new targets appear. */
+    for (i = 0; i < n && ret == 0; i++) {
+        blk_close(jobs[i].dst);
+        jobs[i].dst = NULL;
+        if (jobs[i].tmp_path) {
+            ret = blk_create_commit(jobs[i].tmp_path, jobs[i].p->target, e);
+            free(jobs[i].tmp_path);
+            jobs[i].tmp_path = NULL;
+        }
+    }
+    /* Bitmaps last: a new target must exist before its bits are cleared. */
+    int copy_ret = ret;
+    for (i = 0; i < n; i++) {
+        if (!jobs[i].p || !jobs[i].src)
+            continue;
+        struct err be = { 0 };
+        int bret = finish_bitmap(&jobs[i], copy_ret == 0, &be);
+        if (bret < 0 && ret == 0) {
+            ret = bret;
+            *e = be;
+        }
+    }
+    for (i = 0; i < n; i++) {
+        if (!jobs[i].p)
+            continue;
+        if (ret == 0)
+            emit(&jobs[i], MIRROR_EVENT_COMPLETED, NULL);
+        else if (ret == -ECANCELED)
+            emit(&jobs[i], MIRROR_EVENT_CANCELLED, NULL);
+        else
+            emit(&jobs[i], MIRROR_EVENT_FAILED, e->msg);
+        close_job(&jobs[i], ret == 0);
+    }
+    free(jobs);
+    return ret;
+}

@@ -1,0 +1,92 @@
+/* Mirror jobs: copy an image, the top of its chain, or what a dirty bitmap
+ * marks, to a new or existing target, as one-shot offline versions of
+ * QEMU's drive-mirror sync modes.  Several jobs can run as one set that
+ * succeeds or fails as a whole.  The library reports events through a
+ * callback and never prints; cmd/mirror.c renders them. */
+#ifndef IMGTOOL_MIRROR_JOB_H
+#define IMGTOOL_MIRROR_JOB_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "formats/blockdev.h"
+#include "mirror/copy.h"
+
+enum mirror_sync {
+    MIRROR_SYNC_FULL,       /* the whole disk, chain flattened */
+    MIRROR_SYNC_TOP,        /* only the top layer; target backed like the source */
+    MIRROR_SYNC_NONE,       /* nothing now; target backed by the source */
+    MIRROR_SYNC_BITMAP,     /* only what a dirty bitmap marks */
+};
+
+enum mirror_bitmap_mode {
+    MIRROR_BITMAP_ON_SUCCESS,   /* clear the copied bits only if the job succeeds */
+    MIRROR_BITMAP_ALWAYS,       /* clear bits as their data reaches the target */
+    MIRROR_BITMAP_NEVER,        /* leave the bitmap alone */
+};
+
+enum mirror_target_mode {
+    MIRROR_TARGET_AUTO,             /* existing if the target exists, else absolute */
+    MIRROR_TARGET_EXISTING,         /* use it as it is, never truncate */
+    MIRROR_TARGET_ABSOLUTE_PATHS,   /* create; backing file name absolute */
+    MIRROR_TARGET_RELATIVE_PATHS,   /* create; backing file name relative to target */
+};
+
+struct mirror_params {
+    const char *source, *source_format;
+    const char *target, *target_format;     /* target_format NULL: the source's */
+    struct kvopts *target_opts;             /* -o for a new target */
+    enum mirror_sync sync;
+    const char *base;                       /* --base: copy what lies above it */
+    const char *bitmap;                     /* for MIRROR_SYNC_BITMAP */
+    enum mirror_bitmap_mode bitmap_mode;
+    enum mirror_target_mode target_mode;
+    enum copy_error_action on_source_error, on_target_error;
+    bool force_share;                       /* -U on the source */
+    bool target_is_zero;
+    size_t buf_size;
+    int max_in_flight;
+    uint64_t speed;                         /* bytes per second, 0 = unlimited */
+};
+
+enum mirror_event_type {
+    MIRROR_EVENT_STARTED,
+    MIRROR_EVENT_PROGRESS,
+    MIRROR_EVENT_READY,         /* all data copied; the target is in sync */
+    MIRROR_EVENT_COMPLETED,
+    MIRROR_EVENT_FAILED,
+    MIRROR_EVENT_CANCELLED,
+};
+
+struct mirror_event {
+    enum mirror_event_type type;
+    const struct mirror_params *job;
+    uint64_t done, total;           /* bytes of this job */
+    uint64_t offset, length;        /* PROGRESS: the range that just completed */
+    const char *error;              /* FAILED */
+    const struct copy_stats *stats; /* COMPLETED */
+};
+
+struct mirror_set_options {
+    void (*event)(void *opaque, const struct mirror_event *ev);
+    void *opaque;
+    volatile sig_atomic_t *cancel;
+};
+
+/* Run `n` jobs as one set: targets are prepared (new ones under temporary
+ * names), then copied one after the other; only when all succeed are new
+ * targets renamed into place and bitmaps cleared as their modes say.  On
+ * failure or cancellation new targets are removed and every bitmap is left
+ * as its mode says for a failed job.  Returns 0, -ECANCELED or an error. */
+int mirror_run_set(const struct mirror_params *jobs, int n,
+                   const struct mirror_set_options *opts, struct err *e);
+
+/* Parsers shared by the command line and job files. */
+int mirror_parse_sync(const char *s, enum mirror_sync *sync, bool *incremental);
+int mirror_parse_bitmap_mode(const char *s, enum mirror_bitmap_mode *mode);
+int mirror_parse_target_mode(const char *s, enum mirror_target_mode *mode);
+int mirror_parse_error_action(const char *s, enum copy_error_action *action);
+const char *mirror_sync_name(enum mirror_sync sync);
+
+#endif
