@@ -367,8 +367,13 @@ static int check_l1(struct check *c, uint64_t l1_offset, uint32_t l1_size, bool 
     struct qcow2_state *s = c->s;
     uint64_t bytes = (uint64_t)l1_size * 8;
     int ret = add_references(c, l1_offset, bytes, e);
-    if (ret < 0 || l1_size == 0)
+    /* Entries past the end of the file read as zero (unused): only those
+     * inside it are read, so a damaged size costs no more than the file. */
+    bytes = l1_offset < c->file_size ? align_down(min_u64(bytes, c->file_size - l1_offset), 8)
+                                     : 0;
+    if (ret < 0 || bytes == 0)
         return ret;
+    l1_size = (uint32_t)(bytes / 8);
     uint8_t *l1 = malloc(bytes);
     if (!l1) {
         c->res->check_errors++;
@@ -547,17 +552,10 @@ static int calculate_refcounts(struct check *c, unsigned fix, struct err *e)
 
 /* --- comparing with the refcounts on disk --- */
 
-/* Write the incompatible feature bits (version 3 only) after everything
- * before them is stable. */
+/* Write the incompatible feature bits (version 3 only). */
 static int write_incompatible(struct qcow2_state *s, uint64_t bits, struct err *e)
 {
-    uint8_t buf[8];
-    be64_write(buf, bits);
-    int ret = qcow2_flush_metadata(s, e);
-    if (ret == 0)
-        ret = hostfile_pwrite(s->bs->file, 72, buf, 8, e);
-    if (ret == 0)
-        ret = hostfile_flush(s->bs->file, e);
+    int ret = qcow2_write_header_u64(s, 72, bits, e);
     if (ret == 0)
         s->incompatible = bits;
     return ret;

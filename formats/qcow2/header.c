@@ -510,6 +510,19 @@ int qcow2_encode_header(struct qcow2_state *s, uint8_t *buf, struct err *e)
     return 0;
 }
 
+int qcow2_write_header_u64(struct qcow2_state *s, uint64_t offset, uint64_t value,
+                           struct err *e)
+{
+    uint8_t buf[8];
+    be64_write(buf, value);
+    int ret = qcow2_flush_metadata(s, e);
+    if (ret == 0)
+        ret = hostfile_pwrite(s->bs->file, offset, buf, 8, e);
+    if (ret == 0)
+        ret = hostfile_flush(s->bs->file, e);
+    return ret;
+}
+
 int qcow2_update_header(struct qcow2_state *s, struct err *e)
 {
     uint8_t *buf = malloc(s->cluster_size);

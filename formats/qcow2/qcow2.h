@@ -216,6 +216,10 @@ int qcow2_read_header(struct qcow2_state *s, struct err *e);
 /* Rewrite the header cluster from s (fields, extensions kept, backing
  * name) and flush it.  Lock held or single-threaded. */
 int qcow2_update_header(struct qcow2_state *s, struct err *e);
+/* Write one 64-bit header field at byte `offset` (size, incompatible
+ * features, ...) once all metadata is stable, and flush it. */
+int qcow2_write_header_u64(struct qcow2_state *s, uint64_t offset, uint64_t value,
+                           struct err *e);
 /* Encode a fresh header for create into buf (cluster_size bytes). */
 int qcow2_encode_header(struct qcow2_state *s, uint8_t *buf, struct err *e);
 void qcow2_free_header(struct qcow2_state *s);
