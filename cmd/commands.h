@@ -16,6 +16,7 @@ DECLARE_COMMAND(cmd_io);
 DECLARE_COMMAND(cmd_check);
 DECLARE_COMMAND(cmd_bitmap);
 DECLARE_COMMAND(cmd_mirror);
+DECLARE_COMMAND(cmd_export);
 DECLARE_COMMAND(cmd_commit);
 
 #endif

@@ -4,7 +4,9 @@
 #include "blockdev-bitmaps.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <libgen.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -280,6 +282,43 @@ static bool is_special_file(const char *path)
     return stat(path, &st) == 0 && !S_ISREG(st.st_mode);
 }
 
+/* Remove "FILENAME.imgtool-tmp-PID" files that a killed imgtool left behind
+ * (its process is gone), so that cron jobs killed at night do not fill the
+ * backup directory with half-written images. */
+static void remove_stale_temporaries(const char *filename)
+{
+    char *copy = strdup(filename);
+    if (!copy)
+        return;
+    char *slash = strrchr(copy, '/');
+    const char *dir = slash ? (slash == copy ? "/" : copy) : ".";
+    const char *base = slash ? slash + 1 : copy;
+    if (slash)
+        *slash = '\0';
+    DIR *d = opendir(dir);
+    size_t blen = strlen(base);
+    static const char tag[] = ".imgtool-tmp-";
+    for (struct dirent *de; d && (de = readdir(d));) {
+        if (strncmp(de->d_name, base, blen) || strncmp(de->d_name + blen, tag, sizeof(tag) - 1))
+            continue;
+        char *end;
+        long pid = strtol(de->d_name + blen + sizeof(tag) - 1, &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid())
+            continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+            continue;   /* its writer may still be running */
+        char *path = malloc(strlen(dir) + strlen(de->d_name) + 2);
+        if (path) {
+            sprintf(path, "%s/%s", dir, de->d_name);
+            unlink(path);
+            free(path);
+        }
+    }
+    if (d)
+        closedir(d);
+    free(copy);
+}
+
 int blk_create_begin(const char *format, const struct blk_create_params *params,
                      char **tmp_path, struct err *e)
 {
@@ -311,6 +350,7 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
     if (special) {
         snprintf(tmp, n, "%s", p.filename);
     } else {
+        remove_stale_temporaries(p.filename);
         snprintf(tmp, n, "%s.imgtool-tmp-%ld", p.filename, (long)getpid());
         unlink(tmp);
     }

@@ -15,7 +15,9 @@ struct mirror_job {
     struct blockdev *src, *dst;
     const struct blockdev *base;    /* copy what lies above this layer (NULL: all) */
     char *tmp_path;                 /* a new target, under its temporary name */
+    struct blockdev *explicit_backing;  /* params->target_backing, opened */
     struct dirty_bitmap *bitmap;    /* --sync=bitmap: the source's bitmap */
+    bool bitmap_created;            /* ... added by this job (bitmap_create) */
     bool frozen;                    /* ... frozen for this job */
     bool bitmap_changed;            /* ... consumed ranges (always mode) */
     struct copy_range *ranges;      /* ... its dirty extents, widened */
@@ -194,6 +196,8 @@ static int backing_name_for(struct mirror_job *job, const struct blockdev *layer
 /* Which layer a new target is backed by, per sync mode. */
 static const struct blockdev *new_target_backing(struct mirror_job *job)
 {
+    if (job->explicit_backing)
+        return job->explicit_backing;
     switch (job->p->sync) {
     case MIRROR_SYNC_TOP: return job->base;
     case MIRROR_SYNC_NONE: return job->src;
@@ -282,8 +286,16 @@ static int prepare_bitmap(struct mirror_job *job, struct err *e)
                         "--sync=bitmap cannot be used", p->source, job->src->drv->name);
     if (ret < 0)
         return ret;
-    if ((ret = blk_bitmap_get(job->src, p->bitmap, &job->bitmap, e)) < 0)
-        return ret;
+    job->bitmap = blk_bitmap_find(job->src, p->bitmap);
+    if (!job->bitmap && p->bitmap_create) {
+        ret = blk_bitmap_add(job->src, p->bitmap, blk_bitmap_default_granularity(job->src),
+                             BLK_BITMAP_PERSISTENT, &job->bitmap, e);
+        if (ret < 0)
+            return ret;
+        job->bitmap_created = true;
+    }
+    if (!job->bitmap)
+        return blk_bitmap_get(job->src, p->bitmap, &job->bitmap, e);
     if (dirty_bitmap_inconsistent(job->bitmap))
         return err_set(e, EINVAL, "%s: bitmap '%s' is inconsistent (the image was not closed "
                        "cleanly while it recorded writes): remove it, take a full copy and "
@@ -293,7 +305,7 @@ static int prepare_bitmap(struct mirror_job *job, struct err *e)
             return ret;
         job->frozen = true;
     }
-    return collect_ranges(job, e);
+    return p->sync == MIRROR_SYNC_BITMAP ? collect_ranges(job, e) : 0;
 }
 
 static int prepare(struct mirror_job *job, struct err *e)
@@ -302,7 +314,8 @@ static int prepare(struct mirror_job *job, struct err *e)
     /* A job that clears bits of the source's bitmap changes the image's
      * bitmaps (and nothing else): BITMAPS_ONLY makes that one atomic
      * store, without marking the bitmaps in use. */
-    bool edits_bitmap = p->sync == MIRROR_SYNC_BITMAP && p->bitmap_mode != MIRROR_BITMAP_NEVER;
+    bool edits_bitmap = (p->bitmap && p->bitmap_mode != MIRROR_BITMAP_NEVER) ||
+                        p->checkpoint || p->exclusive;
     if (edits_bitmap && p->force_share)
         return err_set(e, EINVAL, "%s: -U cannot be used when the job clears bits of the "
                        "bitmap (use --bitmap-mode=never)", p->source);
@@ -319,6 +332,17 @@ static int prepare(struct mirror_job *job, struct err *e)
             return ret;
     } else if (p->sync == MIRROR_SYNC_TOP) {
         job->base = job->src->backing;
+    }
+    if (p->target_backing) {
+        ret = blk_open(p->target_backing, p->target_backing_format,
+                       BLK_OPEN_NO_BACKING, &job->explicit_backing, e);
+        if (ret < 0)
+            return ret;
+        if (job->explicit_backing->size != job->src->size)
+            return err_set(e, EINVAL, "%s: size %llu differs from %s (%llu bytes): a backup "
+                           "chain needs images of one size", p->target_backing,
+                           (unsigned long long)job->explicit_backing->size, p->source,
+                           (unsigned long long)job->src->size);
     }
     enum mirror_target_mode mode = p->target_mode;
     if (mode == MIRROR_TARGET_AUTO)
@@ -337,8 +361,11 @@ static int prepare(struct mirror_job *job, struct err *e)
     }
     if (ret < 0)
         return ret;
-    if (p->sync == MIRROR_SYNC_BITMAP && (ret = prepare_bitmap(job, e)) < 0)
+    if (p->bitmap && (ret = prepare_bitmap(job, e)) < 0)
         return ret;
+    if (p->checkpoint && blk_bitmap_find(job->src, p->checkpoint))
+        return err_set(e, EEXIST, "%s: a bitmap named '%s' exists already; choose another "
+                       "checkpoint name", p->source, p->checkpoint);
     job->total = p->sync == MIRROR_SYNC_NONE ? 0 : job->src->size;
     if (job->ranges) {
         job->total = 0;
@@ -399,6 +426,7 @@ static int run_copy(struct mirror_job *job, struct err *e)
         .buf_size = job->p->buf_size,
         .max_in_flight = (unsigned)job->p->max_in_flight,
         .speed = job->p->speed,
+        .compress = job->p->compress,
         .on_source_error = job->p->on_source_error,
         .on_target_error = job->p->on_target_error,
         .progress = on_progress, .opaque = job,
@@ -417,19 +445,36 @@ static int run_copy(struct mirror_job *job, struct err *e)
  * Then store it, unless nothing changed. */
 static int finish_bitmap(struct mirror_job *job, bool success, struct err *e)
 {
-    if (!job->frozen)
-        return 0;
-    job->frozen = false;
-    int ret = success ? dirty_bitmap_abdicate(job->bitmap, e)
+    const struct mirror_params *p = job->p;
+    bool changed = false;
+    int ret = 0;
+    if (job->frozen) {
+        job->frozen = false;
+        ret = success ? dirty_bitmap_abdicate(job->bitmap, e)
                       : dirty_bitmap_reclaim(job->bitmap, e);
-    if (ret < 0)
-        return ret;
-    if (!success && !job->bitmap_changed)
+        if (ret < 0)
+            return ret;
+        changed = success || job->bitmap_changed;
+    }
+    if (job->bitmap_created) {
+        if (!success)
+            blk_bitmap_remove(job->src, p->bitmap, e);  /* never stored */
+        changed |= success;
+    }
+    if (success && p->checkpoint) {
+        struct dirty_bitmap *cp;
+        ret = blk_bitmap_add(job->src, p->checkpoint, blk_bitmap_default_granularity(job->src),
+                             BLK_BITMAP_PERSISTENT, &cp, e);
+        if (ret < 0)
+            return ret;
+        changed = true;
+    }
+    if (!changed)
         return 0;   /* as it was on disk */
     ret = blk_bitmaps_store(job->src, e);
     if (ret < 0)
-        err_prefix(e, "%s: the bitmap '%s' was not updated (a later run copies its ranges "
-                   "again): ", job->p->source, job->p->bitmap);
+        err_prefix(e, "%s: the bitmaps were not updated (a later run copies their ranges "
+                   "again): ", p->source);
     return ret;
 }
 
@@ -445,6 +490,8 @@ static void close_job(struct mirror_job *job, bool success)
     }
     blk_close(job->src);
     job->src = NULL;
+    blk_close(job->explicit_backing);
+    job->explicit_backing = NULL;
     free(job->ranges);
     job->ranges = NULL;
 }

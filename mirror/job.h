@@ -39,8 +39,25 @@ struct mirror_params {
     struct kvopts *target_opts;             /* -o for a new target */
     enum mirror_sync sync;
     const char *base;                       /* --base: copy what lies above it */
-    const char *bitmap;                     /* for MIRROR_SYNC_BITMAP */
+    /* MIRROR_SYNC_BITMAP: the bitmap whose dirty ranges are copied.  With
+     * FULL: a bitmap that a successful copy clears (bitmap_mode permitting),
+     * created first when bitmap_create is set, as QEMU's backup jobs
+     * synchronise a bitmap with a full backup. */
+    const char *bitmap;
     enum mirror_bitmap_mode bitmap_mode;
+    bool bitmap_create;
+    /* On success, add this persistent bitmap to the source (a checkpoint:
+     * it records every write from now on); stored with the bitmap changes
+     * in one atomic update.  NULL: none. */
+    const char *checkpoint;
+    /* Open the source for bitmap changes even when none is planned, so that
+     * a second job on the same image is refused by the image lock. */
+    bool exclusive;
+    /* A new target is backed by this image (which must have the source's
+     * size) instead of what the sync mode implies: export's diff images
+     * backed by the previous backup. */
+    const char *target_backing, *target_backing_format;
+    bool compress;                          /* write compressed clusters */
     enum mirror_target_mode target_mode;
     enum copy_error_action on_source_error, on_target_error;
     bool force_share;                       /* -U on the source */

@@ -138,13 +138,11 @@ static int read_ext(struct qcow2_state *s, uint64_t file_size, struct bitmap_dir
 /* Validate one directory entry (qcow2.txt "Bitmap directory", with QEMU's
  * check_dir_entry rules). */
 static int check_entry(struct qcow2_state *s, const struct bitmap_entry *en, uint8_t type,
-                       uint32_t extra, uint64_t file_size, struct err *e)
+                       uint64_t file_size, struct err *e)
 {
     const char *f = s->bs->filename, *n = en->name;
     if (type != TYPE_DIRTY_TRACKING)
         return err_set(e, EINVAL, "%s: bitmap '%s': unknown type %u", f, n, type);
-    if (extra)
-        return err_set(e, ENOTSUP, "%s: bitmap '%s': extra data is not supported", f, n);
     if (en->flags & ~FLAGS_KNOWN)
         return err_set(e, ENOTSUP, "%s: bitmap '%s': unknown flags 0x%" PRIx32, f, n,
                        en->flags & ~FLAGS_KNOWN);
@@ -202,6 +200,11 @@ static int parse_dir(struct qcow2_state *s, struct bitmap_dir *dir, const uint8_
         if (total > dir->size - pos)
             return err_set(e, EINVAL, "%s: bitmap directory entry %" PRIu32 " runs past the "
                            "end of the directory", s->bs->filename, i);
+        /* QEMU defines no extra data and refuses any (the spec lets the
+         * extra_data_compatible flag, which QEMU also refuses, decide). */
+        if (extra)
+            return err_set(e, ENOTSUP, "%s: bitmap directory entry %" PRIu32 ": extra data "
+                           "is not supported", s->bs->filename, i);
         if (name_size == 0 || name_size > QCOW2_BITMAP_MAX_NAME_SIZE)
             return err_set(e, EINVAL, "%s: bitmap directory entry %" PRIu32 ": name size %u "
                            "is not between 1 and %d", s->bs->filename, i, name_size,
@@ -216,7 +219,7 @@ static int parse_dir(struct qcow2_state *s, struct bitmap_dir *dir, const uint8_
             if (strcmp(dir->entries[j].name, en->name) == 0)
                 return err_set(e, EINVAL, "%s: two bitmaps are named '%s'", s->bs->filename,
                                en->name);
-        int ret = check_entry(s, en, type, extra, file_size, e);
+        int ret = check_entry(s, en, type, file_size, e);
         if (ret < 0)
             return ret;
         pos += total;
