@@ -27,10 +27,15 @@ static int check_status(const struct blk_check_result *r)
     return CHECK_CLEAN;
 }
 
-static void print_human(const char *filename, const struct blk_check_result *r, bool quiet)
+/* The problems found, one line each, on stderr as qemu-img prints them. */
+static void print_messages(const struct blk_check_result *r)
 {
     for (size_t i = 0; i < r->nmessages; i++)
         fprintf(stderr, "%s\n", r->messages[i]);
+}
+
+static void print_human(const char *filename, const struct blk_check_result *r, bool quiet)
+{
     if (quiet)
         return;
     if (!r->corruptions && !r->leaks && !r->check_errors)
@@ -45,12 +50,12 @@ static void print_human(const char *filename, const struct blk_check_result *r, 
     if (r->check_errors)
         printf("\n%" PRIu64 " internal errors have occurred during the check.\n",
                r->check_errors);
-    if (r->total_clusters)
+    if (r->total_clusters && r->allocated_clusters)
         printf("%" PRIu64 "/%" PRIu64 " = %0.2f%% allocated, %0.2f%% fragmented, "
                "%0.2f%% compressed clusters\n", r->allocated_clusters, r->total_clusters,
                r->allocated_clusters * 100.0 / r->total_clusters,
-               r->allocated_clusters ? r->fragmented_clusters * 100.0 / r->allocated_clusters : 0,
-               r->allocated_clusters ? r->compressed_clusters * 100.0 / r->allocated_clusters : 0);
+               r->fragmented_clusters * 100.0 / r->allocated_clusters,
+               r->compressed_clusters * 100.0 / r->allocated_clusters);
     if (r->image_end_offset)
         printf("Image end offset: %" PRIu64 "\n", r->image_end_offset);
     (void)filename;
@@ -75,7 +80,7 @@ static void print_json(const char *filename, const char *format,
     if (r->leaks_fixed)
         prop_add_uint(o, "leaks-fixed", r->leaks_fixed);
     prop_add_uint(o, "check-errors", r->check_errors);
-    if (r->total_clusters)
+    if (r->allocated_clusters)
         prop_add_uint(o, "allocated-clusters", r->allocated_clusters);
     if (r->fragmented_clusters)
         prop_add_uint(o, "fragmented-clusters", r->fragmented_clusters);
@@ -135,6 +140,7 @@ int cmd_check(const struct command *cmd, int argc, const char **argv)
     if (ret < 0 || blk_open(cl.args[0], format, flags, &bs, &e) < 0)
         goto fail;
     ret = blk_check(bs, &res, fix, &e);
+    print_messages(&res);
     if (ret == -ENOTSUP) {
         cmd_error("%s", e.msg);
         status = CHECK_UNSUPPORTED;
@@ -152,7 +158,9 @@ int cmd_check(const struct command *cmd, int argc, const char **argv)
                    res.leaks_fixed, res.corruptions_fixed);
         uint64_t leaks_fixed = res.leaks_fixed, corruptions_fixed = res.corruptions_fixed;
         blk_check_result_free(&res);
-        if (blk_check(bs, &res, 0, &e) < 0)
+        ret = blk_check(bs, &res, 0, &e);
+        print_messages(&res);
+        if (ret < 0)
             goto fail;
         res.leaks_fixed = leaks_fixed;
         res.corruptions_fixed = corruptions_fixed;
@@ -162,6 +170,8 @@ int cmd_check(const struct command *cmd, int argc, const char **argv)
     else
         print_human(bs->filename, &res, quiet);
     status = check_status(&res);
+    if (status == CHECK_FAILED)
+        cmd_error("%s: Check failed", bs->filename);
     goto out;
 fail:
     cmd_print_err(&e);
