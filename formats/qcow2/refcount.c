@@ -8,7 +8,7 @@
 
 #include "formats/qcow2/qcow2.h"
 
-static uint64_t refcount_entry_get(const uint8_t *block, uint64_t i, uint32_t order)
+uint64_t qcow2_refcount_entry_get(const uint8_t *block, uint64_t i, uint32_t order)
 {
     switch (order) {
     case 0: return (block[i / 8] >> (i % 8)) & 1;
@@ -21,7 +21,7 @@ static uint64_t refcount_entry_get(const uint8_t *block, uint64_t i, uint32_t or
     }
 }
 
-static void refcount_entry_set(uint8_t *block, uint64_t i, uint32_t order, uint64_t v)
+void qcow2_refcount_entry_set(uint8_t *block, uint64_t i, uint32_t order, uint64_t v)
 {
     unsigned shift, mask;
     switch (order) {
@@ -49,9 +49,15 @@ int qcow2_refcount_init(struct qcow2_state *s, struct err *e)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
     if ((ret = hostfile_pread(s->bs->file, s->reftable_offset, s->reftable, bytes, e)) < 0)
         return ret;
+    /* check (BLK_OPEN_CHECK) reports bad entries itself; the functions
+     * below refuse to use an unaligned refcount block. */
+    bool checking = s->bs->open_flags & BLK_OPEN_CHECK;
     for (uint64_t i = 0; i < s->reftable_entries; i++) {
         uint64_t v = be64_read(&s->reftable[i]);
         uint64_t off = v & ~511ull;
+        s->reftable[i] = off;
+        if (checking)
+            continue;
         if (off & (s->cluster_size - 1))
             return err_set(e, EINVAL, "%s: refcount block offset 0x%llx is not cluster "
                            "aligned (refcount table index %llu)", s->bs->filename,
@@ -60,8 +66,19 @@ int qcow2_refcount_init(struct qcow2_state *s, struct err *e)
             return err_set(e, EINVAL, "%s: refcount block offset 0x%llx is past the end of "
                            "the file (refcount table index %llu)", s->bs->filename,
                            (unsigned long long)off, (unsigned long long)i);
-        s->reftable[i] = off;
     }
+    return 0;
+}
+
+/* The refcount block for refcount table index rt, which must be cluster
+ * aligned (only a check open keeps unaligned entries). */
+static int refblock_offset(struct qcow2_state *s, uint64_t rt, uint64_t *offset, struct err *e)
+{
+    *offset = s->reftable[rt];
+    if (*offset & (s->cluster_size - 1))
+        return err_set(e, EIO, "%s: refcount block offset 0x%llx is not cluster aligned "
+                       "(refcount table index %llu); run 'imgtool check -r all'",
+                       s->bs->filename, (unsigned long long)*offset, (unsigned long long)rt);
     return 0;
 }
 
@@ -73,10 +90,13 @@ int qcow2_get_refcount(struct qcow2_state *s, uint64_t index, uint64_t *refcount
     if (rt >= s->reftable_entries || !s->reftable[rt])
         return 0;
     uint8_t *block;
-    int ret = qcow2_cache_get(s, &s->rb_cache, s->reftable[rt], false, &block, e);
+    uint64_t rb;
+    int ret = refblock_offset(s, rt, &rb, e);
+    if (ret == 0)
+        ret = qcow2_cache_get(s, &s->rb_cache, rb, false, &block, e);
     if (ret < 0)
         return ret;
-    *refcount = refcount_entry_get(block, index & ((1ull << s->rb_bits) - 1),
+    *refcount = qcow2_refcount_entry_get(block, index & ((1ull << s->rb_bits) - 1),
                                    s->refcount_order);
     return 0;
 }
@@ -174,7 +194,8 @@ static int ensure_refblock(struct qcow2_state *s, uint64_t rt, struct err *e)
     if ((ret = qcow2_cache_get(s, &s->rb_cache, b_offset, true, &block, e)) < 0)
         return ret;
     if (rt_b == rt)     /* the block describes itself */
-        refcount_entry_set(block, b & ((1ull << s->rb_bits) - 1), s->refcount_order, 1);
+        qcow2_refcount_entry_set(block, b & ((1ull << s->rb_bits) - 1), s->refcount_order,
+                                 1);
     if ((ret = qcow2_cache_flush(s, &s->rb_cache, e)) < 0 ||
         (ret = hostfile_flush(s->bs->file, e)) < 0)
         return ret;
@@ -275,10 +296,12 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
         if (ret < 0)
             return ret;
         uint8_t *block;
-        if ((ret = qcow2_cache_get(s, &s->rb_cache, s->reftable[rt], false, &block, e)) < 0)
+        uint64_t rb;
+        if ((ret = refblock_offset(s, rt, &rb, e)) < 0 ||
+            (ret = qcow2_cache_get(s, &s->rb_cache, rb, false, &block, e)) < 0)
             return ret;
         uint64_t idx = i & ((1ull << s->rb_bits) - 1);
-        uint64_t old = refcount_entry_get(block, idx, s->refcount_order);
+        uint64_t old = qcow2_refcount_entry_get(block, idx, s->refcount_order);
         if ((delta < 0 && old < (uint64_t)-delta) ||
             (delta > 0 && s->refcount_max - old < (uint64_t)delta))
             return err_set(e, EIO, "%s: refcount of cluster 0x%llx would %s (is %llu); "
@@ -287,7 +310,7 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
                            delta < 0 ? "drop below zero" : "overflow",
                            (unsigned long long)old);
         uint64_t v = old + (uint64_t)delta;
-        refcount_entry_set(block, idx, s->refcount_order, v);
+        qcow2_refcount_entry_set(block, idx, s->refcount_order, v);
         qcow2_cache_mark_dirty(&s->rb_cache, block);
         if (v == 0) {
             if (i < s->free_cluster_hint)
