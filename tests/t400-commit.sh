@@ -178,6 +178,27 @@ expect_eq "$(qemu_bitmaps mine/base.qcow2)" '[{"flags":["auto"],"name":"b","gran
 qemu_clean mine/base.qcow2
 # The top's bitmaps are left as they were.
 same_dirty mine/top.qcow2 t "$top_dirty"
+# Sizes differ: a base smaller than the top grows, and so do its bitmaps
+# (what lands past its old end is recorded); a top smaller than the base
+# has its bitmaps merged in over its own size.
+new_case
+ok qemu-img create -q -f qcow2 src/base.qcow2 1M
+ok qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 src/top.qcow2 2M
+ok imgtool bitmap --add src/base.qcow2 b
+qio -c 'write -P 5 1536k 64k' src/top.qcow2
+cp -r src mine
+ok imgtool commit -q mine/top.qcow2
+same_dirty mine/base.qcow2 b "1572864 65536"
+expect_eq "$(info_fields mine/base.qcow2)" '    "virtual-size": 2097152,'
+new_case
+ok qemu-img create -q -f qcow2 src/base.qcow2 2M
+ok qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 src/top.qcow2 1M
+ok imgtool bitmap --add src/top.qcow2 t
+qio -c 'write -P 6 512k 64k' src/top.qcow2
+cp -r src mine
+ok imgtool commit -q --bitmaps mine/top.qcow2
+same_dirty mine/base.qcow2 t "524288 65536"
+expect_eq "$(info_fields mine/base.qcow2)" '    "virtual-size": 2097152,'
 # --bitmaps into a base that cannot store bitmaps: refused before writing.
 new_case
 ok qemu-img create -q -f raw src/base.raw 1M
@@ -189,6 +210,31 @@ expect_eq "$(err)" "imgtool: src/base.raw: format 'raw' cannot store bitmaps (co
 expect_eq "$(own_extents src/top.qcow2)" "0 65536" "top after a refused commit"
 same_dirty src/top.qcow2 t "0 65536"
 ok qemu-io -f raw -c 'read -P 0 0 1M' src/base.raw
+
+# --- Interrupted (SIGINT while the rate limit holds the copy back): exit
+# 130, the top untouched and reading as before, every file clean.
+new_case
+ok qemu-img create -q -f qcow2 src/base.qcow2 64M
+ok qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 src/top.qcow2 64M
+qio -c 'write -P 7 0 64M' src/top.qcow2
+cp -r src mine
+ok qemu-img convert -O raw src/top.qcow2 view-before.raw
+"$IMGTOOL" commit -r 1M mine/top.qcow2 >commit.out 2>commit.err &
+pid=$!
+# Wait until the copy runs: its worker threads exist.
+for _ in $(seq 200); do
+    [ "$(ls "/proc/$pid/task" 2>/dev/null | wc -l)" -gt 1 ] && break
+    sleep 0.05
+done
+kill -INT "$pid"
+rc=0
+wait "$pid" || rc=$?
+expect_eq "$rc" 130 "exit status after SIGINT"
+expect_eq "$(cat commit.err)" "imgtool: mine/top.qcow2: commit cancelled; mine/base.qcow2 holds part of the data, mine/top.qcow2 is unchanged"
+expect_eq "$(own_extents mine/top.qcow2)" "0 67108864" "top after an interrupted commit"
+reads_as_before mine/top.qcow2
+qemu_clean mine/top.qcow2
+qemu_clean mine/base.qcow2
 
 # --- Errors: one line naming the file, exit 1, nothing changed.
 new_case
