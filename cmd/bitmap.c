@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cmd/commands.h"
 #include "formats/blockdev-bitmaps.h"
@@ -146,6 +147,10 @@ static int merge_source(struct blockdev *bs, struct blockdev **src_bs, const cha
                         struct err *e)
 {
     int ret;
+    struct stat a, b;
+    if (src_file && stat(src_file, &a) == 0 && stat(bs->filename, &b) == 0 &&
+        a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+        src_file = NULL;    /* -b names the image itself (it is locked by us) */
     if (src_file && !*src_bs) {
         ret = blk_open(src_file, src_fmt, BLK_OPEN_NO_BACKING, src_bs, e);
         if (ret < 0 || (ret = blk_bitmaps_load(*src_bs, e)) < 0)

@@ -18,5 +18,6 @@ DECLARE_COMMAND(cmd_bitmap);
 DECLARE_COMMAND(cmd_mirror);
 DECLARE_COMMAND(cmd_export);
 DECLARE_COMMAND(cmd_commit);
+DECLARE_COMMAND(cmd_rebase);
 
 #endif

@@ -16,6 +16,7 @@ const struct command commands[] = {
     { "export",  cmd_export,  "write a full, incremental or differential backup of a disk", "[OPTIONS] DISK BACKUP" },
     { "mirror",  cmd_mirror,  "copy an image, the top of its chain or its changes to a target", "[OPTIONS] SOURCE TARGET | SOURCE=TARGET..." },
     { "commit",  cmd_commit,  "write an image's data down into its backing file", "[OPTIONS] FILENAME" },
+    { "rebase",  cmd_rebase,  "change the backing file of an image", "[OPTIONS] -b BACKING FILENAME" },
     { "resize",  cmd_resize,  "change the virtual size of an image", "[OPTIONS] FILENAME [+|-]SIZE" },
     { "io",      cmd_io,      "read, write, zero and discard ranges of an image", "[OPTIONS] -c COMMAND... FILENAME" },
     { "bitmap",  cmd_bitmap,  "add, remove, merge, list and dump persistent dirty bitmaps", "(--add | --remove | --clear | --enable | --disable | --merge SOURCE)... [OPTIONS] FILENAME BITMAP, or --list FILENAME, or --dump FILENAME BITMAP" },

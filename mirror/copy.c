@@ -11,6 +11,10 @@
  *         and written with zero detection (or compressed, cluster by
  *         cluster).
  *
+ * With skip_identical a worker's buffer is twice buf_size: the second
+ * half holds the target's current contents of a DATA chunk, compared with
+ * the source's unit by unit before anything is written.
+ *
  * Chunk boundaries fall on the target's cluster boundaries (its write
  * alignment), so two workers never write the same target cluster: a
  * source run that ends inside a cluster joins the DATA chunk that covers
@@ -68,6 +72,7 @@ struct engine {
     size_t buf_size;            /* a multiple of align */
     uint32_t align;             /* target cluster size (write alignment) */
     uint32_t unit;              /* zero detection granularity */
+    uint32_t cmp_unit;          /* skip_identical: compare (and write) granularity */
 
     pthread_mutex_t lock;
     pthread_cond_t work_ready;  /* workers: a chunk is queued, or stop */
@@ -189,6 +194,92 @@ static int write_detecting_zeroes(struct engine *eng, const uint8_t *buf, uint64
     return 0;
 }
 
+/* Bytes from `at` to the end of its compare unit, at most `left`. */
+static size_t unit_len(const struct engine *eng, uint64_t at, size_t left)
+{
+    return (size_t)min_u64(eng->cmp_unit - at % eng->cmp_unit, left);
+}
+
+/* skip_identical: the target's current contents of [off, off+len) are read
+ * into cmp and compared with the source's (src); units that differ are
+ * written whole from src, the same ones are left alone. */
+static int write_differing(struct engine *eng, const uint8_t *src, uint8_t *cmp, uint64_t off,
+                           size_t len, struct copy_stats *st, struct err *e)
+{
+    int ret = blk_pread(eng->job->dst, off, cmp, len, e);
+    if (ret < 0)
+        return ret;
+    st->bytes_compared += len;
+    size_t pos = 0;
+    while (pos < len) {
+        /* A run of units that all differ, or all match. */
+        size_t n = unit_len(eng, off + pos, len - pos);
+        bool same = memcmp(src + pos, cmp + pos, n) == 0;
+        size_t run = n;
+        while (pos + run < len) {
+            size_t next = unit_len(eng, off + pos + run, len - pos - run);
+            if ((memcmp(src + pos + run, cmp + pos + run, next) == 0) != same)
+                break;
+            run += next;
+        }
+        if (same)
+            st->bytes_skipped += run;
+        else if ((ret = write_detecting_zeroes(eng, src + pos, off + pos, run, st, e)) < 0)
+            return ret;
+        pos += run;
+    }
+    return 0;
+}
+
+/* skip_identical, for a zero run of the source: nothing is read where the
+ * target's block status says zero; where it has data, that data is read
+ * (cmp holds buf_size bytes) and only its non-zero units are zeroed.  A
+ * unit cut by a status boundary is zeroed in part: the rest reads zeroes
+ * already. */
+static int zero_differing(struct engine *eng, uint8_t *cmp, uint64_t off, uint64_t len,
+                          struct copy_stats *st, struct err *e)
+{
+    struct copy_job *job = eng->job;
+    uint64_t end = off + len;
+    while (off < end) {
+        if (cancel_requested(job))
+            return err_set(e, ECANCELED, "cancelled");
+        struct blk_extent ext;
+        int ret = blk_block_status(job->dst, off, end - off, &ext, e);
+        if (ret < 0)
+            return ret;
+        if (ext.flags & BLK_STATUS_ZERO) {
+            st->bytes_skipped += ext.length;
+            off += ext.length;
+            continue;
+        }
+        size_t n = (size_t)min_u64(ext.length, eng->buf_size);
+        if ((ret = blk_pread(job->dst, off, cmp, n, e)) < 0)
+            return ret;
+        st->bytes_compared += n;
+        for (size_t pos = 0; pos < n;) {
+            size_t run = unit_len(eng, off + pos, n - pos);
+            bool zero = buffer_is_zero(cmp + pos, run);
+            while (pos + run < n) {
+                size_t next = unit_len(eng, off + pos + run, n - pos - run);
+                if (buffer_is_zero(cmp + pos + run, next) != zero)
+                    break;
+                run += next;
+            }
+            if (zero) {
+                st->bytes_skipped += run;
+            } else {
+                if ((ret = blk_write_zeroes(job->dst, off + pos, run, BLK_ZERO_MAY_UNMAP, e)) < 0)
+                    return ret;
+                st->bytes_zeroed += run;
+            }
+            pos += run;
+        }
+        off += n;
+    }
+    return 0;
+}
+
 /* Compressed writes go cluster by cluster: the driver compresses whole
  * clusters (or the disk's last, partial one).  Zero clusters are zeroed as
  * usual, and the pieces of clusters cut by the copy range are written
@@ -251,7 +342,7 @@ static int copy_data_chunk(struct engine *eng, const struct chunk *c, uint8_t *b
     }
     if (eng->job->compress)
         return write_compressed(eng, buf, c->off, (size_t)c->len, st, e);
-    /* Write each stretch between SKIP pieces. */
+    /* Write each stretch between SKIP pieces (or what differs in it). */
     uint64_t pos = 0;
     for (size_t i = 0; i < c->npieces;) {
         if (c->pieces[i].kind == CHUNK_SKIP) {
@@ -262,8 +353,12 @@ static int copy_data_chunk(struct engine *eng, const struct chunk *c, uint8_t *b
         uint64_t start = pos;
         while (i < c->npieces && c->pieces[i].kind != CHUNK_SKIP)
             pos += c->pieces[i++].len;
-        ret = write_detecting_zeroes(eng, buf + start, c->off + start, (size_t)(pos - start),
-                                     st, e);
+        size_t n = (size_t)(pos - start);
+        if (eng->job->skip_identical)
+            ret = write_differing(eng, buf + start, buf + eng->buf_size + start, c->off + start,
+                                  n, st, e);
+        else
+            ret = write_detecting_zeroes(eng, buf + start, c->off + start, n, st, e);
         if (ret < 0)
             return ret;
     }
@@ -285,6 +380,8 @@ static int run_chunk(struct engine *eng, const struct chunk *c, uint8_t *buf,
         st->bytes_skipped += c->len;
         return 0;
     case CHUNK_ZERO:
+        if (eng->job->skip_identical)
+            return zero_differing(eng, buf, c->off, c->len, st, e);
         return copy_zeroes(eng->job, c->off, c->len, st, e);
     case CHUNK_DATA:
         return copy_data_chunk(eng, c, buf, st, e, source_error);
@@ -332,6 +429,7 @@ static void add_stats(struct copy_stats *to, const struct copy_stats *from)
     to->bytes_written += from->bytes_written;
     to->bytes_zeroed += from->bytes_zeroed;
     to->bytes_skipped += from->bytes_skipped;
+    to->bytes_compared += from->bytes_compared;
 }
 
 /* Keep the first error; idle workers then stop and queued chunks are
@@ -485,8 +583,16 @@ static int cursor_load(struct engine *eng, struct cursor *cur, uint64_t off, str
     if (cur->len)
         return 0;
     struct copy_job *job = eng->job;
+    uint64_t src_size = job->src ? job->src->size : 0;
+    if (off >= src_size) {
+        /* Past the end of a short source (source_zero_past_end). */
+        cur->len = eng->end - off;
+        cur->kind = CHUNK_ZERO;
+        return 0;
+    }
     struct blk_extent ext;
-    int ret = blk_block_status_above(job->src, job->base, off, eng->end - off, &ext, e);
+    int ret = blk_block_status_above(job->src, job->base, off,
+                                     min_u64(eng->end, src_size) - off, &ext, e);
     if (ret < 0)
         return ret;
     cur->len = ext.length;
@@ -682,14 +788,20 @@ static void dispatch_all(struct engine *eng)
 
 static int check_job(struct copy_job *job, struct err *e)
 {
-    if (job->offset > job->src->size || job->length > job->src->size - job->offset)
+    if (!job->src && !job->source_zero_past_end)
+        return err_set(e, EINVAL, "no source to copy from");
+    if (!job->source_zero_past_end &&
+        (job->offset > job->src->size || job->length > job->src->size - job->offset))
         return err_set(e, EINVAL, "%s: copy range is beyond the end of the image",
                        job->src->filename);
-    if (job->offset + job->length > job->dst->size)
+    if (job->offset > job->dst->size || job->length > job->dst->size - job->offset)
         return err_set(e, EINVAL, "%s: target is smaller (%llu bytes) than the range to "
                        "copy", job->dst->filename, (unsigned long long)job->dst->size);
     if (job->explicit_zeroes && job->target_is_zero)
         return err_set(e, EINVAL, "explicit zeroes and target_is_zero exclude each other");
+    if (job->skip_identical && (job->compress || job->target_is_zero || job->explicit_zeroes))
+        return err_set(e, EINVAL, "skip_identical excludes compress, target_is_zero and "
+                       "explicit zeroes");
     uint64_t prev_end = job->offset;
     for (size_t i = 0; job->ranges && i < job->nranges; i++) {
         const struct copy_range *r = &job->ranges[i];
@@ -734,6 +846,7 @@ static int engine_init(struct engine *eng, struct copy_job *job, unsigned nworke
                                  : (uint32_t)max_u64(4096, eng->align);
     size_t buf = job->buf_size ? job->buf_size : DEFAULT_BUF_SIZE;
     eng->buf_size = (size_t)max_u64(align_up(buf, eng->align), eng->align);
+    eng->cmp_unit = (uint32_t)max_u64(eng->unit, eng->align);
     /* Twice as many chunks as workers, so that the next ones are queued
      * while the workers are busy. */
     eng->nslots = nworkers * 2;
@@ -775,9 +888,10 @@ static unsigned start_workers(struct engine *eng, struct worker *w, unsigned n, 
     unsigned started = 0;
     for (unsigned i = 0; i < n; i++) {
         w[i].eng = eng;
-        if (posix_memalign((void **)&w[i].buf, 4096, eng->buf_size)) {
+        size_t bytes = eng->buf_size * (eng->job->skip_identical ? 2 : 1);
+        if (posix_memalign((void **)&w[i].buf, 4096, bytes)) {
             w[i].buf = NULL;
-            err_set(e, ENOMEM, "out of memory for a %zu-byte copy buffer", eng->buf_size);
+            err_set(e, ENOMEM, "out of memory for a %zu-byte copy buffer", bytes);
             break;
         }
         int ret = pthread_create(&w[i].thread, NULL, worker_main, &w[i]);

@@ -22,6 +22,7 @@ struct copy_stats {
     uint64_t bytes_written;     /* data written to the target (before compression) */
     uint64_t bytes_zeroed;      /* written to the target as zeroes */
     uint64_t bytes_skipped;     /* not written: already right on the target */
+    uint64_t bytes_compared;    /* skip_identical: read from the target to compare */
 };
 
 /* What to do when a request fails (--on-source-error, --on-target-error). */
@@ -38,6 +39,11 @@ struct copy_range {
 
 struct copy_job {
     struct blockdev *src;
+    /* The source may end before offset+length, or be NULL: past its end
+     * it reads as zeroes (rebase: the old backing file may be shorter than
+     * the image, or there may be none).  Otherwise the whole range must lie
+     * inside the source. */
+    bool source_zero_past_end;
     /* Copy only what the layers above `base` allocate (NULL: the whole
      * chain, flattened).  Ranges no layer above base allocates are left
      * alone: the target reads them from its own backing file. */
@@ -51,9 +57,20 @@ struct copy_job {
      * onto a backing file later, an unallocated range would show the
      * backing file's data instead of the zeroes.  Excludes target_is_zero. */
     bool explicit_zeroes;
+    /* Write only what the target does not already hold (rebase, where the
+     * target reads through a new backing file what the source reads
+     * through the old one).  Each DATA chunk's current contents are read
+     * from the target as well and compared unit by unit (a target cluster,
+     * or the zero detection unit if larger); a unit that differs is
+     * written whole from the source, one that is the same is skipped.  A
+     * zero run of the source is zeroed only where the target does not
+     * read zeroes: block status first (no read where it says zero), then
+     * the target's data is read and only its non-zero units are zeroed.
+     * Excludes compress, target_is_zero and explicit_zeroes. */
+    bool skip_identical;
     size_t buf_size;            /* bytes per request (default 2 MiB) */
     /* Requests in flight at once, each in its own worker thread with its
-     * own buf_size buffer (0 means COPY_DEFAULT_IN_FLIGHT; at most
+     * own buf_size buffer (two with skip_identical) (0 means COPY_DEFAULT_IN_FLIGHT; at most
      * COPY_MAX_IN_FLIGHT).  Requests complete out of order. */
     unsigned max_in_flight;
     /* Write data as compressed clusters (blk_pwrite_compressed): every

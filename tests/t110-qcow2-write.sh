@@ -1,8 +1,9 @@
 # qcow2 write path: the same random sequence of writes, zero writes (with
 # and without unmap) and discards applied by qemu-io to one image and by
 # imgtool io to another gives the same contents, and qemu-img check finds
-# imgtool's image clean, for v2/v3, cluster sizes 512 B .. 2 MiB, refcount
-# widths 1/16/64, extended L2, with and without a backing file.
+# imgtool's image clean (and imgtool check says what qemu-img check says),
+# for v2/v3, cluster sizes 512 B .. 2 MiB, refcount widths 1/16/64, extended
+# L2, with and without a backing file.
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io
 
@@ -54,6 +55,8 @@ for spec in "compat=0.10,cluster_size=512" "compat=0.10,cluster_size=64k" \
         qemu-img compare -U ref.qcow2 mine.qcow2 >/dev/null 2>&1 ||
             die "$spec backing=$backing seed=$seed: contents differ: $(qemu-img compare ref.qcow2 mine.qcow2 2>&1)"
         qemu_clean mine.qcow2
+        ok imgtool check mine.qcow2
+        expect_eq "$(out)" "$(qemu-img check -U mine.qcow2)" "$spec backing=$backing: imgtool check"
         ok imgtool compare ref.qcow2 mine.qcow2
         # qemu-io can keep writing imgtool's image.
         ok qemu-io -f qcow2 -c 'write -P 0x5a 100k 300k' -c 'write -z 2M 70k' mine.qcow2

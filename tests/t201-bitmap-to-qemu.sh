@@ -86,6 +86,10 @@ ok qemu-img bitmap --add -g 1M other.qcow2 o
 ok qemu-io -f qcow2 -c 'write 5M 1' other.qcow2
 ok imgtool bitmap --merge o -b other.qcow2 -F qcow2 b.qcow2 g64k
 same_dirty b.qcow2 g64k "5242880 1048576"
+# -b naming the image itself (which qemu-img refuses: its own lock).
+ok imgtool bitmap --add --merge g64k -b ./b.qcow2 b.qcow2 self
+same_dirty b.qcow2 self "5242880 1048576"
+ok imgtool bitmap --remove b.qcow2 self
 ok qemu-img create -q -f qcow2 small.qcow2 1M
 ok qemu-img bitmap --add small.qcow2 s
 expect_status 1 imgtool bitmap --merge s -b small.qcow2 b.qcow2 g64k

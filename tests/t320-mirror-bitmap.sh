@@ -42,20 +42,23 @@ print(sum(m["length"] for m in json.load(sys.stdin) if m["depth"] == 0 and m["pr
     expect_eq "$alloc" "${widened[$gran]}" "bytes allocated in the diff image (g=$gran)"
 done
 
-# --- Bitmap modes x success ---
+# --- Bitmap modes x success, granularity below, equal to and above the
+# target's 64 KiB clusters ---
+for gran in 16k 64k 256k; do
 for mode in always on-success never; do
     rm -f src.qcow2 tgt.qcow2
     ok imgtool create -q -f qcow2 src.qcow2 64M
     ok imgtool io -q -c 'write -P 1 0 8M' src.qcow2
     ok imgtool mirror -q src.qcow2 tgt.qcow2
-    ok imgtool bitmap --add -g 16k src.qcow2 b0
+    ok imgtool bitmap --add -g $gran src.qcow2 b0
     dirty_writes src.qcow2
     before=$(dump src.qcow2 b0)
     ok imgtool mirror -q --sync=bitmap --bitmap=b0 --bitmap-mode=$mode src.qcow2 tgt.qcow2
     same_content src.qcow2 tgt.qcow2
     qemu_clean src.qcow2
     if [ $mode = never ]; then want=$before; else want="[]"; fi
-    expect_eq "$(dump src.qcow2 b0)" "$want" "bitmap after success, mode $mode"
+    expect_eq "$(dump src.qcow2 b0)" "$want" "bitmap after success, mode $mode, g=$gran"
+done
 done
 
 # --- Bitmap modes x failure: the existing target lives on a small tmpfs
@@ -63,11 +66,12 @@ done
 mkdir mnt
 mount -t tmpfs -o size=16M tmpfs mnt 2>/dev/null || skip "cannot mount a tmpfs (needs root)"
 trap 'umount "$T/mnt" 2>/dev/null; rm -rf "$T"' EXIT
+for gran in 16k 64k 256k; do
 for mode in always on-success never; do
     rm -f src.qcow2 mnt/*
     ok imgtool create -q -f qcow2 src.qcow2 64M
     ok imgtool mirror -q src.qcow2 mnt/tgt.qcow2
-    ok imgtool bitmap --add -g 64k src.qcow2 b0
+    ok imgtool bitmap --add -g $gran src.qcow2 b0
     # 8 MiB of dirty data in four 2 MiB runs; leave 5 MiB free on the
     # target's file system, and copy one request at a time, so that two
     # runs reach the target and the third fails.
@@ -82,7 +86,7 @@ for mode in always on-success never; do
     after=$(dump src.qcow2 b0)
     case $mode in
     on-success|never)
-        expect_eq "$after" "$before" "bitmap after a failed job, mode $mode" ;;
+        expect_eq "$after" "$before" "bitmap after a failed job, mode $mode, g=$gran" ;;
     always)
         # Some ranges reached the target and are no longer dirty; the rest are.
         [ "$after" != "$before" ] && [ "$after" != "[]" ] || die "always mode after failure: $after"
@@ -96,6 +100,7 @@ for mode in always on-success never; do
         expect_eq "$(dump src.qcow2 b0)" "[]" "bitmap after resuming"
         same_content src.qcow2 mnt/tgt.qcow2 ;;
     esac
+done
 done
 
 # An inconsistent bitmap is refused.

@@ -4,43 +4,16 @@
 # every file must read the same in both (qemu-img compare), qemu-img check
 # must be clean, the emptied top must allocate nothing and still read as
 # before, and BASE must have grown to the top's size.
-. "$(dirname "$0")/lib.sh"
-need qemu-img qemu-io
+tests=$(cd "$(dirname "$0")" && pwd)
+. "$tests/lib.sh"
+. "$tests/chain-lib.sh"
+. "$tests/bitmap-lib.sh"
 
-qio() { qemu-io -f qcow2 "$@" >/dev/null || die "qemu-io $*"; }
-
-# new_case: fresh src/ directory for the next chain.
-new_case() { rm -rf src mine theirs; mkdir src; }
-
-# run_both ARGS...: "imgtool commit ARGS" in mine/, "qemu-img commit ARGS"
-# in theirs/, both from copies of src/; the top's view is saved first.
-run_both() {
-    cp -r src mine
-    cp -r src theirs
-    ok qemu-img convert -O raw src/top.qcow2 view-before.raw
-    (cd mine && "$IMGTOOL" commit "$@") >mine.out 2>&1 || die "imgtool commit $*: $(cat mine.out)"
-    (cd theirs && qemu-img commit "$@") >theirs.out 2>&1 || die "qemu-img commit $*: $(cat theirs.out)"
-    expect_eq "$(cat mine.out)" "$(cat theirs.out)" "output of commit $*"
-}
-
-# same_files F...: each file reads the same in mine/ and theirs/, and is
-# clean; qcow2 files are checked.
-same_files() {
-    for f in "$@"; do
-        same_content "mine/$f" "theirs/$f"
-        case $f in *.qcow2) qemu_clean "mine/$f" ;; esac
-        expect_eq "$(qemu-img info --output=json -U "mine/$f" | grep '"virtual-size"')" \
-                  "$(qemu-img info --output=json -U "theirs/$f" | grep '"virtual-size"')" "size of $f"
-    done
-}
-
-# emptied TOP: TOP allocates nothing of its own (everything at depth >= 1)
-# and still reads as before the commit.
+# emptied TOP: TOP allocates nothing of its own and still reads as before
+# the commit.
 emptied() {
-    checks=$((checks + 1))
-    qemu-img map --output=json -U "$1" | grep -q '"depth": 0, "present": true' &&
-        die "$1 still allocates data: $(qemu-img map --output=json -U "$1")"
-    same_content -F raw "$1" view-before.raw
+    expect_eq "$(own_extents "$1")" "" "extents $1 still allocates"
+    reads_as_before "$1"
 }
 
 # --- Two layers, 64k top clusters over a 4k base that is smaller than the
@@ -53,7 +26,7 @@ qio -c 'write -P 0x11 0 1M' -c 'write -P 0x12 2M 512k' -c 'write -P 0x13 3M 4k' 
 qio -c 'write -P 0x21 4k 4k' -c 'write -z 64k 64k' -c 'write -z 1M 128k' \
     -c 'write -P 0x22 2M 1000' -c 'write -P 0x23 4M 1M' -c 'write -P 0 5M 64k' \
     -c 'write -z 3M 64k' src/top.qcow2
-run_both top.qcow2
+run_both commit top.qcow2
 expect_eq "$(cat mine.out)" "Image committed."
 same_files base.qcow2 top.qcow2
 emptied mine/top.qcow2
@@ -67,7 +40,7 @@ ok qemu-img create -q -f qcow2 -o cluster_size=4k -b base.qcow2 -F qcow2 src/top
 qio -c 'write -P 0x31 0 8M' src/base.qcow2
 qio -c 'write -P 0x41 4k 4k' -c 'write -z 68k 8k' -c 'write -P 0x42 1M 12k' \
     -c 'write -z 2M 1M' -c 'write -P 0x43 6140k 4k' src/top.qcow2
-run_both -q top.qcow2
+run_both commit -q top.qcow2
 expect_eq "$(cat mine.out)" ""
 same_files base.qcow2 top.qcow2
 emptied mine/top.qcow2
@@ -87,27 +60,25 @@ build_three() {
         -c 'write -z 0 8k' src/top.qcow2
 }
 build_three
-run_both top.qcow2
+run_both commit top.qcow2
 same_files base.qcow2 mid.qcow2 top.qcow2
 emptied mine/top.qcow2
 ok cmp src/base.qcow2 mine/base.qcow2
 
 build_three
 ok qemu-img convert -O raw src/mid.qcow2 mid-before.raw
-run_both -b base.qcow2 top.qcow2
+run_both commit -b base.qcow2 top.qcow2
 same_files base.qcow2 mid.qcow2 top.qcow2
 # -b implies -d: the top keeps its data and its backing file, so it reads
 # as before; the base now reads as the top did.
-same_content -F raw mine/top.qcow2 view-before.raw
+reads_as_before mine/top.qcow2
 same_content -f qcow2 -F raw mine/base.qcow2 view-before.raw
-expect_eq "$(qemu-img map --output=json mine/top.qcow2 | grep -c '"depth": 0, "present": true')" \
-          "$(qemu-img map --output=json src/top.qcow2 | grep -c '"depth": 0, "present": true')" \
-          "top extents after -b"
+expect_eq "$(own_extents mine/top.qcow2)" "$(own_extents src/top.qcow2)" "top extents after -b"
 expect_match "$(qemu-img info mine/top.qcow2)" '^backing file: mid.qcow2 \(actual path: mine/mid.qcow2\)$'
 
 # -d: BASE is written, the top is left alone.
 build_three
-run_both -d top.qcow2
+run_both commit -d top.qcow2
 same_files base.qcow2 mid.qcow2 top.qcow2
 ok cmp src/top.qcow2 mine/top.qcow2
 
@@ -119,7 +90,7 @@ ok qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 src/mid.qcow2 1M
 ok qemu-img create -q -f qcow2 -b mid.qcow2 -F qcow2 src/top.qcow2 2M
 qio -c 'write -P 0x81 0 2M' src/base.qcow2
 qio -c 'write -P 0x82 64k 64k' src/top.qcow2
-run_both -b base.qcow2 top.qcow2
+run_both commit -b base.qcow2 top.qcow2
 same_files base.qcow2 top.qcow2
 same_content -f qcow2 -F raw mine/base.qcow2 view-before.raw
 
@@ -129,7 +100,7 @@ ok qemu-img create -q -f raw src/base.raw 2M
 ok qemu-img create -q -f qcow2 -o compat=0.10 -b base.raw -F raw src/top.qcow2 2M
 ok qemu-io -f raw -c 'write -P 0x91 0 2M' src/base.raw
 qio -c 'write -P 0x92 8k 4k' -c 'write -z 1M 64k' src/top.qcow2
-run_both top.qcow2
+run_both commit top.qcow2
 same_files base.raw top.qcow2
 emptied mine/top.qcow2
 
@@ -139,7 +110,7 @@ ok qemu-img create -q -f qcow2 -o cluster_size=64k,extended_l2=on -b base.qcow2 
     src/top.qcow2 4M
 qio -c 'write -P 0xa1 0 4M' src/base.qcow2
 qio -c 'write -P 0xa2 2k 2k' -c 'write -z 70k 4k' -c 'write -P 0xa3 1M 200k' src/top.qcow2
-run_both top.qcow2
+run_both commit top.qcow2
 same_files base.qcow2 top.qcow2
 emptied mine/top.qcow2
 
@@ -163,6 +134,106 @@ expect_eq "$(out)" '{
     "bytes-skipped": 917504
 }'
 ok qemu-io -f qcow2 -c 'read -P 0xb2 0 64k' -c 'read -P 0 64k 960k' mine/base.qcow2
+qemu_clean mine/base.qcow2
+
+# --- Dirty bitmaps: BASE's enabled bitmap records exactly what changed in
+# BASE (the data, and the zeroes over its data, not the zeroes it already
+# read); --bitmaps merges the top's bitmaps in (same name: merged; others:
+# created with the top's granularity and enabled state).  QEMU reads the
+# stored bitmaps the same.
+new_case
+ok qemu-img create -q -f qcow2 src/base.qcow2 1M
+ok qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 src/top.qcow2 1M
+qio -c 'write -P 0xb1 256k 64k' src/base.qcow2
+ok imgtool bitmap --add src/base.qcow2 b
+ok imgtool bitmap --add src/top.qcow2 b
+ok imgtool bitmap --add src/top.qcow2 t
+ok imgtool bitmap --add --disabled -g 128k src/top.qcow2 d
+ok imgtool bitmap --add --disabled src/top.qcow2 d2
+ok imgtool bitmap --merge t src/top.qcow2 d2
+qio -c 'write -P 0xb2 0 64k' -c 'write -z 128k 64k' -c 'write -z 256k 64k' -c 'write -P 3 768k 4k' \
+    src/top.qcow2
+ok imgtool bitmap --merge t src/top.qcow2 d
+top_dirty="0 65536
+131072 65536
+262144 65536
+786432 65536"
+same_dirty src/top.qcow2 t "$top_dirty"
+cp -r src mine
+ok imgtool commit -q mine/top.qcow2
+same_dirty mine/base.qcow2 b "0 65536
+262144 65536
+786432 65536"
+expect_eq "$(qemu_bitmaps mine/base.qcow2)" '[{"flags":["auto"],"name":"b","granularity":65536}]'
+qemu_clean mine/base.qcow2
+rm -rf mine
+cp -r src mine
+ok imgtool commit -q --bitmaps mine/top.qcow2
+same_dirty mine/base.qcow2 b "$top_dirty"
+same_dirty mine/base.qcow2 t "$top_dirty"
+same_dirty mine/base.qcow2 d "0 393216
+786432 131072"
+same_dirty mine/base.qcow2 d2 ""
+expect_eq "$(qemu_bitmaps mine/base.qcow2)" '[{"flags":["auto"],"name":"b","granularity":65536},{"flags":["auto"],"name":"t","granularity":65536},{"flags":[],"name":"d","granularity":131072},{"flags":[],"name":"d2","granularity":65536}]'
+qemu_clean mine/base.qcow2
+# The top's bitmaps are left as they were.
+same_dirty mine/top.qcow2 t "$top_dirty"
+# Sizes differ: a base smaller than the top grows, and so do its bitmaps
+# (what lands past its old end is recorded); a top smaller than the base
+# has its bitmaps merged in over its own size.
+new_case
+ok qemu-img create -q -f qcow2 src/base.qcow2 1M
+ok qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 src/top.qcow2 2M
+ok imgtool bitmap --add src/base.qcow2 b
+qio -c 'write -P 5 1536k 64k' src/top.qcow2
+cp -r src mine
+ok imgtool commit -q mine/top.qcow2
+same_dirty mine/base.qcow2 b "1572864 65536"
+expect_eq "$(info_fields mine/base.qcow2)" '    "virtual-size": 2097152,'
+new_case
+ok qemu-img create -q -f qcow2 src/base.qcow2 2M
+ok qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 src/top.qcow2 1M
+ok imgtool bitmap --add src/top.qcow2 t
+qio -c 'write -P 6 512k 64k' src/top.qcow2
+cp -r src mine
+ok imgtool commit -q --bitmaps mine/top.qcow2
+same_dirty mine/base.qcow2 t "524288 65536"
+expect_eq "$(info_fields mine/base.qcow2)" '    "virtual-size": 2097152,'
+# --bitmaps into a base that cannot store bitmaps: refused before writing.
+new_case
+ok qemu-img create -q -f raw src/base.raw 1M
+ok qemu-img create -q -f qcow2 -b base.raw -F raw src/top.qcow2 1M
+ok imgtool bitmap --add src/top.qcow2 t
+qio -c 'write -P 4 0 64k' src/top.qcow2
+expect_status 1 imgtool commit --bitmaps src/top.qcow2
+expect_eq "$(err)" "imgtool: src/base.raw: format 'raw' cannot store bitmaps (commit without --bitmaps)"
+expect_eq "$(own_extents src/top.qcow2)" "0 65536" "top after a refused commit"
+same_dirty src/top.qcow2 t "0 65536"
+ok qemu-io -f raw -c 'read -P 0 0 1M' src/base.raw
+
+# --- Interrupted (SIGINT while the rate limit holds the copy back): exit
+# 130, the top untouched and reading as before, every file clean.
+new_case
+ok qemu-img create -q -f qcow2 src/base.qcow2 64M
+ok qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 src/top.qcow2 64M
+qio -c 'write -P 7 0 64M' src/top.qcow2
+cp -r src mine
+ok qemu-img convert -O raw src/top.qcow2 view-before.raw
+"$IMGTOOL" commit -r 1M mine/top.qcow2 >commit.out 2>commit.err &
+pid=$!
+# Wait until the copy runs: its worker threads exist.
+for _ in $(seq 200); do
+    [ "$(ls "/proc/$pid/task" 2>/dev/null | wc -l)" -gt 1 ] && break
+    sleep 0.05
+done
+kill -INT "$pid"
+rc=0
+wait "$pid" || rc=$?
+expect_eq "$rc" 130 "exit status after SIGINT"
+expect_eq "$(cat commit.err)" "imgtool: mine/top.qcow2: commit cancelled; mine/base.qcow2 holds part of the data, mine/top.qcow2 is unchanged"
+expect_eq "$(own_extents mine/top.qcow2)" "0 67108864" "top after an interrupted commit"
+reads_as_before mine/top.qcow2
+qemu_clean mine/top.qcow2
 qemu_clean mine/base.qcow2
 
 # --- Errors: one line naming the file, exit 1, nothing changed.

@@ -19,16 +19,21 @@ int qcow2_l1_init(struct qcow2_state *s, struct err *e)
     if (s->l1_size &&
         (ret = hostfile_pread(s->bs->file, s->l1_offset, s->l1, (size_t)s->l1_size * 8, e)) < 0)
         return ret;
+    /* check (BLK_OPEN_CHECK) validates the entries itself, as qemu-img
+     * check does, and never reads guest data through them. */
+    bool checking = s->bs->open_flags & BLK_OPEN_CHECK;
     for (uint32_t i = 0; i < s->l1_size; i++) {
         uint64_t v = be64_read(&s->l1[i]);
         uint64_t off = v & QCOW2_OFFSET_MASK;
+        s->l1[i] = v;
+        if (checking)
+            continue;
         if (off & (s->cluster_size - 1))
             return err_set(e, EINVAL, "%s: L2 table offset 0x%llx is not cluster aligned "
                            "(L1 index %u)", s->bs->filename, (unsigned long long)off, i);
         if (off && (off > file_size || s->cluster_size > file_size - off))
             return err_set(e, EINVAL, "%s: L2 table offset 0x%llx is past the end of the "
                            "file (L1 index %u)", s->bs->filename, (unsigned long long)off, i);
-        s->l1[i] = v;
     }
     return 0;
 }

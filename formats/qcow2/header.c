@@ -225,7 +225,12 @@ static int read_snapshots(struct qcow2_state *s, uint64_t file_size, struct err 
         if ((ret = hostfile_pread(s->bs->file, off, sn->id, id_len, e)) < 0 ||
             (ret = hostfile_pread(s->bs->file, off + id_len, sn->name, name_len, e)) < 0)
             return ret;
+        /* As QEMU counts it: up to the last name, without its padding. */
+        s->snapshots_size = off + id_len + name_len - s->snapshots_offset;
         off = align_up(off + id_len + name_len, 8);
+        /* check (BLK_OPEN_CHECK) reports bad snapshot L1 tables itself. */
+        if (s->bs->open_flags & BLK_OPEN_CHECK)
+            continue;
         if (sn->l1_size > QCOW2_MAX_L1_BYTES / 8)
             return err_set(e, EINVAL, "%s: snapshot %s: L1 table too large", s->bs->filename,
                            sn->id);
@@ -503,6 +508,19 @@ int qcow2_encode_header(struct qcow2_state *s, uint8_t *buf, struct err *e)
         memcpy(buf + pos, bs->backing_name, name_len);
     }
     return 0;
+}
+
+int qcow2_write_header_u64(struct qcow2_state *s, uint64_t offset, uint64_t value,
+                           struct err *e)
+{
+    uint8_t buf[8];
+    be64_write(buf, value);
+    int ret = qcow2_flush_metadata(s, e);
+    if (ret == 0)
+        ret = hostfile_pwrite(s->bs->file, offset, buf, 8, e);
+    if (ret == 0)
+        ret = hostfile_flush(s->bs->file, e);
+    return ret;
 }
 
 int qcow2_update_header(struct qcow2_state *s, struct err *e)

@@ -729,13 +729,7 @@ static int qcow2_flush(struct blockdev *bs, struct err *e)
 
 static int write_size_field(struct qcow2_state *s, uint64_t size, struct err *e)
 {
-    uint8_t buf[8];
-    be64_write(buf, size);
-    int ret = qcow2_flush_metadata(s, e);
-    if (ret == 0)
-        ret = hostfile_pwrite(s->bs->file, 24, buf, 8, e);
-    if (ret == 0)
-        ret = hostfile_flush(s->bs->file, e);
+    int ret = qcow2_write_header_u64(s, 24, size, e);
     if (ret == 0)
         s->size = s->bs->size = size;
     return ret;
@@ -1152,6 +1146,7 @@ const struct blockdrv blockdrv_qcow2 = {
     .make_empty = qcow2_make_empty,
     .pwrite_compressed = qcow2_pwrite_compressed,
     .write_alignment = qcow2_write_alignment,
+    .check = qcow2_check,
     .bitmaps_load = qcow2_bitmaps_load,
     .bitmaps_store = qcow2_bitmaps_store,
     .bitmap_check_new = qcow2_bitmap_check_new,

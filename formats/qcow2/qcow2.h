@@ -160,6 +160,7 @@ struct qcow2_state {
     uint32_t reftable_clusters;
     uint32_t nb_snapshots;
     uint64_t snapshots_offset;
+    uint64_t snapshots_size;    /* bytes of the snapshot table (its entries) */
     uint64_t incompatible, compatible, autoclear;
     uint32_t refcount_order;
     uint32_t header_length;
@@ -215,6 +216,10 @@ int qcow2_read_header(struct qcow2_state *s, struct err *e);
 /* Rewrite the header cluster from s (fields, extensions kept, backing
  * name) and flush it.  Lock held or single-threaded. */
 int qcow2_update_header(struct qcow2_state *s, struct err *e);
+/* Write one 64-bit header field at byte `offset` (size, incompatible
+ * features, ...) once all metadata is stable, and flush it. */
+int qcow2_write_header_u64(struct qcow2_state *s, uint64_t offset, uint64_t value,
+                           struct err *e);
 /* Encode a fresh header for create into buf (cluster_size bytes). */
 int qcow2_encode_header(struct qcow2_state *s, uint8_t *buf, struct err *e);
 void qcow2_free_header(struct qcow2_state *s);
@@ -260,6 +265,12 @@ int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len, st
 int qcow2_alloc_bytes(struct qcow2_state *s, uint64_t size, uint64_t *offset, struct err *e);
 /* Drop the reference(s) an L2 entry holds (normal, zero-alloc, compressed). */
 int qcow2_free_l2e_clusters(struct qcow2_state *s, uint64_t entry, struct err *e);
+
+/* --- check.c --- */
+/* blockdrv.check: verify refcounts against every reference, L1/L2 entries
+ * and OFLAG_COPIED as qemu-img check does; repair with BLK_CHECK_FIX_*. */
+int qcow2_check(struct blockdev *bs, struct blk_check_result *res, unsigned fix,
+                struct err *e);
 
 /* --- cluster.c --- */
 int qcow2_l1_init(struct qcow2_state *s, struct err *e);

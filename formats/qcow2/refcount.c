@@ -49,9 +49,15 @@ int qcow2_refcount_init(struct qcow2_state *s, struct err *e)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
     if ((ret = hostfile_pread(s->bs->file, s->reftable_offset, s->reftable, bytes, e)) < 0)
         return ret;
+    /* check (BLK_OPEN_CHECK) reports bad entries itself; the functions
+     * below refuse to use an unaligned refcount block. */
+    bool checking = s->bs->open_flags & BLK_OPEN_CHECK;
     for (uint64_t i = 0; i < s->reftable_entries; i++) {
         uint64_t v = be64_read(&s->reftable[i]);
         uint64_t off = v & ~511ull;
+        s->reftable[i] = off;
+        if (checking)
+            continue;
         if (off & (s->cluster_size - 1))
             return err_set(e, EINVAL, "%s: refcount block offset 0x%llx is not cluster "
                            "aligned (refcount table index %llu)", s->bs->filename,
@@ -60,8 +66,19 @@ int qcow2_refcount_init(struct qcow2_state *s, struct err *e)
             return err_set(e, EINVAL, "%s: refcount block offset 0x%llx is past the end of "
                            "the file (refcount table index %llu)", s->bs->filename,
                            (unsigned long long)off, (unsigned long long)i);
-        s->reftable[i] = off;
     }
+    return 0;
+}
+
+/* The refcount block for refcount table index rt, which must be cluster
+ * aligned (only a check open keeps unaligned entries). */
+static int refblock_offset(struct qcow2_state *s, uint64_t rt, uint64_t *offset, struct err *e)
+{
+    *offset = s->reftable[rt];
+    if (*offset & (s->cluster_size - 1))
+        return err_set(e, EIO, "%s: refcount block offset 0x%llx is not cluster aligned "
+                       "(refcount table index %llu); run 'imgtool check -r all'",
+                       s->bs->filename, (unsigned long long)*offset, (unsigned long long)rt);
     return 0;
 }
 
@@ -73,7 +90,11 @@ static int refblock_get(struct qcow2_state *s, uint64_t rt, uint8_t **block, str
     *block = NULL;
     if (rt >= s->reftable_entries || !s->reftable[rt])
         return 0;
-    return qcow2_cache_get(s, &s->rb_cache, s->reftable[rt], false, block, e);
+    uint64_t rb;
+    int ret = refblock_offset(s, rt, &rb, e);
+    if (ret < 0)
+        return ret;
+    return qcow2_cache_get(s, &s->rb_cache, rb, false, block, e);
 }
 
 int qcow2_get_refcount(struct qcow2_state *s, uint64_t index, uint64_t *refcount,
@@ -319,8 +340,9 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
         uint8_t *block;
         /* Creating the block may grow the refcount table: look up both
          * afterwards. */
-        if ((ret = ensure_refblock(s, rt, e)) < 0 ||
-            (ret = qcow2_cache_get(s, &s->rb_cache, s->reftable[rt], false, &block, e)) < 0)
+        uint64_t rb;
+        if ((ret = ensure_refblock(s, rt, e)) < 0 || (ret = refblock_offset(s, rt, &rb, e)) < 0 ||
+            (ret = qcow2_cache_get(s, &s->rb_cache, rb, false, &block, e)) < 0)
             return ret;
         for (; i <= end; i++) {
             uint64_t v = qcow2_refcount_entry_get(block, i & mask, s->refcount_order) +

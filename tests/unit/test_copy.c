@@ -744,6 +744,133 @@ static void test_base(void)
 }
 
 
+/* skip_identical, as rebase uses it: the source is the old backing chain,
+ * the target an image whose backing file is the new one.  Only the target
+ * clusters (64 KiB) whose contents differ are written, whole; zero runs in
+ * both are not read at all; what the ranges leave out (the image's own
+ * data) is neither read nor touched. */
+static void test_skip_identical(void)
+{
+    const uint64_t C = 64 * KiB, size = 16 * C;
+    struct blockdev *old = mem_open("old.mem", size, &mem_driver, MEM_ZERO);
+    struct blockdev *new = mem_open("new.mem", size, &mem_driver, MEM_ZERO);
+    mem_fill(old, 0 * C, C, 0x11);              /* 0: the same in both */
+    mem_fill(new, 0 * C, C, 0x11);
+    mem_fill(old, 1 * C, C, 0x12);              /* 1: one byte differs */
+    mem_fill(new, 1 * C, C, 0x12);
+    md(new)->data[1 * C + 100] = 0x13;
+    mem_fill(new, 2 * C, C, 0x22);              /* 2: zero in old, data in new */
+    mem_fill(new, 3 * C, C, 0);                 /* 3: zero, zero data in new */
+                                                /* 4: zero in both */
+    mem_fill(old, 5 * C, 4 * KiB, 0x55);        /* 5: 4 KiB of data in old */
+    mem_fill(old, 6 * C, C, 0);                 /* 6: zero data in old, data in new */
+    mem_fill(new, 6 * C, C, 0x66);
+    mem_fill(old, 7 * C, C, 0x70);              /* 7: the image's own cluster */
+    static const struct copy_range ranges[] = { { 0, 7 * 64 * KiB }, { 8 * 64 * KiB, 8 * 64 * KiB } };
+    for (unsigned in_flight = 1; in_flight <= 4; in_flight *= 4) {
+        struct blockdev *image = mem_open("image.mem", size, &mem_driver_compressing,
+                                          MEM_UNALLOCATED);
+        md(image)->align = (uint32_t)C;
+        image->backing = new;
+        mem_fill(image, 7 * C, C, 0x77);
+        md(old)->bytes_read = md(new)->bytes_read = 0;
+        struct copy_job job = {
+            .src = old, .dst = image, .length = size, .ranges = ranges, .nranges = 2,
+            .skip_identical = true, .buf_size = 128 * KiB, .max_in_flight = in_flight,
+        };
+        struct err e = { 0 };
+        CU_ASSERT_EQUAL(copy_run(&job, &e), 0);
+        /* Read from the old chain: clusters 0, 1 and 6, and the data of 5. */
+        CU_ASSERT_EQUAL(job.stats.bytes_read, 3 * C + 4 * KiB);
+        CU_ASSERT_EQUAL(md(old)->bytes_read, 3 * C + 4 * KiB);
+        /* Read from the image (through the new backing): 0 to 3, 5 and 6;
+         * cluster 4 and the second range, zero in both, not at all. */
+        CU_ASSERT_EQUAL(job.stats.bytes_compared, 6 * C);
+        CU_ASSERT_EQUAL(md(new)->bytes_read, 6 * C);
+        CU_ASSERT_EQUAL(job.stats.bytes_written, 2 * C);
+        CU_ASSERT_EQUAL(job.stats.bytes_zeroed, 2 * C);
+        CU_ASSERT_EQUAL(job.stats.bytes_skipped, 3 * C + 8 * C);
+        static const enum mem_state want[8] = {
+            MEM_UNALLOCATED, MEM_DATA, MEM_ZERO, MEM_UNALLOCATED,
+            MEM_UNALLOCATED, MEM_DATA, MEM_ZERO, MEM_DATA,
+        };
+        for (unsigned c = 0; c < 16; c++)
+            for (uint64_t u = c * C; u < (c + 1) * C; u += MEM_UNIT)
+                CU_ASSERT_EQUAL(md(image)->state[u / MEM_UNIT],
+                                c < 8 ? want[c] : MEM_UNALLOCATED);
+        /* The image now reads as the old chain did, except its own cluster. */
+        static uint8_t a[16 * 64 * KiB], b[16 * 64 * KiB];
+        CU_ASSERT_EQUAL(blk_pread(old, 0, a, size, &e), 0);
+        CU_ASSERT_EQUAL(blk_pread(image, 0, b, size, &e), 0);
+        CU_ASSERT_EQUAL(memcmp(a, b, 7 * C), 0);
+        CU_ASSERT_EQUAL(memcmp(a + 8 * C, b + 8 * C, 8 * C), 0);
+        CU_ASSERT_EQUAL(b[7 * C], 0x77);
+        mem_close(image);
+    }
+    /* It cannot be combined with options that skip the comparison. */
+    struct blockdev *image = mem_open("image.mem", size, &mem_driver_compressing, MEM_ZERO);
+    struct copy_job bad[] = {
+        { .src = old, .dst = image, .length = size, .skip_identical = true, .compress = true },
+        { .src = old, .dst = image, .length = size, .skip_identical = true,
+          .target_is_zero = true },
+        { .src = old, .dst = image, .length = size, .skip_identical = true,
+          .explicit_zeroes = true },
+    };
+    for (size_t i = 0; i < 3; i++) {
+        struct err e = { 0 };
+        CU_ASSERT_EQUAL(copy_run(&bad[i], &e), -EINVAL);
+        CU_ASSERT_STRING_EQUAL(e.msg, "skip_identical excludes compress, target_is_zero and "
+                               "explicit zeroes");
+    }
+    mem_close(image);
+    mem_close(new);
+    mem_close(old);
+}
+
+/* source_zero_past_end: a source shorter than the copy (or none) reads as
+ * zeroes past its end, so the target's data there is zeroed. */
+static void test_short_source(void)
+{
+    const uint64_t C = 64 * KiB, size = 16 * C;
+    struct blockdev *new = mem_open("new.mem", size, &mem_driver, MEM_ZERO);
+    mem_fill(new, 0, C, 0x33);
+    mem_fill(new, 12 * C, C, 0x33);
+    struct blockdev *old = mem_open("old.mem", 8 * C, &mem_driver, MEM_ZERO);
+    mem_fill(old, 0, C, 0x44);
+    for (int with_source = 1; with_source >= 0; with_source--) {
+        struct blockdev *image = mem_open("image.mem", size, &mem_driver_compressing,
+                                          MEM_UNALLOCATED);
+        md(image)->align = (uint32_t)C;
+        image->backing = new;
+        struct copy_job job = {
+            .src = with_source ? old : NULL, .source_zero_past_end = true, .dst = image,
+            .length = size, .skip_identical = true,
+        };
+        struct err e = { 0 };
+        CU_ASSERT_EQUAL(copy_run(&job, &e), 0);
+        CU_ASSERT_EQUAL(job.stats.bytes_read, with_source ? C : 0);
+        CU_ASSERT_EQUAL(job.stats.bytes_written, with_source ? C : 0);
+        CU_ASSERT_EQUAL(job.stats.bytes_zeroed, with_source ? C : 2 * C);
+        static uint8_t buf[16 * 64 * KiB];
+        CU_ASSERT_EQUAL(blk_pread(image, 0, buf, size, &e), 0);
+        CU_ASSERT_EQUAL(buf[0], with_source ? 0x44 : 0);
+        CU_ASSERT_TRUE(buffer_is_zero(buf + C, size - C));
+        mem_close(image);
+    }
+    /* Without the flag the range must lie inside a source. */
+    struct blockdev *image = mem_open("image.mem", size, &mem_driver, MEM_ZERO);
+    struct copy_job job = { .src = old, .dst = image, .length = size };
+    struct err e = { 0 };
+    CU_ASSERT_EQUAL(copy_run(&job, &e), -EINVAL);
+    CU_ASSERT_STRING_EQUAL(e.msg, "old.mem: copy range is beyond the end of the image");
+    job = (struct copy_job){ .dst = image, .length = size };
+    CU_ASSERT_EQUAL(copy_run(&job, &e), -EINVAL);
+    CU_ASSERT_STRING_EQUAL(e.msg, "no source to copy from");
+    mem_close(image);
+    mem_close(old);
+    mem_close(new);
+}
+
 /* Only the given ranges are copied; each is reported done once. */
 struct ranges_seen {
     unsigned count[8];
@@ -975,6 +1102,8 @@ UNIT_MAIN("copy",
           UNIT_TEST(test_compress_whole_clusters),
           UNIT_TEST(test_base),
           UNIT_TEST(test_ranges),
+          UNIT_TEST(test_skip_identical),
+          UNIT_TEST(test_short_source),
           UNIT_TEST(test_ranges_invalid),
           UNIT_TEST(test_speed),
           UNIT_TEST(test_error_ignore),
