@@ -35,7 +35,10 @@
  * Locking: `lock` protects all metadata (L1, caches, refcounts, header
  * fields).  Functions named *_locked or documented "lock held" expect the
  * caller to hold it.  Data I/O to clusters that are already allocated is
- * done outside the lock. */
+ * done outside the lock, and so is the data write of a run of new
+ * clusters: they are allocated (refcounts set) under the lock, written
+ * without it, and linked into the L2 table under it again, so that
+ * nothing refers to them before their data is written. */
 #ifndef IMGTOOL_QCOW2_H
 #define IMGTOOL_QCOW2_H
 
