@@ -744,6 +744,14 @@ int blk_get_info(struct blockdev *bs, struct prop **out, struct err *e)
         ret = err_set(e, ENOMEM, "out of memory");
         goto fail;
     }
+    /* The key order of qemu-img info --output=json, for scripts that
+     * compare the text. */
+    static const char *const qemu_order[] = {
+        "snapshots", "backing-filename-format", "virtual-size", "filename", "cluster-size",
+        "format", "actual-size", "format-specific", "full-backing-filename",
+        "backing-filename", "dirty-flag", NULL,
+    };
+    prop_reorder(info, qemu_order);
     *out = info;
     return 0;
 fail:

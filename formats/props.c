@@ -85,6 +85,35 @@ struct prop *prop_get(const struct prop *obj, const char *key)
     return NULL;
 }
 
+void prop_reorder(struct prop *obj, const char *const *order)
+{
+    struct prop *sorted = NULL, *tail = NULL;
+    for (const char *const *k = order; *k; k++) {
+        /* Unlink the child named *k, if any, and append it to `sorted`. */
+        for (struct prop **link = &obj->first; *link; link = &(*link)->next) {
+            struct prop *c = *link;
+            if (c->key && strcmp(c->key, *k) == 0) {
+                *link = c->next;
+                c->next = NULL;
+                if (tail)
+                    tail->next = c;
+                else
+                    sorted = c;
+                tail = c;
+                break;
+            }
+        }
+    }
+    if (!sorted)
+        return;
+    tail->next = obj->first;    /* the rest, in their old order */
+    obj->first = sorted;
+    struct prop *last = sorted;
+    while (last->next)
+        last = last->next;
+    obj->last = last;
+}
+
 bool prop_failed(const struct prop *p)
 {
     if (!p)

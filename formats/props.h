@@ -34,6 +34,9 @@ struct prop *prop_add_int(struct prop *parent, const char *key, int64_t value);
 struct prop *prop_add_uint(struct prop *parent, const char *key, uint64_t value);
 struct prop *prop_add_bool(struct prop *parent, const char *key, bool value);
 struct prop *prop_get(const struct prop *obj, const char *key);
+/* Reorder an object's children: the keys of `order` (NULL-terminated)
+ * first, in that order, then the others as they were. */
+void prop_reorder(struct prop *obj, const char *const *order);
 /* True if any allocation in the tree failed. */
 bool prop_failed(const struct prop *p);
 void prop_free(struct prop *p);

@@ -547,9 +547,38 @@ unlock:
     return ret;
 }
 
-/* Write one bitmap's data and table into new clusters.  Cluster ranges
- * that are all clean or all dirty get an all-zero / all-one table entry
- * instead of a data cluster.  On failure nothing stays allocated. */
+/* The bitmap table entry for the part [off, off + len) of the disk: 0 when
+ * it is all clean, all-ones when it is all dirty and `whole` (every bit of
+ * the data cluster is a granule of the disk: the tail bits of the last
+ * cluster must read as zero), else a new data cluster holding the bits. */
+static int write_data_cluster(struct qcow2_state *s, const struct hbitmap *hb, uint64_t off,
+                              uint64_t len, bool whole, uint8_t *buf, uint64_t *entry,
+                              struct err *e)
+{
+    *entry = 0;
+    if (hbitmap_next_dirty(hb, off, len) < 0)
+        return 0;
+    if (whole && hbitmap_next_clean(hb, off, len) < 0) {
+        *entry = TABLE_ALL_ONES;
+        return 0;
+    }
+    uint64_t data, used = hbitmap_serialization_size(hb, off, len);
+    int ret = qcow2_alloc_clusters(s, 1, &data, e);
+    if (ret < 0)
+        return ret;
+    hbitmap_serialize_part(hb, buf, off, len);
+    memset(buf + used, 0, s->cluster_size - used);
+    if ((ret = hostfile_pwrite(s->bs->file, data, buf, s->cluster_size, e)) < 0) {
+        struct err ignored = { 0 };
+        qcow2_free_clusters(s, data, s->cluster_size, &ignored);
+        return ret;
+    }
+    *entry = data;
+    return 0;
+}
+
+/* Write one bitmap's data and table into new clusters.  On failure
+ * nothing stays allocated. */
 static int write_bitmap(struct qcow2_state *s, const struct dirty_bitmap *bm,
                         struct bitmap_entry *en, uint8_t *buf, struct err *e)
 {
@@ -557,45 +586,26 @@ static int write_bitmap(struct qcow2_state *s, const struct dirty_bitmap *bm,
     uint64_t size = hbitmap_size(hb), cs = s->cluster_size;
     uint64_t limit = bytes_per_data_cluster(s, hbitmap_granularity(hb));
     uint32_t n = (uint32_t)table_entries(s, size, en->granularity_bits);
-    uint64_t table_bytes = align_up((uint64_t)n * 8, cs);
+    uint64_t table_bytes = align_up((uint64_t)n * 8, cs), table_offset = 0;
     uint8_t *table = calloc(1, table_bytes);
     if (!table)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
     int ret = 0;
-    uint32_t i;
-    for (i = 0; i < n; i++) {
-        uint64_t off = i * limit, len = min_u64(limit, size - off);
-        uint64_t v = 0, data;
-        if (hbitmap_next_dirty(hb, off, len) < 0) {
-            v = 0;
-        } else if (off + limit <= size && hbitmap_next_clean(hb, off, len) < 0) {
-            /* Only where every bit of the cluster is a granule of the disk:
-             * the tail bits of the last cluster must read as zero. */
-            v = TABLE_ALL_ONES;
-        } else {
-            if ((ret = qcow2_alloc_clusters(s, 1, &data, e)) < 0)
-                break;
-            uint64_t used = hbitmap_serialization_size(hb, off, len);
-            hbitmap_serialize_part(hb, buf, off, len);
-            memset(buf + used, 0, cs - used);
-            be64_write(table + (size_t)i * 8, data);
-            if ((ret = hostfile_pwrite(s->bs->file, data, buf, cs, e)) < 0) {
-                i++;
-                break;
-            }
-            continue;
-        }
-        be64_write(table + (size_t)i * 8, v);
+    for (uint32_t i = 0; ret == 0 && i < n; i++) {
+        uint64_t off = i * limit, v;
+        ret = write_data_cluster(s, hb, off, min_u64(limit, size - off), off + limit <= size,
+                                 buf, &v, e);
+        if (ret == 0)
+            be64_write(table + (size_t)i * 8, v);
     }
-    uint64_t table_offset = 0;
     if (ret == 0 && (ret = qcow2_alloc_clusters(s, table_bytes / cs, &table_offset, e)) == 0 &&
         (ret = hostfile_pwrite(s->bs->file, table_offset, table, table_bytes, e)) == 0) {
         en->table_offset = table_offset;
         en->table_size = n;
     } else {
         struct err ignored = { 0 };
-        for (uint32_t j = 0; j < i; j++) {
-            uint64_t data = be64_read(table + (size_t)j * 8) & TABLE_OFFSET;
+        for (uint32_t i = 0; i < n; i++) {
+            uint64_t data = be64_read(table + (size_t)i * 8) & TABLE_OFFSET;
             if (data)
                 qcow2_free_clusters(s, data, cs, &ignored);
         }
