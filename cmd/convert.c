@@ -186,6 +186,9 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     status = EXIT_OK;
     goto out;
 fail:
+    /* The new image is the user's target, whatever its name meanwhile. */
+    if (tmp_path)
+        err_replace(&e, tmp_path, dst_name);
     cmd_print_err(&e);
 out:
     blk_close(dst);

@@ -366,6 +366,7 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
         ret = hostfile_flush(f, e);
     hostfile_close(f);
     if (ret < 0) {
+        err_replace(e, tmp, p.filename);
         blk_create_abort(tmp, p.filename);
         free(tmp);
         return ret;

@@ -200,7 +200,7 @@ int blk_open(const char *filename, const char *format, unsigned flags,
              struct blockdev **out, struct err *e);
 void blk_close(struct blockdev *bs);
 /* Create an image whole or not at all: written to a temporary file next to
- * the target, flushed, then renamed. */
+ * the target, flushed, then renamed.  Error messages name the target. */
 int blk_create(const char *format, const struct blk_create_params *p, struct err *e);
 /* The same in steps, for commands that fill the new image before it may
  * appear: begin creates it under a temporary name in the target's

@@ -66,6 +66,26 @@ void err_clear(struct err *e)
     }
 }
 
+void err_replace(struct err *e, const char *from, const char *to)
+{
+    size_t from_len = strlen(from), to_len = strlen(to), n = 0;
+    if (!e || !from_len)
+        return;
+    char out[sizeof(e->msg)];
+    for (const char *p = e->msg; *p && n < sizeof(out) - 1;) {
+        if (strncmp(p, from, from_len) == 0) {
+            size_t take = to_len < sizeof(out) - 1 - n ? to_len : sizeof(out) - 1 - n;
+            memcpy(out + n, to, take);
+            n += take;
+            p += from_len;
+        } else {
+            out[n++] = *p++;
+        }
+    }
+    out[n] = '\0';
+    memcpy(e->msg, out, n + 1);
+}
+
 int parse_size(const char *s, uint64_t *out)
 {
     if (!s || !*s || *s == '-' || isspace((unsigned char)*s))

@@ -26,6 +26,9 @@ int err_errno(struct err *e, int errnum, const char *fmt, ...)
 void err_prefix(struct err *e, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void err_clear(struct err *e);
+/* Replace every occurrence of `from` in the message with `to` (a file
+ * built under a temporary name is reported by its final name). */
+void err_replace(struct err *e, const char *from, const char *to);
 
 static inline uint16_t be16_read(const void *p)
 {

@@ -46,4 +46,18 @@ cp --sparse=always ref.raw existing.raw
 expect_status 1 imgtool convert -n -c src.raw existing.raw
 expect_eq "$(err)" "imgtool: existing.raw: format 'raw' does not support compression"
 same_content -f raw -F raw ref.raw existing.raw
+
+# A new target is built under a temporary name; errors still name the
+# target.  A 1 MiB file size limit (SIGXFSZ ignored, so writes fail with
+# EFBIG) stops it while the data is copied (qcow2: the 200M disk fits in
+# a few small clusters of metadata at first) or while it is created (raw).
+limited() { (trap '' XFSZ; ulimit -f 1024; exec "$@"); }
+expect_status 1 limited "$IMGTOOL" convert -O qcow2 src.raw new.qcow2
+expect_match "$(err)" '^imgtool: new\.qcow2: write error at offset [0-9]+: File too large$'
+expect_status 1 limited "$IMGTOOL" convert -m 1 -O qcow2 -o cluster_size=512 src.raw new.qcow2
+expect_match "$(err)" '^imgtool: new\.qcow2: write error at offset [0-9]+: File too large$'
+expect_status 1 limited "$IMGTOOL" convert -O raw src.raw new.raw
+expect_eq "$(err)" "imgtool: new.raw: cannot resize to 209715200 bytes: File too large"
+checks=$((checks + 1))
+[ -z "$(ls -a | grep -E '^new\.')" ] || die "failed converts left files behind: $(ls -a | grep -E '^new\.')"
 passed

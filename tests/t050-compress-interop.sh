@@ -61,4 +61,41 @@ ok imgtool convert -c -O qcow2 src.raw default.qcow2
 expect_match "$(qemu-img info --output=json default.qcow2)" '"compression-type": "zlib"' \
     "default compression type"
 same_content -f raw -F qcow2 src.raw default.qcow2
+
+# Where compression stops paying: QEMU gives its compressor a cluster less
+# one byte, and zlib (deflate) only finishes with room to spare, so a
+# cluster whose raw deflate stream is cluster_size - 1 bytes or longer stays
+# uncompressed.  Four clusters of random bytes then zeroes, their streams
+# cluster_size - 3, - 2, - 1 and + 0 bytes long (zlib with QEMU's
+# parameters, from the same library).  imgtool must choose as QEMU does.
+need python3
+ok python3 - <<'PY'
+import random, zlib
+cs = 65536
+pool = random.Random(1).randbytes(cs)
+def deflated(d):
+    c = zlib.compressobj(6, zlib.DEFLATED, -12, 9)
+    return len(c.compress(d) + c.flush())
+out = b""
+for want in (cs - 3, cs - 2, cs - 1, cs):
+    k = next(k for k in range(cs - 300, cs) if deflated(pool[:k] + bytes(cs - k)) == want)
+    out += pool[:k] + bytes(cs - k)
+open("edge.raw", "wb").write(out)
+PY
+# The ranges (START+LENGTH) qemu-img map shows without a host offset: the
+# compressed clusters.
+compressed_ranges() {
+    qemu-img map -U --output=json "$1" | grep -v '"offset"' |
+        sed -n 's/.*"start": \([0-9]*\), "length": \([0-9]*\).*/\1+\2/p' | tr '\n' ' '
+}
+for type in zlib zstd; do
+    ok qemu-img convert -c -f raw -O qcow2 -o compression_type=$type edge.raw edge-qemu.qcow2
+    ok imgtool convert -c -f raw -O qcow2 -o compression_type=$type edge.raw edge-mine.qcow2
+    want=$(compressed_ranges edge-qemu.qcow2)
+    [ $type = zlib ] && expect_eq "$want" "0+131072 " "clusters qemu-img compresses ($type)"
+    expect_eq "$(compressed_ranges edge-mine.qcow2)" "$want" "clusters imgtool compresses ($type)"
+    same_content -f raw -F qcow2 edge.raw edge-mine.qcow2
+    qemu_clean edge-mine.qcow2
+    rm -f edge-qemu.qcow2 edge-mine.qcow2
+done
 passed

@@ -128,16 +128,32 @@ static int get_l2_table(struct qcow2_state *s, uint64_t off, uint8_t **table, st
     return qcow2_cache_get(s, &s->l2_cache, l2_off, false, table, e);
 }
 
-int qcow2_get_l2e(struct qcow2_state *s, uint64_t off, struct qcow2_l2e *l2e, struct err *e)
+int qcow2_get_l2e_run(struct qcow2_state *s, uint64_t off, uint64_t n, struct qcow2_l2e *l2e,
+                      struct err *e)
 {
+    uint64_t first = l2_index_of(s, off);
+    if (n > s->l2_entries - first)
+        return err_set(e, EIO, "%s: %llu L2 entries at guest offset 0x%llx cross an L2 table",
+                       s->bs->filename, (unsigned long long)n, (unsigned long long)off);
     uint8_t *table;
     int ret = get_l2_table(s, off, &table, e);
     if (ret < 0)
         return ret;
-    l2e->entry = l2e->bitmap = 0;
-    if (table)
-        *l2e = l2e_read(s, table, l2_index_of(s, off));
-    return validate_l2e(s, off, *l2e, e);
+    for (uint64_t k = 0; k < n; k++) {
+        if (table) {
+            l2e[k] = l2e_read(s, table, first + k);
+        } else {
+            l2e[k].entry = l2e[k].bitmap = 0;
+        }
+        if ((ret = validate_l2e(s, off + (k << s->cluster_bits), l2e[k], e)) < 0)
+            return ret;
+    }
+    return 0;
+}
+
+int qcow2_get_l2e(struct qcow2_state *s, uint64_t off, struct qcow2_l2e *l2e, struct err *e)
+{
+    return qcow2_get_l2e_run(s, off, 1, l2e, e);
 }
 
 static int write_l1_entry(struct qcow2_state *s, uint64_t i, struct err *e)
@@ -191,12 +207,16 @@ out:
     return ret;
 }
 
-int qcow2_set_l2e(struct qcow2_state *s, uint64_t off, struct qcow2_l2e l2e, struct err *e)
+int qcow2_set_l2e_run(struct qcow2_state *s, uint64_t off, uint64_t n,
+                      const struct qcow2_l2e *l2e, struct err *e)
 {
-    uint64_t i = l1_index_of(s, off);
+    uint64_t i = l1_index_of(s, off), first = l2_index_of(s, off);
     if (i >= s->l1_size)
         return err_set(e, EIO, "%s: guest offset 0x%llx is beyond the L1 table",
                        s->bs->filename, (unsigned long long)off);
+    if (n > s->l2_entries - first)
+        return err_set(e, EIO, "%s: %llu L2 entries at guest offset 0x%llx cross an L2 table",
+                       s->bs->filename, (unsigned long long)n, (unsigned long long)off);
     uint8_t *table;
     int ret;
     if ((s->l1[i] & QCOW2_OFFSET_MASK) && (s->l1[i] & QCOW2_OFLAG_COPIED))
@@ -205,9 +225,15 @@ int qcow2_set_l2e(struct qcow2_state *s, uint64_t off, struct qcow2_l2e l2e, str
         ret = allocate_l2_table(s, i, &table, e);
     if (ret < 0)
         return ret;
-    l2e_write(s, table, l2_index_of(s, off), l2e);
+    for (uint64_t k = 0; k < n; k++)
+        l2e_write(s, table, first + k, l2e[k]);
     qcow2_cache_mark_dirty(&s->l2_cache, table);
     return 0;
+}
+
+int qcow2_set_l2e(struct qcow2_state *s, uint64_t off, struct qcow2_l2e l2e, struct err *e)
+{
+    return qcow2_set_l2e_run(s, off, 1, &l2e, e);
 }
 
 int qcow2_map_run(struct qcow2_state *s, uint64_t off, uint64_t max, enum qcow2_sc_type *type,

@@ -53,11 +53,12 @@ static ssize_t zlib_compress(const void *src, size_t len, void *dst, size_t dst_
     strm.next_in = (Bytef *)src;
     strm.avail_in = (uInt)len;
     strm.next_out = dst;
-    /* Output that reaches dst_cap is not smaller than dst_cap: useless. */
     strm.avail_out = (uInt)min_u64(dst_cap, UINT_MAX);
     zret = deflate(&strm, Z_FINISH);
     ssize_t ret;
-    if (zret == Z_STREAM_END && strm.total_out < dst_cap)
+    /* Output that fills dst exactly comes back as Z_OK, not Z_STREAM_END:
+     * like QEMU, take that as not fitting. */
+    if (zret == Z_STREAM_END)
         ret = (ssize_t)strm.total_out;
     else if (zret == Z_STREAM_END || zret == Z_OK || zret == Z_BUF_ERROR)
         ret = -ENOSPC;      /* ran out of room: the data does not compress */
@@ -112,7 +113,7 @@ static ssize_t zstd_compress(const void *src, size_t len, void *dst, size_t dst_
             break;
         }
         if (left == 0 && in.pos == in.size) {
-            ret = out.pos < dst_cap ? (ssize_t)out.pos : -ENOSPC;
+            ret = (ssize_t)out.pos;
             break;
         }
         if (left > out.size - out.pos || out.pos == out.size) {

@@ -16,9 +16,11 @@ enum qcow2_compression_type {
 };
 
 /* Compress `len` bytes into dst (capacity dst_cap).  Returns the
- * compressed size, or -ENOSPC when it would not be smaller than dst_cap
- * (the caller then writes the cluster uncompressed), or another negative
- * errno with a message. */
+ * compressed size, or -ENOSPC when it does not fit in dst_cap (the caller
+ * then writes the cluster uncompressed), or another negative errno with a
+ * message.  As with QEMU's compressors, which get the same buffer: zlib
+ * output fits only with a byte to spare (deflate reports the end of the
+ * stream only while room is left), zstd output may fill dst_cap. */
 ssize_t qcow2_compress(enum qcow2_compression_type type, const void *src, size_t len,
                        void *dst, size_t dst_cap, struct err *e);
 

@@ -331,38 +331,201 @@ out:
     return ret;
 }
 
-static int write_buf(struct qcow2_state *s, uint64_t off, const uint8_t *data, uint64_t len,
+/* Write `len` bytes (at most one cluster) at guest `off` from position
+ * `pos` of iov through write_in_cluster, gathering them first when they
+ * span several iovec entries.  `part` has room for iovcnt entries. */
+static int write_partial(struct qcow2_state *s, uint64_t off, const struct iovec *iov,
+                         int iovcnt, size_t pos, uint64_t len, struct iovec *part,
+                         struct err *e)
+{
+    int n = iov_slice(iov, iovcnt, pos, len, part);
+    if (n == 1)
+        return write_in_cluster(s, off, part[0].iov_base, len, e);
+    uint8_t *buf = malloc(len);
+    if (!buf)
+        return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
+    size_t done = 0;
+    for (int i = 0; i < n; i++) {
+        memcpy(buf + done, part[i].iov_base, part[i].iov_len);
+        done += part[i].iov_len;
+    }
+    int ret = write_in_cluster(s, off, buf, len, e);
+    free(buf);
+    return ret;
+}
+
+/* Clusters one step of a write handles at most (bounds the entry arrays:
+ * 16 MiB of data with 64 KiB clusters). */
+#define WRITE_RUN_MAX 256
+
+/* Writing a whole cluster needs a new cluster unless it has one of its
+ * own (not compressed, not shared). */
+static bool needs_new_cluster(struct qcow2_l2e l2e)
+{
+    return (l2e.entry & QCOW2_OFLAG_COMPRESSED) || !(l2e.entry & QCOW2_OFFSET_MASK) ||
+           !(l2e.entry & QCOW2_OFLAG_COPIED);
+}
+
+/* The entry of a cluster written whole at `host`. */
+static struct qcow2_l2e data_l2e(const struct qcow2_state *s, uint64_t host)
+{
+    struct qcow2_l2e l2e = { host | QCOW2_OFLAG_COPIED,
+                             s->extended_l2 ? QCOW2_BITMAP_ALL_ALLOC : 0 };
+    return l2e;
+}
+
+/* The n clusters from guest `off`, ours at `host` on, were written whole
+ * in place: those whose entries said zero or unallocated (subclusters)
+ * read the data from now on (lock held).  An entry that no longer points
+ * at the cluster written (changed meanwhile) is left alone. */
+static int mark_written_in_place(struct qcow2_state *s, uint64_t off, uint64_t n,
+                                 uint64_t host, struct err *e)
+{
+    struct qcow2_l2e l2e[WRITE_RUN_MAX];
+    /* The data reaches the disk before the L2 table that marks it valid. */
+    int ret = qcow2_l2_depends_on_refblocks(s, e);
+    if (ret == 0)
+        ret = qcow2_get_l2e_run(s, off, n, l2e, e);
+    if (ret < 0)
+        return ret;
+    for (uint64_t k = 0; k < n; k++) {
+        uint64_t h = host + (k << s->cluster_bits);
+        if (!needs_new_cluster(l2e[k]) && (l2e[k].entry & QCOW2_OFFSET_MASK) == h)
+            l2e[k] = data_l2e(s, h);
+    }
+    return qcow2_set_l2e_run(s, off, n, l2e, e);
+}
+
+/* Give back n clusters from `host` that nothing refers to (a write that
+ * failed before linking them); a failure only leaks them. */
+static void unallocate_clusters(struct qcow2_state *s, uint64_t host, uint64_t n)
+{
+    struct err ignored = { 0 };
+    qcow2_free_clusters(s, host, n << s->cluster_bits, &ignored);
+}
+
+/* Point the entries of the n clusters from guest `off` at the new clusters
+ * from `host`, whose data is written, then drop the references the
+ * entries held (lock held).  The entries are read again here: they are
+ * what this write replaces, even if they changed while the data was
+ * written without the lock. */
+static int link_new_clusters(struct qcow2_state *s, uint64_t off, uint64_t n, uint64_t host,
+                             struct err *e)
+{
+    struct qcow2_l2e old[WRITE_RUN_MAX], l2e[WRITE_RUN_MAX];
+    for (uint64_t k = 0; k < n; k++)
+        l2e[k] = data_l2e(s, host + (k << s->cluster_bits));
+    /* Data and refcounts reach the disk before the L2 table that uses
+     * them (the next write of the L2 cache flushes first). */
+    int ret = qcow2_l2_depends_on_refblocks(s, e);
+    if (ret == 0)
+        ret = qcow2_get_l2e_run(s, off, n, old, e);
+    if (ret == 0)
+        ret = qcow2_set_l2e_run(s, off, n, l2e, e);
+    if (ret < 0) {
+        unallocate_clusters(s, host, n);    /* no entry was changed */
+        return ret;
+    }
+    for (uint64_t k = 0; k < n; k++)
+        if ((old[k].entry & (QCOW2_OFFSET_MASK | QCOW2_OFLAG_COMPRESSED)) &&
+            (ret = qcow2_free_l2e_clusters(s, old[k].entry, e)) < 0)
+            return ret;
+    return 0;
+}
+
+/* Write whole clusters at guest `off` (cluster aligned), at most `max` of
+ * them, from position `pos` of iov; *done is set to the number of
+ * clusters written.  One step handles a run of clusters of one L2 table
+ * that need the same treatment, with one data write:
+ *   - our own clusters at contiguous host offsets: written in place (then
+ *     the entries of those that read as zeroes are updated);
+ *   - clusters that need new ones: that many contiguous clusters are
+ *     allocated (refcounts set) under the lock, the data is written to
+ *     them without it, so that other requests go on meanwhile, then the L2
+ *     entries are linked under the lock (crash safe: nothing refers to the
+ *     new clusters until their data is written, and the L2 table reaches
+ *     the disk only after the data and the refcounts). */
+static int write_cluster_run(struct qcow2_state *s, uint64_t off, uint64_t max,
+                             const struct iovec *iov, int iovcnt, size_t pos,
+                             struct iovec *part, uint64_t *done, struct err *e)
+{
+    struct qcow2_l2e old[WRITE_RUN_MAX];
+    uint64_t n = min_u64(min_u64(max, WRITE_RUN_MAX), qcow2_l2_entries_left(s, off));
+    *done = 1;
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_get_l2e_run(s, off, n, old, e);
+    if (ret < 0)
+        goto unlock;
+    bool allocate = needs_new_cluster(old[0]);
+    uint64_t host = old[0].entry & QCOW2_OFFSET_MASK;
+    bool update = !allocate && !range_is_normal(s, old[0], 0, s->cluster_size);
+    uint64_t count = 1;
+    for (; count < n && needs_new_cluster(old[count]) == allocate; count++) {
+        if (allocate)
+            continue;
+        if ((old[count].entry & QCOW2_OFFSET_MASK) != host + (count << s->cluster_bits))
+            break;
+        update |= !range_is_normal(s, old[count], 0, s->cluster_size);
+    }
+    *done = count;
+    int nparts = iov_slice(iov, iovcnt, pos, count << s->cluster_bits, part);
+    if (allocate && (ret = qcow2_alloc_clusters(s, count, &host, e)) < 0)
+        goto unlock;
+    pthread_mutex_unlock(&s->lock);
+    ret = hostfile_pwritev(s->bs->file, host, part, nparts, e);
+    if (!allocate && (ret < 0 || !update))
+        return ret;
+    pthread_mutex_lock(&s->lock);
+    if (!allocate)
+        ret = mark_written_in_place(s, off, count, host, e);
+    else if (ret == 0)
+        ret = link_new_clusters(s, off, count, host, e);
+    else
+        unallocate_clusters(s, host, count);
+unlock:
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* Write guest bytes [off, off + size of iov): whole clusters in runs
+ * (write_cluster_run), partial ones through write_in_cluster. */
+static int write_iov(struct qcow2_state *s, uint64_t off, const struct iovec *iov, int iovcnt,
                      struct err *e)
 {
-    while (len) {
-        uint64_t n = min_u64(len, s->cluster_size - (off & (s->cluster_size - 1)));
-        int ret = write_in_cluster(s, off, data, n, e);
-        if (ret < 0)
-            return ret;
-        off += n;
-        data += n;
-        len -= n;
+    size_t len = iov_size(iov, iovcnt), pos = 0;
+    struct iovec *part = malloc(sizeof(*part) * (size_t)(iovcnt > 0 ? iovcnt : 1));
+    if (!part)
+        return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
+    uint64_t cs = s->cluster_size;
+    int ret = 0;
+    while (pos < len && ret == 0) {
+        uint64_t at = off + pos, in_cluster = at & (cs - 1);
+        uint64_t n = min_u64(len - pos, cs - in_cluster);
+        if (n < cs) {
+            ret = write_partial(s, at, iov, iovcnt, pos, n, part, e);
+        } else {
+            uint64_t clusters;
+            ret = write_cluster_run(s, at, (len - pos) >> s->cluster_bits, iov, iovcnt, pos,
+                                    part, &clusters, e);
+            n = clusters << s->cluster_bits;
+        }
+        pos += n;
     }
-    return 0;
+    free(part);
+    return ret;
+}
+
+static int write_buf(struct qcow2_state *s, uint64_t off, const void *data, uint64_t len,
+                     struct err *e)
+{
+    struct iovec iov = { .iov_base = (void *)data, .iov_len = len };
+    return write_iov(s, off, &iov, 1, e);
 }
 
 static int qcow2_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *iov,
                          int iovcnt, struct err *e)
 {
-    struct qcow2_state *s = bs->opaque;
-    if (iovcnt == 1)
-        return write_buf(s, off, iov[0].iov_base, iov[0].iov_len, e);
-    size_t len = iov_size(iov, iovcnt), pos = 0;
-    uint8_t *buf = malloc(len ? len : 1);
-    if (!buf)
-        return err_set(e, ENOMEM, "%s: out of memory", bs->filename);
-    for (int i = 0; i < iovcnt; i++) {
-        memcpy(buf + pos, iov[i].iov_base, iov[i].iov_len);
-        pos += iov[i].iov_len;
-    }
-    int ret = write_buf(s, off, buf, len, e);
-    free(buf);
-    return ret;
+    return write_iov(bs->opaque, off, iov, iovcnt, e);
 }
 
 /* Write real zeroes (when the metadata cannot express them). */
@@ -695,7 +858,10 @@ static int qcow2_pwrite_compressed(struct blockdev *bs, uint64_t off, const void
                           (unsigned long long)n);
             break;
         }
-        /* A short last cluster is compressed padded with zeroes, as QEMU. */
+        /* A short last cluster is compressed padded with zeroes, as QEMU.
+         * QEMU's room for the result is a byte short of a cluster: with
+         * the same room, the same clusters stay uncompressed (zlib output
+         * of cluster_size - 1 bytes does not fit, see qcow2_compress). */
         memcpy(in, src, n);
         memset(in + n, 0, s->cluster_size - n);
         ssize_t clen = qcow2_compress(s->compression_type, in, s->cluster_size, out,

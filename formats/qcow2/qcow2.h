@@ -281,6 +281,12 @@ uint64_t qcow2_l2e_host_offset(const struct qcow2_state *s, struct qcow2_l2e l2e
 int qcow2_get_l2e(struct qcow2_state *s, uint64_t off, struct qcow2_l2e *l2e, struct err *e);
 /* Set the L2 entry for `off`, allocating or copying-on-write the L2 table. */
 int qcow2_set_l2e(struct qcow2_state *s, uint64_t off, struct qcow2_l2e l2e, struct err *e);
+/* The same for the n clusters from `off` (cluster aligned), which must lie
+ * in one L2 table (see qcow2_l2_entries_left): one table lookup for all. */
+int qcow2_get_l2e_run(struct qcow2_state *s, uint64_t off, uint64_t n, struct qcow2_l2e *l2e,
+                      struct err *e);
+int qcow2_set_l2e_run(struct qcow2_state *s, uint64_t off, uint64_t n,
+                      const struct qcow2_l2e *l2e, struct err *e);
 /* A run starting at `off` (at most `max` bytes) of one subcluster type
  * with contiguous host offsets (host offset of `off` in *host). */
 int qcow2_map_run(struct qcow2_state *s, uint64_t off, uint64_t max, enum qcow2_sc_type *type,
@@ -295,6 +301,12 @@ static inline uint64_t qcow2_l1_coverage(const struct qcow2_state *s)
 static inline uint64_t qcow2_l1_entries_for(const struct qcow2_state *s, uint64_t size)
 {
     return div_round_up(size, qcow2_l1_coverage(s));
+}
+
+/* Clusters from the one holding guest `off` to the end of its L2 table. */
+static inline uint64_t qcow2_l2_entries_left(const struct qcow2_state *s, uint64_t off)
+{
+    return s->l2_entries - ((off >> s->cluster_bits) & (s->l2_entries - 1));
 }
 
 /* Start of the cluster that holds `offset`. */

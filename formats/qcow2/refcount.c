@@ -82,22 +82,30 @@ static int refblock_offset(struct qcow2_state *s, uint64_t rt, uint64_t *offset,
     return 0;
 }
 
+/* The cached refcount block for refcount table index rt, or *block = NULL
+ * when there is none (all of its clusters have refcount 0).  The pointer
+ * is valid until the next use of the refcount block cache. */
+static int refblock_get(struct qcow2_state *s, uint64_t rt, uint8_t **block, struct err *e)
+{
+    *block = NULL;
+    if (rt >= s->reftable_entries || !s->reftable[rt])
+        return 0;
+    uint64_t rb;
+    int ret = refblock_offset(s, rt, &rb, e);
+    if (ret < 0)
+        return ret;
+    return qcow2_cache_get(s, &s->rb_cache, rb, false, block, e);
+}
+
 int qcow2_get_refcount(struct qcow2_state *s, uint64_t index, uint64_t *refcount,
                        struct err *e)
 {
-    uint64_t rt = index >> s->rb_bits;
-    *refcount = 0;
-    if (rt >= s->reftable_entries || !s->reftable[rt])
-        return 0;
     uint8_t *block;
-    uint64_t rb;
-    int ret = refblock_offset(s, rt, &rb, e);
-    if (ret == 0)
-        ret = qcow2_cache_get(s, &s->rb_cache, rb, false, &block, e);
+    int ret = refblock_get(s, index >> s->rb_bits, &block, e);
     if (ret < 0)
         return ret;
-    *refcount = qcow2_refcount_entry_get(block, index & ((1ull << s->rb_bits) - 1),
-                                   s->refcount_order);
+    *refcount = block ? qcow2_refcount_entry_get(block, index & ((1ull << s->rb_bits) - 1),
+                                                 s->refcount_order) : 0;
     return 0;
 }
 
@@ -120,29 +128,39 @@ static int push_reserved(struct qcow2_state *s, uint64_t start, uint64_t count, 
     return 0;
 }
 
-/* First run of n free clusters at or after the hint. */
+/* First run of n free clusters at or after the hint, reading each
+ * refcount block once.  The hint moves to the first free cluster seen
+ * (counting reserved ones as free: they may be given back), so that the
+ * next search skips what is in use instead of scanning it again (QEMU's
+ * free_cluster_index). */
 static int find_free_clusters(struct qcow2_state *s, uint64_t n, uint64_t *start, struct err *e)
 {
     uint64_t limit = UINT64_MAX >> s->cluster_bits;
-    uint64_t run = 0;
-    for (uint64_t i = s->free_cluster_hint; i < limit; i++) {
-        uint64_t rc = 0;
-        int ret = 0;
-        if (!is_reserved(s, i) && i != 0)
-            ret = qcow2_get_refcount(s, i, &rc, e);
-        else
-            rc = 1;
+    uint64_t mask = (1ull << s->rb_bits) - 1;
+    uint64_t run = 0, first_free = 0;
+    for (uint64_t i = max_u64(s->free_cluster_hint, 1); i < limit;) {
+        uint64_t rt = i >> s->rb_bits;
+        uint64_t block_end = min_u64((rt + 1) << s->rb_bits, limit);
+        uint8_t *block;
+        int ret = refblock_get(s, rt, &block, e);
         if (ret < 0)
             return ret;
-        if (rc) {
-            run = 0;
-            continue;
-        }
-        if (++run == n) {
-            *start = i + 1 - n;
-            if (*start == s->free_cluster_hint)
-                s->free_cluster_hint = i + 1;
-            return 0;
+        for (; i < block_end; i++) {
+            if (block && qcow2_refcount_entry_get(block, i & mask, s->refcount_order)) {
+                run = 0;
+                continue;
+            }
+            if (!first_free)
+                first_free = i;
+            if (s->nb_reserved && is_reserved(s, i)) {
+                run = 0;
+                continue;
+            }
+            if (++run == n) {
+                *start = i + 1 - n;
+                s->free_cluster_hint = first_free == *start ? i + 1 : first_free;
+                return 0;
+            }
         }
     }
     return err_set(e, ENOSPC, "%s: no free clusters", s->bs->filename);
@@ -283,6 +301,18 @@ undo:
     return ret;
 }
 
+/* The refcount change of cluster i (old value `old`) is impossible. */
+static int refcount_change_error(struct qcow2_state *s, uint64_t i, int64_t delta, uint64_t old,
+                                 struct err *e)
+{
+    return err_set(e, EIO, "%s: refcount of cluster 0x%llx would %s (is %llu); run 'imgtool "
+                   "check -r all'", s->bs->filename, (unsigned long long)(i << s->cluster_bits),
+                   delta < 0 ? "drop below zero" : "overflow", (unsigned long long)old);
+}
+
+/* Clusters [first, last] in two passes over each refcount block: check
+ * that every refcount can take the change, then apply it (so a failure
+ * changes nothing), one cache lookup per block rather than per cluster. */
 int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, int64_t delta,
                           struct err *e)
 {
@@ -290,34 +320,42 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
         return 0;
     uint64_t first = offset >> s->cluster_bits;
     uint64_t last = (offset + len - 1) >> s->cluster_bits;
-    for (uint64_t i = first; i <= last; i++) {
-        uint64_t rt = i >> s->rb_bits;
-        int ret = ensure_refblock(s, rt, e);
-        if (ret < 0)
-            return ret;
+    uint64_t mask = (1ull << s->rb_bits) - 1;
+    uint64_t magnitude = delta < 0 ? -(uint64_t)delta : (uint64_t)delta;
+    int ret;
+    for (uint64_t i = first; i <= last;) {
+        uint64_t end = min_u64(last, i | mask);
         uint8_t *block;
+        if ((ret = refblock_get(s, i >> s->rb_bits, &block, e)) < 0)
+            return ret;
+        for (; i <= end; i++) {
+            uint64_t old = block ? qcow2_refcount_entry_get(block, i & mask,
+                                                            s->refcount_order) : 0;
+            if (delta < 0 ? old < magnitude : s->refcount_max - old < magnitude)
+                return refcount_change_error(s, i, delta, old, e);
+        }
+    }
+    for (uint64_t i = first; i <= last;) {
+        uint64_t rt = i >> s->rb_bits, end = min_u64(last, i | mask);
+        uint8_t *block;
+        /* Creating the block may grow the refcount table: look up both
+         * afterwards. */
         uint64_t rb;
-        if ((ret = refblock_offset(s, rt, &rb, e)) < 0 ||
+        if ((ret = ensure_refblock(s, rt, e)) < 0 || (ret = refblock_offset(s, rt, &rb, e)) < 0 ||
             (ret = qcow2_cache_get(s, &s->rb_cache, rb, false, &block, e)) < 0)
             return ret;
-        uint64_t idx = i & ((1ull << s->rb_bits) - 1);
-        uint64_t old = qcow2_refcount_entry_get(block, idx, s->refcount_order);
-        if ((delta < 0 && old < (uint64_t)-delta) ||
-            (delta > 0 && s->refcount_max - old < (uint64_t)delta))
-            return err_set(e, EIO, "%s: refcount of cluster 0x%llx would %s (is %llu); "
-                           "run 'imgtool check -r all'", s->bs->filename,
-                           (unsigned long long)(i << s->cluster_bits),
-                           delta < 0 ? "drop below zero" : "overflow",
-                           (unsigned long long)old);
-        uint64_t v = old + (uint64_t)delta;
-        qcow2_refcount_entry_set(block, idx, s->refcount_order, v);
-        qcow2_cache_mark_dirty(&s->rb_cache, block);
-        if (v == 0) {
-            if (i < s->free_cluster_hint)
-                s->free_cluster_hint = i;
-            if (s->free_byte_offset && (s->free_byte_offset >> s->cluster_bits) == i)
-                s->free_byte_offset = 0;
+        for (; i <= end; i++) {
+            uint64_t v = qcow2_refcount_entry_get(block, i & mask, s->refcount_order) +
+                         (uint64_t)delta;
+            qcow2_refcount_entry_set(block, i & mask, s->refcount_order, v);
+            if (v == 0) {
+                if (i < s->free_cluster_hint)
+                    s->free_cluster_hint = i;
+                if (s->free_byte_offset && (s->free_byte_offset >> s->cluster_bits) == i)
+                    s->free_byte_offset = 0;
+            }
         }
+        qcow2_cache_mark_dirty(&s->rb_cache, block);
     }
     return 0;
 }

@@ -80,7 +80,7 @@ static void test_all_zero_cluster(void)
 }
 
 /* Random data does not get smaller: -ENOSPC, no message needed, and the
- * same when the room is just one byte short of what would be needed. */
+ * same when the room is just one byte short of what is needed. */
 static void test_incompressible(void)
 {
     for (size_t t = 0; t < 2; t++) {
@@ -96,9 +96,12 @@ static void test_incompressible(void)
         fill_text(src + sizeof(src) / 2, sizeof(src) / 2);
         ssize_t n = qcow2_compress(types[t], src, sizeof(src), comp, sizeof(comp), &e);
         CU_ASSERT_FATAL(n > 0);
-        CU_ASSERT_EQUAL(qcow2_compress(types[t], src, sizeof(src), comp, (size_t)n, &e),
+        /* The room needed: zlib needs a byte to spare, zstd does not (as
+         * with QEMU's compressors). */
+        size_t need = (size_t)n + (types[t] == QCOW2_COMPRESSION_ZLIB);
+        CU_ASSERT_EQUAL(qcow2_compress(types[t], src, sizeof(src), comp, need - 1, &e),
                         -ENOSPC);
-        CU_ASSERT_EQUAL(qcow2_compress(types[t], src, sizeof(src), comp, (size_t)n + 1, &e), n);
+        CU_ASSERT_EQUAL(qcow2_compress(types[t], src, sizeof(src), comp, need, &e), n);
     }
 }
 

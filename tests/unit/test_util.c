@@ -85,6 +85,20 @@ static void test_err(void)
     CU_ASSERT_EQUAL(err_errno(&e, ENOENT, "a"), -ENOENT);
     CU_ASSERT_STRING_EQUAL(e.msg, "a: No such file or directory");
     CU_ASSERT_EQUAL(err_set(NULL, -EIO, "ignored"), -EIO);
+    err_set(&e, EFBIG, "x.img.tmp-1: write error at x.img.tmp-1+%d: File too large", 5);
+    err_replace(&e, "x.img.tmp-1", "x.img");
+    CU_ASSERT_STRING_EQUAL(e.msg, "x.img: write error at x.img+5: File too large");
+    CU_ASSERT_EQUAL(e.code, EFBIG);
+    err_replace(&e, "absent", "y");
+    err_replace(&e, "", "y");
+    CU_ASSERT_STRING_EQUAL(e.msg, "x.img: write error at x.img+5: File too large");
+    /* A longer name that does not fit is cut at the end of the message. */
+    char longer[sizeof(e.msg)];
+    memset(longer, 'n', sizeof(longer) - 1);
+    longer[sizeof(longer) - 1] = '\0';
+    err_replace(&e, "x.img", longer);
+    CU_ASSERT_EQUAL(strlen(e.msg), sizeof(e.msg) - 1);
+    CU_ASSERT_EQUAL(strspn(e.msg, "n"), sizeof(e.msg) - 1);
 }
 
 static void test_kvopts(void)
