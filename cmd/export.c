@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cmd/commands.h"
+#include "cmd/job-progress.h"
 #include "cmd/signals.h"
 #include "mirror/job.h"
 
@@ -40,23 +41,9 @@ static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
 static void on_event(void *opaque, const struct mirror_event *ev)
 {
     struct export_cli *c = opaque;
-    switch (ev->type) {
-    case MIRROR_EVENT_STARTED:
-        progress_init(&c->bar, c->want_bar, ev->total);
-        break;
-    case MIRROR_EVENT_PROGRESS:
-        progress_update(&c->bar, ev->done);
-        break;
-    case MIRROR_EVENT_READY:
-        progress_finish(&c->bar);
-        c->bar.enabled = false;
-        break;
-    case MIRROR_EVENT_COMPLETED:
+    job_progress_event(&c->bar, c->want_bar, ev);
+    if (ev->type == MIRROR_EVENT_COMPLETED)
         c->stats = *ev->stats;
-        break;
-    default:
-        break;
-    }
 }
 
 /* The backup and its backing files, newest first. */
