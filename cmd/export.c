@@ -81,10 +81,7 @@ static void print_summary(const struct mirror_params *p, const char *sync_name,
         prop_add_string(o, "bitmap", p->bitmap);
     if (p->checkpoint)
         prop_add_string(o, "checkpoint", p->checkpoint);
-    prop_add_uint(o, "bytes-read", st->bytes_read);
-    prop_add_uint(o, "bytes-written", st->bytes_written);
-    prop_add_uint(o, "bytes-zeroed", st->bytes_zeroed);
-    prop_add_uint(o, "bytes-skipped", st->bytes_skipped);
+    cmd_add_copy_stats(o, st);
     prop_add_uint(o, "milliseconds", (uint64_t)(secs * 1000));
     struct prop *chain = chain_of(p->target);
     if (chain) {
