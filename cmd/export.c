@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cmd/commands.h"
+#include "cmd/job-progress.h"
 #include "cmd/signals.h"
 #include "mirror/job.h"
 
@@ -40,23 +41,9 @@ static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
 static void on_event(void *opaque, const struct mirror_event *ev)
 {
     struct export_cli *c = opaque;
-    switch (ev->type) {
-    case MIRROR_EVENT_STARTED:
-        progress_init(&c->bar, c->want_bar, ev->total);
-        break;
-    case MIRROR_EVENT_PROGRESS:
-        progress_update(&c->bar, ev->done);
-        break;
-    case MIRROR_EVENT_READY:
-        progress_finish(&c->bar);
-        c->bar.enabled = false;
-        break;
-    case MIRROR_EVENT_COMPLETED:
+    job_progress_event(&c->bar, c->want_bar, ev);
+    if (ev->type == MIRROR_EVENT_COMPLETED)
         c->stats = *ev->stats;
-        break;
-    default:
-        break;
-    }
 }
 
 /* The backup and its backing files, newest first. */
@@ -94,10 +81,7 @@ static void print_summary(const struct mirror_params *p, const char *sync_name,
         prop_add_string(o, "bitmap", p->bitmap);
     if (p->checkpoint)
         prop_add_string(o, "checkpoint", p->checkpoint);
-    prop_add_uint(o, "bytes-read", st->bytes_read);
-    prop_add_uint(o, "bytes-written", st->bytes_written);
-    prop_add_uint(o, "bytes-zeroed", st->bytes_zeroed);
-    prop_add_uint(o, "bytes-skipped", st->bytes_skipped);
+    cmd_add_copy_stats(o, st);
     prop_add_uint(o, "milliseconds", (uint64_t)(secs * 1000));
     struct prop *chain = chain_of(p->target);
     if (chain) {

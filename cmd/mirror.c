@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "cmd/commands.h"
+#include "cmd/job-progress.h"
 #include "cmd/signals.h"
 #include "mirror/job.h"
 
@@ -96,17 +97,8 @@ static void on_event(void *opaque, const struct mirror_event *ev)
         print_json_event(c, ev);
         return;
     }
+    job_progress_event(&c->bar, c->want_bar, ev);
     switch (ev->type) {
-    case MIRROR_EVENT_STARTED:
-        progress_init(&c->bar, c->want_bar, ev->total);
-        break;
-    case MIRROR_EVENT_PROGRESS:
-        progress_update(&c->bar, ev->done);
-        break;
-    case MIRROR_EVENT_READY:
-        progress_finish(&c->bar);
-        c->bar.enabled = false;
-        break;
     case MIRROR_EVENT_COMPLETED:
         if (!c->quiet) {
             char human[32];

@@ -209,6 +209,21 @@ expect_eq "$(err)" "imgtool: top.qcow2: an image cannot be its own backing file"
 ok imgtool create -q -f raw src/plain.raw 1M
 expect_status 1 imgtool rebase -b base.qcow2 src/plain.raw
 expect_eq "$(err)" "imgtool: src/plain.raw: format 'raw' has no backing file"
+# A backing file another process writes is read only with -U.
+qemu-io -f qcow2 -c 'sleep 20000' src/mid.qcow2 >/dev/null 2>&1 &
+holder=$!
+for _ in $(seq 100); do
+    qemu-img info src/mid.qcow2 >/dev/null 2>&1 || break
+    sleep 0.1
+done
+expect_status 1 imgtool rebase -b base.qcow2 -F qcow2 src/top.qcow2
+expect_match "$(err)" '^imgtool: src/top.qcow2: cannot open old backing file: src/mid.qcow2: failed to get shared "write" lock'
+ok cmp src/top.qcow2 top-before.qcow2
+cp -r src forced
+ok imgtool rebase -U -b base.qcow2 -F qcow2 forced/top.qcow2
+same_content forced/top.qcow2 src/top.qcow2
+expect_match "$(qemu-img info forced/top.qcow2)" $'\nbacking file: base.qcow2 '
+kill "$holder"; wait "$holder" 2>/dev/null
 mv src/mid.qcow2 src/mid.moved
 expect_status 1 imgtool rebase -b base.qcow2 -F qcow2 src/top.qcow2
 expect_eq "$(err)" "imgtool: src/top.qcow2: cannot open old backing file: src/mid.qcow2: cannot open: No such file or directory"
