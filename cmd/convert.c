@@ -142,6 +142,8 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     if (blk_open(open_name, no_create ? dst_fmt : (dst_fmt ? dst_fmt : "raw"), dflags, &dst,
                  &e) < 0)
         goto fail;
+    if (tmp_path)
+        blk_defer_flushes(dst, true);   /* nobody sees it until the rename */
     if (dst->size < src->size) {
         err_set(&e, EINVAL, "%s: target is smaller (%" PRIu64 " bytes) than the source "
                 "(%" PRIu64 " bytes); resize it first", dst_name, dst->size, src->size);
@@ -161,6 +163,7 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     };
     ret = copy_run(&job, &e);
     progress_finish(&bar);
+    blk_defer_flushes(dst, false);
     if (ret == 0)
         ret = blk_flush(dst, &e);
     /* After the data, so that copying it does not dirty them. */

@@ -518,6 +518,11 @@ int blk_flush(struct blockdev *bs, struct err *e)
     return bs->drv->flush(bs, e);
 }
 
+void blk_defer_flushes(struct blockdev *bs, bool defer)
+{
+    hostfile_defer_flushes(bs->file, defer);
+}
+
 int blk_truncate(struct blockdev *bs, uint64_t size, struct err *e)
 {
     int ret = check_writable(bs, e);

@@ -223,6 +223,12 @@ int blk_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned f
                      struct err *e);
 int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e);
 int blk_flush(struct blockdev *bs, struct err *e);
+/* For an image still under its temporary name (blk_create_begin): skip the
+ * flushes that order metadata writes, as qemu-img's default cache=unsafe
+ * does for every target; a crash then leaves only a temporary file that
+ * nobody opens.  Call blk_defer_flushes(bs, false) and blk_flush before
+ * blk_create_commit so that the image is durable when it appears. */
+void blk_defer_flushes(struct blockdev *bs, bool defer);
 int blk_truncate(struct blockdev *bs, uint64_t size, struct err *e);
 uint32_t blk_write_alignment(struct blockdev *bs);
 /* Deallocate everything (blockdrv.make_empty): the image then reads as

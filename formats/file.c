@@ -290,9 +290,16 @@ int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, 
 
 int hostfile_flush(struct hostfile *f, struct err *e)
 {
+    if (f->flush_deferred)
+        return 0;
     if (fdatasync(f->fd) < 0 || (f->fd_buffered >= 0 && fdatasync(f->fd_buffered) < 0))
         return err_errno(e, errno, "%s: flush failed", f->path);
     return 0;
+}
+
+void hostfile_defer_flushes(struct hostfile *f, bool defer)
+{
+    f->flush_deferred = defer;
 }
 
 int hostfile_size(struct hostfile *f, uint64_t *size, struct err *e)

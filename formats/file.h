@@ -44,6 +44,10 @@ struct hostfile {
     unsigned perm;      /* permissions we hold (locked at 100 + bit) */
     unsigned shared;    /* permissions we let others hold */
     bool locked;
+    /* A new image still under its temporary name: the flushes that order
+     * metadata writes are skipped (a crash leaves nothing anyone opens);
+     * the final flush comes after hostfile_defer_flushes(f, false). */
+    bool flush_deferred;
 };
 
 int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struct err *e);
@@ -58,6 +62,7 @@ int hostfile_pwrite(struct hostfile *f, uint64_t off, const void *buf, size_t le
 int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, int iovcnt,
                      struct err *e);
 int hostfile_flush(struct hostfile *f, struct err *e);
+void hostfile_defer_flushes(struct hostfile *f, bool defer);
 int hostfile_size(struct hostfile *f, uint64_t *size, struct err *e);
 /* Bytes the file occupies on disk (st_blocks * 512). */
 int hostfile_allocated_size(struct hostfile *f, uint64_t *size, struct err *e);

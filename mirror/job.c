@@ -226,9 +226,12 @@ static int create_target(struct mirror_job *job, struct err *e)
     if (ret < 0)
         return ret;
     ret = blk_open(job->tmp_path, fmt, BLK_OPEN_RDWR, &job->dst, e);
-    if (ret < 0)
+    if (ret < 0) {
         err_prefix(e, "%s: ", p->target);
-    return ret;
+        return ret;
+    }
+    blk_defer_flushes(job->dst, true);  /* nobody sees it until the rename */
+    return 0;
 }
 
 static int open_existing_target(struct mirror_job *job, struct err *e)
@@ -434,6 +437,7 @@ static int run_copy(struct mirror_job *job, struct err *e)
     };
     int ret = copy_run(&cj, e);
     job->stats = cj.stats;
+    blk_defer_flushes(job->dst, false);
     if (ret == 0)
         ret = blk_flush(job->dst, e);
     return ret;
