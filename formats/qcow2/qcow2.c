@@ -10,7 +10,8 @@
 #include "formats/qcow2/qcow2-bitmap.h"
 
 #define QCOW2_L2_CACHE_BYTES    (8u << 20)  /* default L2 cache size */
-#define QCOW2_L2_CACHE_MAX      64
+#define QCOW2_L2_CACHE_MAX      64  /* tables, unless IMGTOOL_L2_CACHE_SIZE says more */
+#define QCOW2_L2_CACHE_LIMIT    1024    /* tables at most: the cache is searched linearly */
 #define QCOW2_RB_CACHE_ENTRIES  8
 
 static int qcow2_probe(const uint8_t *buf, size_t len)
@@ -32,6 +33,26 @@ static void free_state(struct qcow2_state *s)
     free(s->reftable);
     pthread_mutex_destroy(&s->lock);
     free(s);
+}
+
+/* How many L2 tables to cache: QCOW2_L2_CACHE_BYTES' worth (4..64 tables),
+ * or what the environment variable IMGTOOL_L2_CACHE_SIZE asks for (bytes,
+ * with the usual suffixes; 4..1024 tables), as QEMU's l2-cache-size option
+ * sizes its cache.  Each cached table covers cluster_size / 8 clusters. */
+static int l2_cache_tables(struct blockdev *bs, uint32_t cluster_size, size_t *count,
+                           struct err *e)
+{
+    const char *env = getenv("IMGTOOL_L2_CACHE_SIZE");
+    uint64_t bytes = QCOW2_L2_CACHE_BYTES, max = QCOW2_L2_CACHE_MAX;
+    if (env && *env) {
+        if (parse_size(env, &bytes) < 0)
+            return err_set(e, EINVAL, "%s: IMGTOOL_L2_CACHE_SIZE='%s' is not a size (use e.g. "
+                           "4M)", bs->filename, env);
+        max = QCOW2_L2_CACHE_LIMIT;
+    }
+    uint64_t n = bytes / cluster_size;
+    *count = (size_t)(n < 4 ? 4 : n > max ? max : n);
+    return 0;
 }
 
 static int open_state(struct blockdev *bs, struct qcow2_state **out, struct err *e)
@@ -58,8 +79,9 @@ static int open_state(struct blockdev *bs, struct qcow2_state **out, struct err 
                       "-r all', or open it read-only", bs->filename);
         goto fail;
     }
-    size_t l2_count = QCOW2_L2_CACHE_BYTES / s->cluster_size;
-    l2_count = l2_count < 4 ? 4 : l2_count > QCOW2_L2_CACHE_MAX ? QCOW2_L2_CACHE_MAX : l2_count;
+    size_t l2_count = 0;
+    if ((ret = l2_cache_tables(bs, s->cluster_size, &l2_count, e)) < 0)
+        goto fail;
     if ((ret = qcow2_refcount_init(s, e)) < 0 || (ret = qcow2_l1_init(s, e)) < 0)
         goto fail;
     if (qcow2_cache_init(&s->l2_cache, l2_count, s->cluster_size, true) < 0 ||
