@@ -65,6 +65,9 @@ void cmd_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 int cmd_parse_output(struct cmdline *cl, const char *s, enum output_mode *mode);
 int cmd_parse_size_arg(struct cmdline *cl, const char *what, const char *s, uint64_t *out);
+/* --buf-size of the commands that copy: a multiple of 512 from 4k to 256M.
+ * Returns -1 to go on, or the exit status of a usage error. */
+int cmd_parse_buf_size(struct cmdline *cl, const char *s, size_t *out);
 
 /* Render a property tree as JSON (4-space indentation like qemu-img). */
 void json_print(FILE *out, const struct prop *p, int indent);

@@ -157,6 +157,18 @@ int cmd_parse_size_arg(struct cmdline *cl, const char *what, const char *s, uint
     return -1;
 }
 
+int cmd_parse_buf_size(struct cmdline *cl, const char *s, size_t *out)
+{
+    uint64_t v;
+    int status = cmd_parse_size_arg(cl, "buffer size", s, &v);
+    if (status >= 0)
+        return status;
+    if (v < 4096 || v > (256u << 20) || v % 512)
+        return cmd_usage_error(cl, "--buf-size must be a multiple of 512 between 4k and 256M");
+    *out = (size_t)v;
+    return -1;
+}
+
 unsigned cmd_open_flags(bool writable, bool force_share, const char *cache, struct err *e,
                         int *ret)
 {

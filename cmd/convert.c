@@ -79,17 +79,12 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     struct err e = { 0 };
     char *tmp_path = NULL;
     const char *src_name = NULL, *dst_name = NULL;
-    uint64_t buf_size = 0;
+    size_t buf_size = 0;
     int status = cmd_parse(&cl, cmd, argc, argv, options, 2, 2, on_option, &a);
     if (status >= 0)
         goto out;
-    if (buf_size_s && (status = cmd_parse_size_arg(&cl, "buffer size", buf_size_s,
-                                                   &buf_size)) >= 0)
+    if (buf_size_s && (status = cmd_parse_buf_size(&cl, buf_size_s, &buf_size)) >= 0)
         goto out;
-    if (buf_size_s && (buf_size < 4096 || buf_size > (256u << 20) || buf_size % 512)) {
-        status = cmd_usage_error(&cl, "--buf-size must be a multiple of 512 between 4k and 256M");
-        goto out;
-    }
     if (max_in_flight < 1 || max_in_flight > COPY_MAX_IN_FLIGHT) {
         status = cmd_usage_error(&cl, "--max-in-flight must be between 1 and %d",
                                  COPY_MAX_IN_FLIGHT);

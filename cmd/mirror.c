@@ -242,17 +242,9 @@ int cmd_mirror(const struct command *cmd, int argc, const char **argv)
             goto out;
         proto.speed = v;
     }
-    if (buf_size_s) {
-        if ((status = cmd_parse_size_arg(&cl, "buffer size", buf_size_s, &v)) >= 0)
-            goto out;
-        if (v < 4096 || v > (256u << 20) || v % 512) {
-            status = cmd_usage_error(&cl, "--buf-size must be a multiple of 512 between 4k "
-                                     "and 256M");
-            goto out;
-        }
-        proto.buf_size = (size_t)v;
-    }
-    if (max_in_flight < 0 || max_in_flight > 64) {
+    if (buf_size_s && (status = cmd_parse_buf_size(&cl, buf_size_s, &proto.buf_size)) >= 0)
+        goto out;
+    if (max_in_flight < 0 || max_in_flight > COPY_MAX_IN_FLIGHT) {
         status = cmd_usage_error(&cl, "--max-in-flight must be between 1 and 64");
         goto out;
     }
