@@ -8,39 +8,38 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void err_vformat(struct err *e, const char *fmt, va_list ap)
+/* Record an error (errnum of either sign) and return -errnum. */
+static int err_vset(struct err *e, int errnum, const char *fmt, va_list ap)
 {
-    vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+    if (errnum < 0)
+        errnum = -errnum;
+    if (e) {
+        vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+        e->code = errnum;
+    }
+    return -errnum;
 }
 
 int err_set(struct err *e, int errnum, const char *fmt, ...)
 {
-    if (errnum < 0)
-        errnum = -errnum;
-    if (e) {
-        va_list ap;
-        va_start(ap, fmt);
-        err_vformat(e, fmt, ap);
-        va_end(ap);
-        e->code = errnum;
-    }
-    return -errnum;
+    va_list ap;
+    va_start(ap, fmt);
+    int ret = err_vset(e, errnum, fmt, ap);
+    va_end(ap);
+    return ret;
 }
 
 int err_errno(struct err *e, int errnum, const char *fmt, ...)
 {
-    if (errnum < 0)
-        errnum = -errnum;
+    va_list ap;
+    va_start(ap, fmt);
+    int ret = err_vset(e, errnum, fmt, ap);
+    va_end(ap);
     if (e) {
-        va_list ap;
-        va_start(ap, fmt);
-        err_vformat(e, fmt, ap);
-        va_end(ap);
         size_t n = strlen(e->msg);
-        snprintf(e->msg + n, sizeof(e->msg) - n, ": %s", strerror(errnum));
-        e->code = errnum;
+        snprintf(e->msg + n, sizeof(e->msg) - n, ": %s", strerror(-ret));
     }
-    return -errnum;
+    return ret;
 }
 
 void err_prefix(struct err *e, const char *fmt, ...)
