@@ -823,6 +823,23 @@ static int qcow2_truncate(struct blockdev *bs, uint64_t size, struct err *e)
     return ret;
 }
 
+/* A data run whose clusters lie in a hole of the host file reads as
+ * zeroes (metadata preallocation, or data punched out underneath): ask
+ * the file, as QEMU's block layer asks the protocol node, and report
+ * ZERO there, the run cut where the file's data/hole status changes. */
+static int add_host_file_status(struct blockdev *bs, struct blk_extent *ext, struct err *e)
+{
+    bool is_data;
+    uint64_t run;
+    int ret = hostfile_data_status(bs->file, ext->host_offset, ext->length, &is_data, &run, e);
+    if (ret < 0)
+        return ret;
+    ext->length = run;
+    if (!is_data)
+        ext->flags |= BLK_STATUS_ZERO;
+    return 0;
+}
+
 static int qcow2_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
                               struct blk_extent *ext, struct err *e)
 {
@@ -858,6 +875,8 @@ static int qcow2_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
         break;
     }
     ext->host_offset = host;
+    if (type == QCOW2_SC_NORMAL)
+        return add_host_file_status(bs, ext, e);
     return 0;
 }
 
