@@ -69,6 +69,14 @@ int cmd_parse_size_arg(struct cmdline *cl, const char *what, const char *s, uint
  * Returns -1 to go on, or the exit status of a usage error. */
 int cmd_parse_buf_size(struct cmdline *cl, const char *s, size_t *out);
 
+/* Whether an -o argument asks for the list of options ("help" or "?" as
+ * one of its comma-separated items), as qemu-img's is_help_option. */
+bool cmd_opts_want_help(const char *text);
+/* qemu-img's -o help: the create options of `drv`, sorted; without a
+ * target file name only those of the format, with qemu-img's note that
+ * the protocol level has more. */
+void cmd_print_create_options(const struct blockdrv *drv, const char *filename);
+
 /* Render a property tree as JSON (4-space indentation like qemu-img). */
 void json_print(FILE *out, const struct prop *p, int indent);
 void json_print_string(FILE *out, const char *s);

@@ -246,7 +246,7 @@ static int check_target_not_in_use(const char *path, struct err *e)
     return 0;
 }
 
-static int size_from_backing(const struct blk_create_params *p, uint64_t *size, struct err *e)
+int blk_backing_size(const struct blk_create_params *p, uint64_t *size, struct err *e)
 {
     char *path = blk_resolve_backing_path(p->filename, p->backing_file);
     if (!path)
@@ -333,7 +333,7 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
         if (!p.backing_file)
             return err_set(e, EINVAL, "%s: no size given and no backing file to take it from",
                            p.filename);
-        if ((ret = size_from_backing(&p, &p.size, e)) < 0)
+        if ((ret = blk_backing_size(&p, &p.size, e)) < 0)
             return ret;
     }
     bool special = is_special_file(p.filename);

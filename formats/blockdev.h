@@ -95,8 +95,25 @@ struct blk_create_params {
     const char *backing_format;     /* -F, may be NULL (probe) */
 };
 
+/* One option a format takes at create (-o NAME=VALUE), as qemu-img lists
+ * it (its QemuOptDesc): create prints the options in table order in its
+ * "Formatting ..." line (those given, and those with a default), and
+ * `-o help` lists them. */
+enum blk_option_type { BLK_OPTION_STRING, BLK_OPTION_SIZE, BLK_OPTION_NUMBER, BLK_OPTION_BOOL };
+struct blk_create_option {
+    const char *name;               /* NULL ends a table */
+    enum blk_option_type type;
+    const char *default_value;      /* printed when not given; NULL: not printed */
+    const char *help;
+    /* An option of the host file below the format (QEMU's protocol
+     * layer): qemu-img's -o help lists it only when given a file name. */
+    bool protocol;
+};
+
 struct blockdrv {
     const char *name;
+    /* The -o options of create, in qemu-img's order (see above). */
+    const struct blk_create_option *create_options;
     /* How sure the driver is that the first bytes of a file are its format:
      * 0 = not mine, 100 = certain.  `len` may be shorter than a sector. */
     int (*probe)(const uint8_t *buf, size_t len);
@@ -202,6 +219,9 @@ void blk_close(struct blockdev *bs);
 /* Create an image whole or not at all: written to a temporary file next to
  * the target, flushed, then renamed.  Error messages name the target. */
 int blk_create(const char *format, const struct blk_create_params *p, struct err *e);
+/* Open p->backing_file (relative to p->filename) as create would, to check
+ * that it opens (qemu-img create does unless -u) and take its size. */
+int blk_backing_size(const struct blk_create_params *p, uint64_t *size, struct err *e);
 /* The same in steps, for commands that fill the new image before it may
  * appear: begin creates it under a temporary name in the target's
  * directory (returned in *tmp_path, malloc'ed); commit flushes nothing but

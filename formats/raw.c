@@ -85,8 +85,16 @@ static int raw_truncate(struct blockdev *bs, uint64_t size, struct err *e)
     return ret;
 }
 
+static const struct blk_create_option raw_create_options[] = {
+    { "size", BLK_OPTION_SIZE, NULL, "Virtual disk size", false },
+    { "preallocation", BLK_OPTION_STRING, NULL,
+      "Preallocation mode (allowed values: off, falloc, full)", true },
+    { NULL, 0, NULL, NULL, false },
+};
+
 const struct blockdrv blockdrv_raw = {
     .name = "raw",
+    .create_options = raw_create_options,
     .probe = raw_probe,
     .open = raw_open,
     .create = raw_create,

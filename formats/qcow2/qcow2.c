@@ -1169,8 +1169,28 @@ out:
     return ret;
 }
 
+/* In the order of QEMU 7.2's qcow2 list followed by the file protocol's
+ * (the order of qemu-img create's "Formatting" line). */
+static const struct blk_create_option qcow2_create_options[] = {
+    { "cluster_size", BLK_OPTION_SIZE, "65536", "qcow2 cluster size", false },
+    { "extended_l2", BLK_OPTION_BOOL, "off", "Extended L2 tables", false },
+    { "preallocation", BLK_OPTION_STRING, NULL,
+      "Preallocation mode (allowed values: off, metadata, falloc, full)", false },
+    { "compression_type", BLK_OPTION_STRING, "zlib",
+      "Compression method used for image cluster compression", false },
+    { "size", BLK_OPTION_SIZE, NULL, "Virtual disk size", false },
+    { "compat", BLK_OPTION_STRING, NULL, "Compatibility level (v2 [0.10] or v3 [1.1])", false },
+    { "backing_file", BLK_OPTION_STRING, NULL, "File name of a base image", false },
+    { "backing_fmt", BLK_OPTION_STRING, NULL, "Image format of the base image", false },
+    { "lazy_refcounts", BLK_OPTION_BOOL, "off", "Postpone refcount updates", false },
+    { "refcount_bits", BLK_OPTION_NUMBER, "16", "Width of a reference count entry in bits",
+      false },
+    { NULL, 0, NULL, NULL, false },
+};
+
 const struct blockdrv blockdrv_qcow2 = {
     .name = "qcow2",
+    .create_options = qcow2_create_options,
     .probe = qcow2_probe,
     .open = qcow2_open,
     .close = qcow2_close,
