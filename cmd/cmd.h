@@ -41,6 +41,12 @@ struct cmdline {
     int usage_status;       /* exit status for usage errors (1, or 2 for compare) */
     const struct poptOption *options;  /* string options are freed by cmd_done */
     char **optargs;         /* arguments handed to on_option, freed by cmd_done */
+    /* argv as popt sees it: argv[0] is "imgtool CMD", the name its usage
+     * line shows (popt keeps pointers into it until cmd_done). */
+    const char **popt_argv;
+    char *program;
+    char **expanded;        /* abbreviated long options written out in full */
+    size_t nexpanded;
     size_t noptargs;
 };
 
@@ -86,11 +92,14 @@ void json_print_string(FILE *out, const char *s);
 struct copy_stats;
 void cmd_add_copy_stats(struct prop *o, const struct copy_stats *st);
 
-/* Progress bar: drawn on stderr only when enabled and stderr is a terminal. */
+/* Progress bar: drawn on stderr only when enabled and stderr is a
+ * terminal, as wide as the terminal allows (at most PROGRESS_MAX_BAR). */
+#define PROGRESS_MAX_BAR 40
 struct progress {
     bool enabled;
     uint64_t total;
     int last_permille;
+    int bar_width;
 };
 void progress_init(struct progress *p, bool requested, uint64_t total);
 void progress_update(struct progress *p, uint64_t done);

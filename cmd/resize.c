@@ -1,4 +1,5 @@
 /* imgtool resize: grow or (with --shrink) shrink the virtual disk. */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <string.h>
@@ -19,10 +20,17 @@ int cmd_resize(const struct command *cmd, int argc, const char **argv)
     struct cmdline cl = { 0 };
     struct blockdev *bs = NULL;
     struct err e = { 0 };
-    int status = cmd_parse(&cl, cmd, argc, argv, options, 2, 2, NULL, NULL);
+    /* As qemu-img, the size is the last argument, taken before the options
+     * are parsed so that "-512M" is not read as options. */
+    const char *size_arg = NULL;
+    if (argc >= 3 && argv[argc - 1][0] == '-' && isdigit((unsigned char)argv[argc - 1][1]))
+        size_arg = argv[--argc];
+    int status = cmd_parse(&cl, cmd, argc, argv, options, size_arg ? 1 : 2, size_arg ? 1 : 2,
+                           NULL, NULL);
     if (status >= 0)
         goto out;
-    const char *size_arg = cl.args[1];
+    if (!size_arg)
+        size_arg = cl.args[1];
     int sign = 0;
     if (size_arg[0] == '+' || size_arg[0] == '-')
         sign = *size_arg++ == '+' ? 1 : -1;
