@@ -327,19 +327,15 @@ bool cmd_opts_want_help(const char *text)
 
 static int compare_option_names(const void *a, const void *b)
 {
-    const struct blk_create_option *const *x = a, *const *y = b;
+    const struct blk_option_desc *const *x = a, *const *y = b;
     return strcmp((*x)->name, (*y)->name);
 }
 
 void cmd_print_create_options(const struct blockdrv *drv, const char *filename)
 {
-    static const char *const type_names[] = {
-        [BLK_OPTION_STRING] = "str", [BLK_OPTION_SIZE] = "size",
-        [BLK_OPTION_NUMBER] = "num", [BLK_OPTION_BOOL] = "bool (on/off)",
-    };
-    const struct blk_create_option *list[64];
+    const struct blk_option_desc *list[64];
     size_t n = 0;
-    for (const struct blk_create_option *o = drv->create_options; o && o->name; o++)
+    for (const struct blk_option_desc *o = drv->create_options; o && o->name; o++)
         if ((filename || !o->protocol) && n < sizeof(list) / sizeof(list[0]))
             list[n++] = o;
     qsort(list, n, sizeof(list[0]), compare_option_names);
@@ -349,7 +345,7 @@ void cmd_print_create_options(const struct blockdrv *drv, const char *filename)
         printf("Supported %s options:\n", drv->name);
     for (size_t i = 0; i < n; i++) {
         char left[64];
-        snprintf(left, sizeof(left), "%s=<%s>", list[i]->name, type_names[list[i]->type]);
+        snprintf(left, sizeof(left), "%s=<%s>", list[i]->name, list[i]->type);
         printf("  %-22s - %s\n", left, list[i]->help);
     }
     if (!filename)

@@ -45,7 +45,7 @@ static int side_status(struct side *s, uint64_t off, uint64_t end, struct err *e
         return 0;
     }
     s->ext_start = off;
-    return blk_block_status(s->bs, off, end - off, &s->ext, e);
+    return blk_block_status_host(s->bs, off, end - off, &s->ext, e);
 }
 
 static void *read_thread(void *opaque)

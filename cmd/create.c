@@ -26,19 +26,20 @@ static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
 
 /* The value of option `o` as qemu-img prints it: sizes and numbers as
  * bytes, commas in strings doubled (the -o escaping). */
-static void print_option_value(const struct blk_create_option *o, const char *v)
+static void print_option_value(const struct blk_option_desc *o, const char *v)
 {
     uint64_t n;
-    if ((o->type == BLK_OPTION_SIZE || o->type == BLK_OPTION_NUMBER) && parse_size(v, &n) == 0) {
+    bool string = !strcmp(o->type, "str");
+    if ((!strcmp(o->type, "size") || !strcmp(o->type, "num")) && parse_size(v, &n) == 0) {
         printf("%" PRIu64, n);
         return;
     }
-    for (; o->type == BLK_OPTION_STRING && *v; v++) {
+    for (; string && *v; v++) {
         if (*v == ',')
             putchar(',');
         putchar(*v);
     }
-    if (o->type != BLK_OPTION_STRING)
+    if (!string)
         fputs(v, stdout);
 }
 
@@ -49,7 +50,7 @@ static void print_formatting(const struct blockdrv *drv, const struct blk_create
 {
     printf("Formatting '%s', fmt=%s ", p->filename, drv->name);
     const char *sep = "";
-    for (const struct blk_create_option *o = drv->create_options; o && o->name; o++) {
+    for (const struct blk_option_desc *o = drv->create_options; o && o->name; o++) {
         char size[32];
         const char *v = kvopts_get(opts, o->name);
         if (!strcmp(o->name, "size")) {

@@ -83,7 +83,7 @@ int cmd_map(const struct command *cmd, int argc, const char **argv)
     bool have = false, first = true;
     for (uint64_t off = start; off < end;) {
         struct blk_extent ext;
-        if (blk_block_status(bs, off, end - off, &ext, &e) < 0)
+        if (blk_block_status_host(bs, off, end - off, &ext, &e) < 0)
             goto fail;
         struct map_entry m = {
             .start = off, .length = ext.length, .depth = ext.depth,

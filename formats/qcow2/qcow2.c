@@ -63,6 +63,7 @@ static int open_state(struct blockdev *bs, struct qcow2_state **out, struct err 
     pthread_mutex_init(&s->lock, NULL);
     s->bs = bs;
     s->free_cluster_hint = 1;
+    s->metadata_prealloc = -1;
     int ret = qcow2_read_header(s, e);
     if (ret < 0)
         goto fail;
@@ -823,21 +824,27 @@ static int qcow2_truncate(struct blockdev *bs, uint64_t size, struct err *e)
     return ret;
 }
 
-/* A data run whose clusters lie in a hole of the host file reads as
- * zeroes (metadata preallocation, or data punched out underneath): ask
- * the file, as QEMU's block layer asks the protocol node, and report
- * ZERO there, the run cut where the file's data/hole status changes. */
-static int add_host_file_status(struct blockdev *bs, struct blk_extent *ext, struct err *e)
+/* QEMU's qcow2_detect_metadata_preallocation: an image whose file has
+ * clearly fewer allocated blocks than it has clusters in use (at least
+ * 10/9, and 2 more) was preallocated, and its data clusters may be holes
+ * that read as zeroes.  Lock held; on error: not preallocated. */
+static bool detect_metadata_preallocation(struct qcow2_state *s)
 {
-    bool is_data;
-    uint64_t run;
-    int ret = hostfile_data_status(bs->file, ext->host_offset, ext->length, &is_data, &run, e);
-    if (ret < 0)
-        return ret;
-    ext->length = run;
-    if (!is_data)
-        ext->flags |= BLK_STATUS_ZERO;
-    return 0;
+    struct err e;
+    uint64_t file_size, allocated;
+    if (hostfile_size(s->bs->file, &file_size, &e) < 0 ||
+        hostfile_allocated_size(s->bs->file, &allocated, &e) < 0)
+        return false;
+    uint64_t real = allocated / s->cluster_size;
+    uint64_t threshold = max_u64(real * 10 / 9, real + 2);
+    uint64_t end = div_round_up(file_size, s->cluster_size), count = 0;
+    for (uint64_t i = 0; i < end && count < threshold; i++) {
+        uint64_t refcount;
+        if (qcow2_get_refcount(s, i, &refcount, &e) < 0)
+            return false;
+        count += refcount != 0;
+    }
+    return count >= threshold;
 }
 
 static int qcow2_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
@@ -848,6 +855,8 @@ static int qcow2_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
     uint64_t host, run;
     struct qcow2_l2e l2e;
     pthread_mutex_lock(&s->lock);
+    if (s->metadata_prealloc < 0)
+        s->metadata_prealloc = detect_metadata_preallocation(s);
     int ret = qcow2_map_run(s, off, bytes, &type, &host, &run, &l2e, e);
     pthread_mutex_unlock(&s->lock);
     if (ret < 0)
@@ -874,9 +883,9 @@ static int qcow2_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
         ext->flags = 0;
         break;
     }
+    if (s->metadata_prealloc && type == QCOW2_SC_NORMAL)
+        ext->flags |= BLK_STATUS_RECURSE;
     ext->host_offset = host;
-    if (type == QCOW2_SC_NORMAL)
-        return add_host_file_status(bs, ext, e);
     return 0;
 }
 
@@ -1169,28 +1178,19 @@ out:
     return ret;
 }
 
-/* In the order of QEMU 7.2's qcow2 list followed by the file protocol's
- * (the order of qemu-img create's "Formatting" line). */
-static const struct blk_create_option qcow2_create_options[] = {
-    { "cluster_size", BLK_OPTION_SIZE, "65536", "qcow2 cluster size", false },
-    { "extended_l2", BLK_OPTION_BOOL, "off", "Extended L2 tables", false },
-    { "preallocation", BLK_OPTION_STRING, NULL,
-      "Preallocation mode (allowed values: off, metadata, falloc, full)", false },
-    { "compression_type", BLK_OPTION_STRING, "zlib",
-      "Compression method used for image cluster compression", false },
-    { "size", BLK_OPTION_SIZE, NULL, "Virtual disk size", false },
-    { "compat", BLK_OPTION_STRING, NULL, "Compatibility level (v2 [0.10] or v3 [1.1])", false },
-    { "backing_file", BLK_OPTION_STRING, NULL, "File name of a base image", false },
-    { "backing_fmt", BLK_OPTION_STRING, NULL, "Image format of the base image", false },
-    { "lazy_refcounts", BLK_OPTION_BOOL, "off", "Postpone refcount updates", false },
-    { "refcount_bits", BLK_OPTION_NUMBER, "16", "Width of a reference count entry in bits",
-      false },
-    { NULL, 0, NULL, NULL, false },
-};
+/* Bitmaps need the version 3 header extension. */
+static bool qcow2_bitmaps_persistent(struct blockdev *bs)
+{
+    struct qcow2_state *s = bs->opaque;
+    return s->version >= 3;
+}
 
 const struct blockdrv blockdrv_qcow2 = {
     .name = "qcow2",
     .create_options = qcow2_create_options,
+    .amend_options = qcow2_amend_options,
+    .measure = qcow2_measure,
+    .bitmaps_persistent = qcow2_bitmaps_persistent,
     .probe = qcow2_probe,
     .open = qcow2_open,
     .close = qcow2_close,
