@@ -151,6 +151,7 @@ static int open_layer(const char *filename, const char *format, unsigned flags, 
     }
     bs->open_flags = flags;
     bs->read_only = !(flags & BLK_OPEN_RDWR);
+    pthread_mutex_init(&bs->status_lock, NULL);
     blk_bitmaps_init(bs);
     range_lock_set_init(&bs->requests);
     int ret = hostfile_open(filename, fflags, &bs->file, e);
@@ -224,6 +225,7 @@ void blk_close(struct blockdev *bs)
             bs->drv->close(bs);
         hostfile_close(bs->file);
         range_lock_set_destroy(&bs->requests);
+        pthread_mutex_destroy(&bs->status_lock);
         free(bs->filename);
         free(bs->backing_name);
         free(bs->backing_path);
@@ -688,6 +690,25 @@ int blk_check_compression(const struct blockdrv *drv, const char *filename, stru
     return 0;
 }
 
+/* The rest of the last answer from `off` on, cut at `bytes`, if it covers
+ * `off` (see blockdev.status). */
+static bool cached_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
+                          struct blk_extent *ext)
+{
+    pthread_mutex_lock(&bs->status_lock);
+    bool hit = bs->status_valid && off >= bs->status_start &&
+               off - bs->status_start < bs->status.length;
+    if (hit) {
+        uint64_t skip = off - bs->status_start;
+        *ext = bs->status;
+        ext->length = min_u64(ext->length - skip, bytes);
+        if (ext->flags & BLK_STATUS_OFFSET)
+            ext->host_offset += skip;
+    }
+    pthread_mutex_unlock(&bs->status_lock);
+    return hit;
+}
+
 int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,
                            struct blk_extent *ext, struct err *e)
 {
@@ -696,6 +717,8 @@ int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,
         return ret;
     if (bytes == 0)
         return err_set(e, EINVAL, "%s: block status of an empty range", bs->filename);
+    if (bs->read_only && cached_status(bs, off, bytes, ext))
+        return 0;
     memset(ext, 0, sizeof(*ext));
     ext->layer = bs;
     ret = bs->drv->block_status(bs, off, bytes, ext, e);
@@ -704,6 +727,13 @@ int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,
     if (ext->length == 0 || ext->length > bytes)
         return err_set(e, EIO, "%s: driver returned a bad block status length",
                        bs->filename);
+    if (bs->read_only) {
+        pthread_mutex_lock(&bs->status_lock);
+        bs->status = *ext;
+        bs->status_start = off;
+        bs->status_valid = true;
+        pthread_mutex_unlock(&bs->status_lock);
+    }
     return 0;
 }
 

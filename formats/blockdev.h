@@ -231,6 +231,17 @@ struct blockdev {
     bool bitmaps_loaded;        /* the image's persistent bitmaps are attached */
     bool bitmaps_in_use;        /* marked in use on disk: stored again at close */
     bool bitmaps_released;      /* stored for good: no more guest writes */
+    /* A read-only layer's last block status answer, [status_start,
+     * status_start + status.length): callers walking an image ask for
+     * every run from its start, and a lower layer of a chain is asked once
+     * per run of the layer above, so the answer is reused instead of the
+     * driver scanning the same run again.  Never set for writable opens
+     * (their status changes); status_lock guards it (blk_block_status is
+     * called from several threads). */
+    pthread_mutex_t status_lock;
+    bool status_valid;
+    uint64_t status_start;
+    struct blk_extent status;
     /* The reads and writes in flight, with their cluster-widened ranges
      * (see "Threads" above). */
     struct range_lock_set requests;

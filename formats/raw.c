@@ -23,15 +23,23 @@ static int raw_create(struct hostfile *file, const struct blk_create_params *p,
     if (p->backing_file)
         return err_set(e, ENOTSUP, "%s: format 'raw' does not support backing files",
                        p->filename);
-    /* preallocation=off (a sparse file) is all raw offers so far. */
     const char *prealloc = kvopts_get(p->opts, "preallocation");
-    if (prealloc && strcmp(prealloc, "off") != 0)
-        return err_set(e, ENOTSUP, "%s: preallocation=%s is not supported for raw "
-                       "(use off)", p->filename, prealloc);
+    bool falloc = prealloc && !strcmp(prealloc, "falloc");
+    bool full = prealloc && !strcmp(prealloc, "full");
+    if (prealloc && strcmp(prealloc, "off") && !falloc && !full)
+        return err_set(e, EINVAL, "%s: Parameter 'preallocation' does not accept value '%s' "
+                       "(use off, falloc or full)", p->filename, prealloc);
     int ret = kvopts_check_unused(p->opts, "raw", e);
-    if (ret < 0)
+    if (ret < 0 || (ret = hostfile_truncate(file, p->size, e)) < 0)
         return ret;
-    return hostfile_truncate(file, p->size, e);
+    if (!falloc && !full)
+        return 0;
+    if ((ret = hostfile_preallocate(file, 0, p->size, full, e)) < 0)
+        return ret;
+    /* As QEMU (allocate_first_block): the first block is written, so that
+     * its file starts with data whatever the file system reports for
+     * fallocated blocks. */
+    return falloc ? hostfile_preallocate(file, 0, min_u64(p->size, 4096), true, e) : 0;
 }
 
 static int raw_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,

@@ -2,7 +2,7 @@
 # exit status: a compressed image (human: qemu-img's error, as the data has
 # no host offset), metadata preallocation (the data clusters lie in holes
 # of the host file, so they read as zero and humans do not see them), a
-# mixed image and a chain.
+# mixed image and chains, one of small clusters under large ones.
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io
 
@@ -49,4 +49,21 @@ ok qemu-io -c 'write -P 7 1M 64k' p.qcow2
 ok qemu-img create -f qcow2 -b p.qcow2 -F qcow2 top.qcow2
 ok qemu-io -c 'write -P 8 0 64k' top.qcow2
 same_map top.qcow2
+
+# The chain the block status cache is for: an extended-L2 top with 512 KiB
+# clusters, few writes at subcluster granularity, over a base with
+# 512-byte clusters (a run of the top spans many runs of the base, each
+# answered from the cached run of the top).  Also through compare.
+ok qemu-img create -q -f raw chain.raw 24M
+ok qemu-io -f raw -c 'write -P 1 0 5M' -c 'write -P 2 9M 3M' -c 'write -P 3 20M 1M' chain.raw
+ok qemu-img convert -f raw -O qcow2 -o cluster_size=512 chain.raw small.qcow2
+ok qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=512k -b small.qcow2 -F qcow2 \
+    ext.qcow2
+ok qemu-io -c 'write -P 4 16k 16k' -c 'write -P 5 10M 48k' -c 'write -z 21M 16k' ext.qcow2
+same_map ext.qcow2
+same_map ext.qcow2 -s 9M -l 6M
+expect_status 1 imgtool compare small.qcow2 ext.qcow2
+expect_eq "$(out)" "$(qemu-img compare small.qcow2 ext.qcow2)" "compare over the chain"
+expect_status 1 imgtool compare -F raw ext.qcow2 chain.raw
+expect_eq "$(out)" "$(qemu-img compare -F raw ext.qcow2 chain.raw)" "compare over the chain"
 passed

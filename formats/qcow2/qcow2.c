@@ -1022,11 +1022,16 @@ static int qcow2_get_info(struct blockdev *bs, struct prop *info, struct err *e)
 
 /* --- create --- */
 
+enum qcow2_prealloc {
+    QCOW2_PREALLOC_OFF, QCOW2_PREALLOC_METADATA, QCOW2_PREALLOC_FALLOC, QCOW2_PREALLOC_FULL,
+};
+
 struct create_opts {
     uint64_t cluster_size;
     uint32_t version;
     uint64_t refcount_bits;
-    bool lazy_refcounts, extended_l2, prealloc_metadata;
+    bool lazy_refcounts, extended_l2;
+    enum qcow2_prealloc prealloc;
     enum qcow2_compression_type compression;
 };
 
@@ -1066,10 +1071,17 @@ static int parse_create_opts(const struct blk_create_params *p, struct create_op
         return err_set(e, EINVAL, "%s: Parameter 'compression_type' does not accept value "
                        "'%s' (use zlib or zstd)", f, ctype);
     const char *prealloc = kvopts_get(p->opts, "preallocation");
-    if (prealloc && strcmp(prealloc, "off") && strcmp(prealloc, "metadata"))
+    static const char *const modes[] = {
+        [QCOW2_PREALLOC_OFF] = "off", [QCOW2_PREALLOC_METADATA] = "metadata",
+        [QCOW2_PREALLOC_FALLOC] = "falloc", [QCOW2_PREALLOC_FULL] = "full",
+    };
+    o->prealloc = QCOW2_PREALLOC_OFF;
+    for (unsigned m = 0; prealloc && m < sizeof(modes) / sizeof(modes[0]); m++)
+        if (!strcmp(prealloc, modes[m]))
+            o->prealloc = (enum qcow2_prealloc)m;
+    if (prealloc && strcmp(prealloc, modes[o->prealloc]))
         return err_set(e, EINVAL, "%s: Parameter 'preallocation' does not accept value '%s' "
-                       "(use off or metadata)", f, prealloc);
-    o->prealloc_metadata = prealloc && !strcmp(prealloc, "metadata");
+                       "(use off, metadata, falloc or full)", f, prealloc);
     /* -b/-F arrive in p; the -o spellings were consumed by the command. */
     kvopts_get(p->opts, "backing_file");
     kvopts_get(p->opts, "backing_fmt");
@@ -1089,36 +1101,75 @@ static int parse_create_opts(const struct blk_create_params *p, struct create_op
     if (o->extended_l2 && o->cluster_size < 16384)
         return err_set(e, EINVAL, "%s: Extended L2 entries are only supported with cluster "
                        "sizes of at least 16384 bytes", f);
-    if (p->backing_file && o->prealloc_metadata)
+    if (p->backing_file && o->prealloc != QCOW2_PREALLOC_OFF)
         return err_set(e, EINVAL, "%s: Backing file and preallocation can only be used at "
                        "the same time if extended_l2 is on", f);
     return 0;
 }
 
-/* Metadata preallocation: every cluster gets a host cluster (left
- * unwritten, so it reads as zeroes from the sparse file). */
-static int preallocate_metadata(struct qcow2_state *s, struct err *e)
+static int add_run(uint64_t (**runs)[2], size_t *n, uint64_t start, uint64_t end,
+                   struct err *e)
 {
-    uint64_t end_of_data = 0;
-    for (uint64_t off = 0; off < s->size; off += s->cluster_size) {
+    uint64_t (*more)[2] = realloc(*runs, sizeof(**runs) * (*n + 1));
+    if (!more)
+        return err_set(e, ENOMEM, "out of memory");
+    more[*n][0] = start;
+    more[*n][1] = end;
+    *runs = more;
+    (*n)++;
+    return 0;
+}
+
+/* Preallocation: every cluster gets a host cluster, left unwritten
+ * (metadata: it reads as zeroes from the sparse file), or then allocated
+ * in the file (falloc: fallocate; full: written with zeroes), as QEMU's
+ * preallocation modes.  The data clusters' host runs are allocated once
+ * the metadata is flushed, skipping the L2 tables and refcount blocks
+ * allocated between them. */
+static int preallocate(struct qcow2_state *s, enum qcow2_prealloc mode, struct err *e)
+{
+    uint64_t end_of_data = 0, run_start = 0, run_end = 0;
+    uint64_t (*runs)[2] = NULL;
+    size_t nruns = 0;
+    int ret = 0;
+    uint64_t l2_span = qcow2_l1_coverage(s);
+    for (uint64_t off = 0; off < s->size && ret == 0; off += s->cluster_size) {
         uint64_t host;
         struct qcow2_l2e l2e = { 0, 0 };
-        int ret = qcow2_alloc_clusters(s, 1, &host, e);
-        if (ret < 0)
-            return ret;
+        /* The L2 table first, then its data clusters, as QEMU lays them
+         * out (the data of one table is then contiguous). */
+        if (off % l2_span == 0 && (ret = qcow2_set_l2e(s, off, l2e, e)) < 0)
+            break;
+        if ((ret = qcow2_alloc_clusters(s, 1, &host, e)) < 0)
+            break;
         l2e.entry = host | QCOW2_OFLAG_COPIED;
         l2e.bitmap = s->extended_l2 ? QCOW2_BITMAP_ALL_ALLOC : 0;
         if ((ret = qcow2_l2_depends_on_refblocks(s, e)) < 0 ||
             (ret = qcow2_set_l2e(s, off, l2e, e)) < 0)
-            return ret;
+            break;
         end_of_data = max_u64(end_of_data, host + s->cluster_size);
+        if (mode == QCOW2_PREALLOC_METADATA || host == run_end) {
+            run_end = host + s->cluster_size;
+            continue;
+        }
+        if (run_end > run_start && (ret = add_run(&runs, &nruns, run_start, run_end, e)) < 0)
+            break;
+        run_start = host;
+        run_end = host + s->cluster_size;
     }
-    int ret = qcow2_flush_metadata(s, e);
+    if (ret == 0 && mode != QCOW2_PREALLOC_METADATA && run_end > run_start)
+        ret = add_run(&runs, &nruns, run_start, run_end, e);
+    if (ret == 0)
+        ret = qcow2_flush_metadata(s, e);
     uint64_t file_size;
     if (ret == 0)
         ret = hostfile_size(s->bs->file, &file_size, e);
     if (ret == 0 && file_size < end_of_data)
         ret = hostfile_truncate(s->bs->file, end_of_data, e);
+    for (size_t i = 0; i < nruns && ret == 0; i++)
+        ret = hostfile_preallocate(s->bs->file, runs[i][0], runs[i][1] - runs[i][0],
+                                   mode == QCOW2_PREALLOC_FULL, e);
+    free(runs);
     return ret;
 }
 
@@ -1166,8 +1217,8 @@ static int qcow2_create(struct hostfile *file, const struct blk_create_params *p
     ret = qcow2_update_refcount(s, 0, 3 * o.cluster_size, 1, e);
     if (ret == 0 && p->size)
         ret = truncate_locked(s, p->size, e);
-    if (ret == 0 && o.prealloc_metadata)
-        ret = preallocate_metadata(s, e);
+    if (ret == 0 && o.prealloc != QCOW2_PREALLOC_OFF)
+        ret = preallocate(s, o.prealloc, e);
     if (ret == 0)
         ret = qcow2_flush_metadata(s, e);
     free_state(s);
