@@ -8,10 +8,12 @@
 
 int cmd_resize(const struct command *cmd, int argc, const char **argv)
 {
-    char *format = NULL;
+    char *format = NULL, *prealloc_s = NULL;
     int shrink = 0, quiet = 0;
     struct poptOption options[] = {
         { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
+        { "preallocation", '\0', POPT_ARG_STRING, &prealloc_s, 0,
+          "preallocate the grown part (qcow2: metadata too)", "off|metadata|falloc|full" },
         { "shrink", '\0', POPT_ARG_NONE, &shrink, 0,
           "allow making the image smaller (data past the new end is lost)", NULL },
         { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
@@ -37,6 +39,11 @@ int cmd_resize(const struct command *cmd, int argc, const char **argv)
     uint64_t amount;
     if ((status = cmd_parse_size_arg(&cl, "size", size_arg, &amount)) >= 0)
         goto out;
+    enum blk_prealloc prealloc = BLK_PREALLOC_OFF;
+    if (prealloc_s && blk_parse_prealloc(prealloc_s, &prealloc) < 0) {
+        status = cmd_usage_error(&cl, "Invalid preallocation mode '%s'", prealloc_s);
+        goto out;
+    }
     status = EXIT_ERROR;
     if (blk_open(cl.args[0], format, BLK_OPEN_RDWR | BLK_OPEN_NO_BACKING, &bs, &e) < 0)
         goto fail;
@@ -61,7 +68,18 @@ int cmd_resize(const struct command *cmd, int argc, const char **argv)
                 bs->size, new_size);
         goto fail;
     }
-    if (blk_truncate(bs, new_size, &e) < 0 || blk_flush(bs, &e) < 0)
+    if (new_size < bs->size && prealloc != BLK_PREALLOC_OFF) {
+        err_set(&e, EINVAL, "%s: Preallocation can only be used for growing images",
+                bs->filename);
+        goto fail;
+    }
+    uint64_t old_size = bs->size;
+    /* A mode the format has not is refused before the size changes. */
+    if (blk_preallocate(bs, old_size, 0, prealloc, &e) < 0 ||
+        blk_truncate(bs, new_size, &e) < 0 ||
+        (new_size > old_size &&
+         blk_preallocate(bs, old_size, new_size - old_size, prealloc, &e) < 0) ||
+        blk_flush(bs, &e) < 0)
         goto fail;
     if (!quiet)
         printf("Image resized.\n");

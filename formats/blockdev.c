@@ -596,6 +596,35 @@ int blk_truncate(struct blockdev *bs, uint64_t size, struct err *e)
     return blk_bitmaps_truncate(bs, size, e);
 }
 
+static const char *const prealloc_names[] = {
+    [BLK_PREALLOC_OFF] = "off", [BLK_PREALLOC_METADATA] = "metadata",
+    [BLK_PREALLOC_FALLOC] = "falloc", [BLK_PREALLOC_FULL] = "full",
+};
+
+int blk_parse_prealloc(const char *name, enum blk_prealloc *mode)
+{
+    for (unsigned m = 0; m < sizeof(prealloc_names) / sizeof(prealloc_names[0]); m++) {
+        if (!strcmp(name, prealloc_names[m])) {
+            *mode = (enum blk_prealloc)m;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+int blk_preallocate(struct blockdev *bs, uint64_t off, uint64_t len, enum blk_prealloc mode,
+                    struct err *e)
+{
+    int ret = check_writable(bs, e);
+    if (ret < 0 || mode == BLK_PREALLOC_OFF)
+        return ret;
+    if (!bs->drv->preallocate)
+        return err_set(e, ENOTSUP, "%s: format '%s' does not support preallocation=%s",
+                       bs->filename, bs->drv->name, prealloc_names[mode]);
+    blk_drain(bs);
+    return bs->drv->preallocate(bs, off, len, mode, e);
+}
+
 uint32_t blk_write_alignment(struct blockdev *bs)
 {
     uint32_t a = bs->drv->write_alignment ? bs->drv->write_alignment(bs) : 1;

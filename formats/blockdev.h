@@ -105,6 +105,13 @@ enum {
     BLK_ZERO_MAY_UNMAP = 1 << 0,    /* deallocating is fine if reads stay zero */
 };
 
+/* Preallocation modes (qemu-img's preallocation=off|metadata|falloc|full):
+ * metadata gives every cluster its place in the file, falloc also
+ * allocates that place (fallocate), full writes zeroes there. */
+enum blk_prealloc { BLK_PREALLOC_OFF, BLK_PREALLOC_METADATA, BLK_PREALLOC_FALLOC, BLK_PREALLOC_FULL };
+/* Parse a mode name; -EINVAL if it is none. */
+int blk_parse_prealloc(const char *name, enum blk_prealloc *mode);
+
 /* blk_create_params.size when the size is to be taken from the backing file. */
 #define BLK_SIZE_FROM_BACKING UINT64_MAX
 
@@ -160,6 +167,11 @@ struct blockdrv {
     int (*discard)(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e);
     int (*flush)(struct blockdev *bs, struct err *e);
     int (*truncate)(struct blockdev *bs, uint64_t size, struct err *e);
+    /* Preallocate [off, off + len) as `mode` (resize --preallocation,
+     * after growing); allocated clusters are left as they are.  -ENOTSUP
+     * for a mode the format has not.  NULL: only BLK_PREALLOC_OFF. */
+    int (*preallocate)(struct blockdev *bs, uint64_t off, uint64_t len, enum blk_prealloc mode,
+                       struct err *e);
     /* Fill format-specific information for `info` (may be NULL). */
     int (*get_info)(struct blockdev *bs, struct prop *info, struct err *e);
     /* Change the backing file name in the header (rebase -u); may be NULL. */
@@ -311,6 +323,10 @@ void blk_drain(struct blockdev *bs);
 void blk_defer_flushes(struct blockdev *bs, bool defer);
 int blk_truncate(struct blockdev *bs, uint64_t size, struct err *e);
 uint32_t blk_write_alignment(struct blockdev *bs);
+/* blockdrv.preallocate (never concurrently with anything else); a
+ * mode the format has not is -ENOTSUP naming it (len 0: only that check). */
+int blk_preallocate(struct blockdev *bs, uint64_t off, uint64_t len, enum blk_prealloc mode,
+                    struct err *e);
 /* Deallocate everything (blockdrv.make_empty): the image then reads as
  * its backing file.  Dirty bitmaps are not marked: commit calls it after
  * writing the same data into the backing file, so what the image reads

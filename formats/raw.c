@@ -24,11 +24,11 @@ static int raw_create(struct hostfile *file, const struct blk_create_params *p,
         return err_set(e, ENOTSUP, "%s: format 'raw' does not support backing files",
                        p->filename);
     const char *prealloc = kvopts_get(p->opts, "preallocation");
-    bool falloc = prealloc && !strcmp(prealloc, "falloc");
-    bool full = prealloc && !strcmp(prealloc, "full");
-    if (prealloc && strcmp(prealloc, "off") && !falloc && !full)
+    enum blk_prealloc mode = BLK_PREALLOC_OFF;
+    if (prealloc && (blk_parse_prealloc(prealloc, &mode) < 0 || mode == BLK_PREALLOC_METADATA))
         return err_set(e, EINVAL, "%s: Parameter 'preallocation' does not accept value '%s' "
                        "(use off, falloc or full)", p->filename, prealloc);
+    bool falloc = mode == BLK_PREALLOC_FALLOC, full = mode == BLK_PREALLOC_FULL;
     int ret = kvopts_check_unused(p->opts, "raw", e);
     if (ret < 0 || (ret = hostfile_truncate(file, p->size, e)) < 0)
         return ret;
@@ -73,6 +73,15 @@ static int raw_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, uns
                             struct err *e)
 {
     return hostfile_write_zeroes(bs->file, off, len, flags & BLK_ZERO_MAY_UNMAP, e);
+}
+
+static int raw_preallocate(struct blockdev *bs, uint64_t off, uint64_t len,
+                           enum blk_prealloc mode, struct err *e)
+{
+    if (mode == BLK_PREALLOC_METADATA)
+        return err_set(e, ENOTSUP, "%s: format 'raw' does not support preallocation=metadata",
+                       bs->filename);
+    return hostfile_preallocate(bs->file, off, len, mode == BLK_PREALLOC_FULL, e);
 }
 
 static int raw_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
@@ -137,4 +146,5 @@ const struct blockdrv blockdrv_raw = {
     .discard = raw_discard,
     .flush = raw_flush,
     .truncate = raw_truncate,
+    .preallocate = raw_preallocate,
 };

@@ -1022,16 +1022,12 @@ static int qcow2_get_info(struct blockdev *bs, struct prop *info, struct err *e)
 
 /* --- create --- */
 
-enum qcow2_prealloc {
-    QCOW2_PREALLOC_OFF, QCOW2_PREALLOC_METADATA, QCOW2_PREALLOC_FALLOC, QCOW2_PREALLOC_FULL,
-};
-
 struct create_opts {
     uint64_t cluster_size;
     uint32_t version;
     uint64_t refcount_bits;
     bool lazy_refcounts, extended_l2;
-    enum qcow2_prealloc prealloc;
+    enum blk_prealloc prealloc;
     enum qcow2_compression_type compression;
 };
 
@@ -1071,15 +1067,8 @@ static int parse_create_opts(const struct blk_create_params *p, struct create_op
         return err_set(e, EINVAL, "%s: Parameter 'compression_type' does not accept value "
                        "'%s' (use zlib or zstd)", f, ctype);
     const char *prealloc = kvopts_get(p->opts, "preallocation");
-    static const char *const modes[] = {
-        [QCOW2_PREALLOC_OFF] = "off", [QCOW2_PREALLOC_METADATA] = "metadata",
-        [QCOW2_PREALLOC_FALLOC] = "falloc", [QCOW2_PREALLOC_FULL] = "full",
-    };
-    o->prealloc = QCOW2_PREALLOC_OFF;
-    for (unsigned m = 0; prealloc && m < sizeof(modes) / sizeof(modes[0]); m++)
-        if (!strcmp(prealloc, modes[m]))
-            o->prealloc = (enum qcow2_prealloc)m;
-    if (prealloc && strcmp(prealloc, modes[o->prealloc]))
+    o->prealloc = BLK_PREALLOC_OFF;
+    if (prealloc && blk_parse_prealloc(prealloc, &o->prealloc) < 0)
         return err_set(e, EINVAL, "%s: Parameter 'preallocation' does not accept value '%s' "
                        "(use off, metadata, falloc or full)", f, prealloc);
     /* -b/-F arrive in p; the -o spellings were consumed by the command. */
@@ -1101,7 +1090,7 @@ static int parse_create_opts(const struct blk_create_params *p, struct create_op
     if (o->extended_l2 && o->cluster_size < 16384)
         return err_set(e, EINVAL, "%s: Extended L2 entries are only supported with cluster "
                        "sizes of at least 16384 bytes", f);
-    if (p->backing_file && o->prealloc != QCOW2_PREALLOC_OFF)
+    if (p->backing_file && o->prealloc != BLK_PREALLOC_OFF)
         return err_set(e, EINVAL, "%s: Backing file and preallocation can only be used at "
                        "the same time if extended_l2 is on", f);
     return 0;
@@ -1126,19 +1115,27 @@ static int add_run(uint64_t (**runs)[2], size_t *n, uint64_t start, uint64_t end
  * preallocation modes.  The data clusters' host runs are allocated once
  * the metadata is flushed, skipping the L2 tables and refcount blocks
  * allocated between them. */
-static int preallocate(struct qcow2_state *s, enum qcow2_prealloc mode, struct err *e)
+static int preallocate(struct qcow2_state *s, enum blk_prealloc mode, uint64_t start,
+                       uint64_t end, struct err *e)
 {
     uint64_t end_of_data = 0, run_start = 0, run_end = 0;
     uint64_t (*runs)[2] = NULL;
     size_t nruns = 0;
     int ret = 0;
     uint64_t l2_span = qcow2_l1_coverage(s);
-    for (uint64_t off = 0; off < s->size && ret == 0; off += s->cluster_size) {
+    /* A cluster only partly new holds old contents (maybe its backing
+     * file's): left as it is. */
+    start = align_up(start, s->cluster_size);
+    for (uint64_t off = start; off < end && ret == 0; off += s->cluster_size) {
         uint64_t host;
         struct qcow2_l2e l2e = { 0, 0 };
+        if ((ret = qcow2_get_l2e(s, off, &l2e, e)) < 0)
+            break;
+        if (l2e.entry & ~QCOW2_OFLAG_COPIED)
+            continue;       /* allocated (or a zero cluster) already */
         /* The L2 table first, then its data clusters, as QEMU lays them
          * out (the data of one table is then contiguous). */
-        if (off % l2_span == 0 && (ret = qcow2_set_l2e(s, off, l2e, e)) < 0)
+        if ((off == start || off % l2_span == 0) && (ret = qcow2_set_l2e(s, off, l2e, e)) < 0)
             break;
         if ((ret = qcow2_alloc_clusters(s, 1, &host, e)) < 0)
             break;
@@ -1148,7 +1145,7 @@ static int preallocate(struct qcow2_state *s, enum qcow2_prealloc mode, struct e
             (ret = qcow2_set_l2e(s, off, l2e, e)) < 0)
             break;
         end_of_data = max_u64(end_of_data, host + s->cluster_size);
-        if (mode == QCOW2_PREALLOC_METADATA || host == run_end) {
+        if (mode == BLK_PREALLOC_METADATA || host == run_end) {
             run_end = host + s->cluster_size;
             continue;
         }
@@ -1157,7 +1154,7 @@ static int preallocate(struct qcow2_state *s, enum qcow2_prealloc mode, struct e
         run_start = host;
         run_end = host + s->cluster_size;
     }
-    if (ret == 0 && mode != QCOW2_PREALLOC_METADATA && run_end > run_start)
+    if (ret == 0 && mode != BLK_PREALLOC_METADATA && run_end > run_start)
         ret = add_run(&runs, &nruns, run_start, run_end, e);
     if (ret == 0)
         ret = qcow2_flush_metadata(s, e);
@@ -1168,7 +1165,7 @@ static int preallocate(struct qcow2_state *s, enum qcow2_prealloc mode, struct e
         ret = hostfile_truncate(s->bs->file, end_of_data, e);
     for (size_t i = 0; i < nruns && ret == 0; i++)
         ret = hostfile_preallocate(s->bs->file, runs[i][0], runs[i][1] - runs[i][0],
-                                   mode == QCOW2_PREALLOC_FULL, e);
+                                   mode == BLK_PREALLOC_FULL, e);
     free(runs);
     return ret;
 }
@@ -1217,8 +1214,8 @@ static int qcow2_create(struct hostfile *file, const struct blk_create_params *p
     ret = qcow2_update_refcount(s, 0, 3 * o.cluster_size, 1, e);
     if (ret == 0 && p->size)
         ret = truncate_locked(s, p->size, e);
-    if (ret == 0 && o.prealloc != QCOW2_PREALLOC_OFF)
-        ret = preallocate(s, o.prealloc, e);
+    if (ret == 0 && o.prealloc != BLK_PREALLOC_OFF)
+        ret = preallocate(s, o.prealloc, 0, s->size, e);
     if (ret == 0)
         ret = qcow2_flush_metadata(s, e);
     free_state(s);
@@ -1234,6 +1231,12 @@ static bool qcow2_bitmaps_persistent(struct blockdev *bs)
 {
     struct qcow2_state *s = bs->opaque;
     return s->version >= 3;
+}
+
+static int qcow2_preallocate(struct blockdev *bs, uint64_t off, uint64_t len,
+                             enum blk_prealloc mode, struct err *e)
+{
+    return preallocate(bs->opaque, mode, off, off + len, e);
 }
 
 const struct blockdrv blockdrv_qcow2 = {
@@ -1253,6 +1256,7 @@ const struct blockdrv blockdrv_qcow2 = {
     .discard = qcow2_discard,
     .flush = qcow2_flush,
     .truncate = qcow2_truncate,
+    .preallocate = qcow2_preallocate,
     .get_info = qcow2_get_info,
     .set_backing = qcow2_set_backing,
     .make_empty = qcow2_make_empty,
