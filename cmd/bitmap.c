@@ -152,7 +152,7 @@ static int merge_source(struct blockdev *bs, struct blockdev **src_bs, const cha
         a.st_dev == b.st_dev && a.st_ino == b.st_ino)
         src_file = NULL;    /* -b names the image itself (it is locked by us) */
     if (src_file && !*src_bs) {
-        ret = blk_open(src_file, src_fmt, BLK_OPEN_NO_BACKING, src_bs, e);
+        ret = blk_open(src_file, src_fmt, BLK_OPEN_NO_BACKING, cmd_open_opts(), src_bs, e);
         if (ret < 0 || (ret = blk_bitmaps_load(*src_bs, e)) < 0)
             return ret;
     }
@@ -269,7 +269,7 @@ int cmd_bitmap(const struct command *cmd, int argc, const char **argv)
     status = EXIT_ERROR;
     if (a.list || a.dump) {
         unsigned flags = BLK_OPEN_NO_BACKING | (force_share ? BLK_OPEN_FORCE_SHARE : 0);
-        if (blk_open(filename, format, flags, &bs, &e) < 0 || blk_bitmaps_load(bs, &e) < 0)
+        if (blk_open(filename, format, flags, cmd_open_opts(), &bs, &e) < 0 || blk_bitmaps_load(bs, &e) < 0)
             goto fail;
         if ((a.list ? list_bitmaps(bs, mode, &e) : dump_bitmap(bs, name, mode, &e)) < 0)
             goto fail;
@@ -278,7 +278,7 @@ int cmd_bitmap(const struct command *cmd, int argc, const char **argv)
     }
     /* The operations change only the bitmaps in memory; one store at the
      * end makes all of them land, or none if any fails (or we crash). */
-    if (blk_open(filename, format, BLK_OPEN_RDWR | BLK_OPEN_BITMAPS_ONLY | BLK_OPEN_NO_BACKING,
+    if (blk_open(filename, format, BLK_OPEN_RDWR | BLK_OPEN_BITMAPS_ONLY | BLK_OPEN_NO_BACKING, cmd_open_opts(),
                  &bs, &e) < 0 || blk_bitmaps_load(bs, &e) < 0)
         goto fail;
     for (int i = 0; i < a.nops; i++) {

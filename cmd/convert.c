@@ -107,7 +107,7 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     int ret;
     unsigned sflags = cmd_open_flags(false, force_share, src_cache, &e, &ret);
     status = EXIT_ERROR;
-    if (ret < 0 || blk_open(src_name, src_fmt, sflags, &src, &e) < 0)
+    if (ret < 0 || blk_open(src_name, src_fmt, sflags, cmd_open_opts(), &src, &e) < 0)
         goto fail;
     if (copy_bitmaps && blk_bitmaps_check_copy(src, skip_broken, &e) < 0)
         goto fail;
@@ -129,12 +129,13 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     if (!no_create) {
         struct blk_create_params p = {
             .filename = dst_name, .size = src->size, .opts = &a.opts,
+            .open_opts = cmd_open_opts(),
         };
         if (blk_create_begin(dst_fmt ? dst_fmt : "raw", &p, &tmp_path, &e) < 0)
             goto fail;
         open_name = tmp_path;
     }
-    if (blk_open(open_name, no_create ? dst_fmt : (dst_fmt ? dst_fmt : "raw"), dflags, &dst,
+    if (blk_open(open_name, no_create ? dst_fmt : (dst_fmt ? dst_fmt : "raw"), dflags, cmd_open_opts(), &dst,
                  &e) < 0)
         goto fail;
     if (tmp_path)

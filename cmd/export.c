@@ -52,7 +52,7 @@ static struct prop *chain_of(const char *backup)
     struct prop *chain = prop_new_array();
     struct blockdev *bs;
     struct err e = { 0 };
-    if (chain && blk_open(backup, "qcow2", BLK_OPEN_FORCE_SHARE, &bs, &e) == 0) {
+    if (chain && blk_open(backup, "qcow2", BLK_OPEN_FORCE_SHARE, cmd_open_opts(), &bs, &e) == 0) {
         for (struct blockdev *l = bs; l; l = l->backing)
             prop_add_string(chain, NULL, l->filename);
         blk_close(bs);
@@ -204,7 +204,8 @@ int cmd_export(const struct command *cmd, int argc, const char **argv)
     c.want_bar = progress && !quiet && mode == OUTPUT_HUMAN;
     install_cancel_handlers();
     struct mirror_set_options so = { .event = on_event, .opaque = &c,
-                                     .cancel = &cancel_requested };
+                                     .cancel = &cancel_requested,
+                                     .open_opts = cmd_open_opts() };
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     int ret = mirror_run_set(&p, 1, &so, &e);

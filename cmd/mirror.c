@@ -262,7 +262,8 @@ int cmd_mirror(const struct command *cmd, int argc, const char **argv)
     c.want_bar = progress && !quiet && c.mode == OUTPUT_HUMAN;
     install_cancel_handlers();
     struct mirror_set_options so = { .event = on_event, .opaque = &c,
-                                     .cancel = &cancel_requested };
+                                     .cancel = &cancel_requested,
+                                     .open_opts = cmd_open_opts() };
     int ret = mirror_run_set(jobs, njobs, &so, &e);
     if (c.bar.enabled)
         fputc('\n', stderr);

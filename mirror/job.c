@@ -105,27 +105,20 @@ static void emit(struct mirror_job *job, enum mirror_event_type type, const char
     job->opts->event(job->opts->opaque, &ev);
 }
 
-static bool same_file(const struct blockdev *layer, const struct stat *st)
-{
-    struct stat lst;
-    return fstat(layer->file->fd, &lst) == 0 && lst.st_dev == st->st_dev &&
-           lst.st_ino == st->st_ino;
-}
-
 /* The layer of the source's chain that is the file `path`. */
 static int find_chain_layer(struct blockdev *src, const char *path,
                             const struct blockdev **out, struct err *e)
 {
     struct stat st;
-    if (stat(path, &st) < 0)
+    if (!transport_name_is_uri(path) && stat(path, &st) < 0)
         return err_errno(e, errno, "%s: cannot use as base", path);
     for (const struct blockdev *l = src->backing; l; l = l->backing) {
-        if (same_file(l, &st)) {
+        if (blk_is_named(l, path)) {
             *out = l;
             return 0;
         }
     }
-    if (same_file(src, &st))
+    if (blk_is_named(src, path))
         return err_set(e, EINVAL, "%s: the base cannot be the source itself", path);
     return err_set(e, EINVAL, "%s: not in the backing chain of %s (see imgtool info "
                    "--backing-chain)", path, src->filename);
@@ -219,13 +212,14 @@ static int create_target(struct mirror_job *job, struct err *e)
         .filename = p->target, .size = job->src->size, .opts = p->target_opts,
         .backing_file = backing_name,
         .backing_format = backing ? backing->drv->name : NULL,
+        .open_opts = job->opts->open_opts,
     };
     const char *fmt = p->target_format ? p->target_format : job->src->drv->name;
     ret = blk_create_begin(fmt, &cp, &job->tmp_path, e);
     free(backing_name);
     if (ret < 0)
         return ret;
-    ret = blk_open(job->tmp_path, fmt, BLK_OPEN_RDWR, &job->dst, e);
+    ret = blk_open(job->tmp_path, fmt, BLK_OPEN_RDWR, job->opts->open_opts, &job->dst, e);
     if (ret < 0) {
         err_prefix(e, "%s: ", p->target);
         return ret;
@@ -237,7 +231,7 @@ static int create_target(struct mirror_job *job, struct err *e)
 static int open_existing_target(struct mirror_job *job, struct err *e)
 {
     const struct mirror_params *p = job->p;
-    int ret = blk_open(p->target, p->target_format, BLK_OPEN_RDWR, &job->dst, e);
+    int ret = blk_open(p->target, p->target_format, BLK_OPEN_RDWR, job->opts->open_opts, &job->dst, e);
     if (ret < 0)
         return ret;
     if (job->dst->size != job->src->size)
@@ -324,7 +318,7 @@ static int prepare(struct mirror_job *job, struct err *e)
                        "bitmap (use --bitmap-mode=never)", p->source);
     unsigned sflags = (p->force_share ? BLK_OPEN_FORCE_SHARE : 0) |
                       (edits_bitmap ? BLK_OPEN_RDWR | BLK_OPEN_BITMAPS_ONLY : 0);
-    int ret = blk_open(p->source, p->source_format, sflags, &job->src, e);
+    int ret = blk_open(p->source, p->source_format, sflags, job->opts->open_opts, &job->src, e);
     if (ret < 0)
         return ret;
     if (p->base) {
@@ -338,7 +332,7 @@ static int prepare(struct mirror_job *job, struct err *e)
     }
     if (p->target_backing) {
         ret = blk_open(p->target_backing, p->target_backing_format,
-                       BLK_OPEN_NO_BACKING, &job->explicit_backing, e);
+                       BLK_OPEN_NO_BACKING, job->opts->open_opts, &job->explicit_backing, e);
         if (ret < 0)
             return ret;
         if (job->explicit_backing->size != job->src->size)
