@@ -114,10 +114,22 @@ static void on_event(void *opaque, const struct mirror_event *ev)
 }
 
 /* SOURCE TARGET, or one SOURCE=TARGET per argument. */
+/* The '=' between SOURCE and TARGET of a pair; the one of an NBD URI's
+ * "?socket=" is not it (nbd+unix:///?socket=/run/vm.sock=backup.qcow2). */
+static char *pair_separator(char *s)
+{
+    for (char *eq = strchr(s, '='); eq; eq = strchr(eq + 1, '=')) {
+        if (eq - s >= 7 && strncmp(eq - 7, "?socket", 7) == 0)
+            continue;
+        return eq;
+    }
+    return NULL;
+}
+
 static int parse_pairs(struct cmdline *cl, const struct mirror_params *proto,
                        struct mirror_params **out, int *n, char ***strings)
 {
-    int pairs = cl->nargs == 2 && !strchr(cl->args[0], '=') ? 1 : cl->nargs;
+    int pairs = cl->nargs == 2 && !pair_separator((char *)cl->args[0]) ? 1 : cl->nargs;
     struct mirror_params *jobs = calloc((size_t)pairs, sizeof(*jobs));
     char **s = calloc((size_t)pairs + 1, sizeof(*s));
     if (!jobs || !s) {
@@ -137,7 +149,7 @@ static int parse_pairs(struct cmdline *cl, const struct mirror_params *proto,
             continue;
         }
         char *eq;
-        if (!(s[i] = strdup(cl->args[i])) || !(eq = strchr(s[i], '=')) || eq == s[i] ||
+        if (!(s[i] = strdup(cl->args[i])) || !(eq = pair_separator(s[i])) || eq == s[i] ||
             !eq[1])
             return cmd_usage_error(cl, "'%s': give SOURCE TARGET, or SOURCE=TARGET pairs",
                                    cl->args[i]);

@@ -106,6 +106,21 @@ bool blk_same_storage(const struct blockdev *a, const struct blockdev *b)
     return transport_same(a->file, b->file);
 }
 
+int blk_check_distinct(const struct blockdev *target, const struct blockdev *source,
+                       struct err *e)
+{
+    for (const struct blockdev *l = source; l; l = l->backing)
+        if (blk_same_storage(target, l))
+            return err_set(e, EINVAL, "%s: the target is the source%s (%s)", target->filename,
+                           l == source ? "" : "'s backing file", l->filename);
+    return 0;
+}
+
+bool blk_target_exists(const char *name)
+{
+    return transport_name_is_uri(name) || access(name, F_OK) == 0;
+}
+
 /* Backing chains are bounded so that a loop or a hostile chain cannot make
  * us open files forever. */
 #define MAX_CHAIN_DEPTH 256

@@ -300,6 +300,14 @@ struct blockdev *blk_chain_find(struct blockdev *bs, const char *path);
 bool blk_is_named(const struct blockdev *bs, const char *name);
 /* Whether two open images are the same storage (file or export). */
 bool blk_same_storage(const struct blockdev *a, const struct blockdev *b);
+/* -EINVAL naming the target when it is `source` or one of its backing
+ * files: the same file, or the same NBD server and export (where no lock
+ * tells). */
+int blk_check_distinct(const struct blockdev *target, const struct blockdev *source,
+                       struct err *e);
+/* Whether a target name exists: a file that exists, or any NBD URI (an
+ * export can only be written into, never created). */
+bool blk_target_exists(const char *name);
 /* Reopen `layer`, a backing file in top's open chain, read-write (commit
  * writes into it), as a writable blk_open would: its dirty bitmaps are
  * loaded and marked in use, and it takes the write locks.  Its own backing

@@ -232,7 +232,7 @@ static int open_existing_target(struct mirror_job *job, struct err *e)
 {
     const struct mirror_params *p = job->p;
     int ret = blk_open(p->target, p->target_format, BLK_OPEN_RDWR, job->opts->open_opts, &job->dst, e);
-    if (ret < 0)
+    if (ret < 0 || (ret = blk_check_distinct(job->dst, job->src, e)) < 0)
         return ret;
     if (job->dst->size != job->src->size)
         return err_set(e, EINVAL, "%s: target size %llu differs from source size %llu "
@@ -343,7 +343,7 @@ static int prepare(struct mirror_job *job, struct err *e)
     }
     enum mirror_target_mode mode = p->target_mode;
     if (mode == MIRROR_TARGET_AUTO)
-        mode = access(p->target, F_OK) == 0 ? MIRROR_TARGET_EXISTING
+        mode = blk_target_exists(p->target) ? MIRROR_TARGET_EXISTING
                                             : MIRROR_TARGET_ABSOLUTE_PATHS;
     if (mode == MIRROR_TARGET_EXISTING) {
         if (p->target_opts && p->target_opts->count)
@@ -351,7 +351,7 @@ static int prepare(struct mirror_job *job, struct err *e)
                            p->target);
         ret = open_existing_target(job, e);
     } else {
-        if (access(p->target, F_OK) == 0 && p->target_mode != MIRROR_TARGET_AUTO)
+        if (blk_target_exists(p->target) && p->target_mode != MIRROR_TARGET_AUTO)
             return err_set(e, EEXIST, "%s: exists; use --mode=existing to write into it, "
                            "or remove it", p->target);
         ret = create_target(job, e);

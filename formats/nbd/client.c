@@ -24,6 +24,7 @@
 #define NBD_MAX_CONNS     16
 #define NBD_MAX_CONTEXTS  8
 #define NBD_CACHE_EXTENTS 4096
+#define NBD_EXTRA_CONN_TIMEOUT 2    /* seconds, for multi-conn's extra connections */
 #define NBD_DEFAULT_MAX_BLOCK (32u << 20)   /* spec: without constraints, 32 MiB */
 /* Zero and trim carry no payload: larger requests, aligned to 1 MiB. */
 #define NBD_MAX_ZERO_LEN  (0xffffffffu & ~((1u << 20) - 1))
@@ -1251,12 +1252,20 @@ static int open_connections(struct nbd_transport *nt, const struct transport_opt
     unsigned timeout = o->nbd_timeout ? o->nbd_timeout : NBD_DEFAULT_TIMEOUT;
     for (unsigned i = 0; i < want; i++) {
         struct nbd_conn *c;
-        int ret = conn_open(&nt->uri, nt->uri_text, timeout, nt->contexts, nt->ncontexts,
-                            false, NULL, NULL, &c, e);
-        if (ret == 0 && (ret = adopt_export(nt, c, e)) < 0)
+        /* Connections beyond the first are an optimisation: a server at
+         * its client limit (qemu-nbd -e) does not answer them, so they get
+         * a short handshake timeout and their failure is no error. */
+        struct err extra_err;
+        struct err *ce = i ? &extra_err : e;
+        int ret = conn_open(&nt->uri, nt->uri_text, i ? NBD_EXTRA_CONN_TIMEOUT : timeout,
+                            nt->contexts, nt->ncontexts, false, NULL, NULL, &c, ce);
+        if (ret == 0 && (ret = adopt_export(nt, c, ce)) < 0)
             conn_free(c);
+        if (ret < 0 && i)
+            break;
         if (ret < 0)
             return ret;
+        c->timeout = timeout;
         nt->conns[nt->nconns++] = c;
         /* Several connections only where the server says they are
          * consistent with each other; otherwise one is all we use. */
