@@ -53,8 +53,11 @@ static bool has_op(const struct bitmap_args *a, int kind)
 }
 
 /* The bitmap's flags as qemu-img info names them. */
-static void add_flags(struct prop *flags, const struct dirty_bitmap *bm)
+static void add_flags(struct prop *flags, const struct dirty_bitmap *bm, bool remote)
 {
+    /* An NBD export's bitmap: what the server's context says, read-only. */
+    if (remote)
+        prop_add_string(flags, NULL, "server");
     if (dirty_bitmap_inconsistent(bm))
         prop_add_string(flags, NULL, "in-use");
     if (dirty_bitmap_enabled(bm))
@@ -68,14 +71,14 @@ static int list_bitmaps(struct blockdev *bs, enum output_mode mode, struct err *
         return err_set(e, ENOMEM, "out of memory");
     for (size_t i = 0; i < blk_bitmap_count(bs); i++) {
         const struct dirty_bitmap *bm = blk_bitmap_at(bs, i);
-        if (!dirty_bitmap_persistent(bm))
+        if (!dirty_bitmap_persistent(bm) && !blk_bitmaps_remote(bs))
             continue;
         struct prop *o = prop_add_object(list, NULL);
         if (!o)
             break;
         prop_add_string(o, "name", dirty_bitmap_name(bm));
         prop_add_uint(o, "granularity", dirty_bitmap_granularity(bm));
-        add_flags(prop_add_array(o, "flags"), bm);
+        add_flags(prop_add_array(o, "flags"), bm, blk_bitmaps_remote(bs));
         if (!dirty_bitmap_inconsistent(bm))
             prop_add_uint(o, "dirty-bytes", dirty_bitmap_count(bm));
     }
@@ -275,6 +278,11 @@ int cmd_bitmap(const struct command *cmd, int argc, const char **argv)
             goto fail;
         status = EXIT_OK;
         goto out;
+    }
+    if (blk_name_is_network(filename)) {
+        err_set(&e, EROFS, "%s: the server's bitmaps are its own: imgtool never changes them "
+                "(use the server's tools, e.g. QMP block-dirty-bitmap-add)", filename);
+        goto fail;
     }
     /* The operations change only the bitmaps in memory; one store at the
      * end makes all of them land, or none if any fails (or we crash). */

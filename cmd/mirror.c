@@ -104,8 +104,12 @@ static void on_event(void *opaque, const struct mirror_event *ev)
             char human[32];
             format_size_human(ev->stats->bytes_written + ev->stats->bytes_zeroed, human,
                               sizeof(human));
-            printf("%s -> %s: %s written (sync=%s)\n", ev->job->source, ev->job->target, human,
+            printf("%s -> %s: %s written (sync=%s)", ev->job->source, ev->job->target, human,
                    mirror_sync_name(ev->job->sync));
+            if (ev->job->bitmap && blk_name_is_network(ev->job->source))
+                printf("; the server's bitmap '%s' is left unchanged (the server manages it)",
+                       ev->job->bitmap);
+            printf("\n");
         }
         break;
     default:
@@ -216,7 +220,9 @@ int cmd_mirror(const struct command *cmd, int argc, const char **argv)
         status = cmd_usage_error(&cl, "--sync must be full, top, none, bitmap or incremental");
         goto out;
     }
-    proto.bitmap_mode = MIRROR_BITMAP_ON_SUCCESS;
+    /* A URI's bitmap is the server's: read, never cleared (see job.c). */
+    proto.bitmap_mode = cl.nargs == 2 && blk_name_is_network(cl.args[0]) && !incremental
+                        ? MIRROR_BITMAP_NEVER : MIRROR_BITMAP_ON_SUCCESS;
     if (bitmap_mode_s) {
         if (mirror_parse_bitmap_mode(bitmap_mode_s, &proto.bitmap_mode) < 0) {
             status = cmd_usage_error(&cl, "--bitmap-mode must be on-success, always or never");

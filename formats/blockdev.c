@@ -116,6 +116,11 @@ int blk_check_distinct(const struct blockdev *target, const struct blockdev *sou
     return 0;
 }
 
+bool blk_name_is_network(const char *name)
+{
+    return transport_name_is_uri(name);
+}
+
 bool blk_target_exists(const char *name)
 {
     return transport_name_is_uri(name) || access(name, F_OK) == 0;

@@ -369,6 +369,8 @@ bool blk_same_storage(const struct blockdev *a, const struct blockdev *b);
  * tells). */
 int blk_check_distinct(const struct blockdev *target, const struct blockdev *source,
                        struct err *e);
+/* Whether `name` is a network URI (an NBD export), not a path. */
+bool blk_name_is_network(const char *name);
 /* Whether a target name exists: a file that exists, or any NBD URI (an
  * export can only be written into, never created). */
 bool blk_target_exists(const char *name);

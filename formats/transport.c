@@ -124,3 +124,26 @@ void transport_defer_flushes(struct transport *t, bool defer)
     if (t->ops->defer_flushes)
         t->ops->defer_flushes(t, defer);
 }
+
+bool transport_has_dirty_bitmaps(const struct transport *t)
+{
+    return t->ops->dirty_bitmaps != NULL;
+}
+
+int transport_dirty_bitmaps(struct transport *t, char ***names, size_t *count, struct err *e)
+{
+    if (!t->ops->dirty_bitmaps) {
+        *names = NULL;
+        *count = 0;
+        return 0;
+    }
+    return t->ops->dirty_bitmaps(t, names, count, e);
+}
+
+int transport_dirty_status(struct transport *t, const char *bitmap, uint64_t off,
+                           uint64_t bytes, bool *dirty, uint64_t *run, struct err *e)
+{
+    if (!t->ops->dirty_status)
+        return err_set(e, ENOTSUP, "%s: keeps no bitmaps", t->name);
+    return t->ops->dirty_status(t, bitmap, off, bytes, dirty, run, e);
+}

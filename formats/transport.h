@@ -76,6 +76,13 @@ struct transport_ops {
      * (at most `bytes`, > 0). */
     int (*data_status)(struct transport *t, uint64_t off, uint64_t bytes, unsigned *flags,
                        uint64_t *run, struct err *e);
+    /* Dirty bitmaps the storage itself keeps (an NBD server's
+     * qemu:dirty-bitmap:NAME contexts), read-only to us; NULL for none.
+     * dirty_bitmaps lists their names (malloc'ed array of malloc'ed
+     * strings); dirty_status says whether the run at `off` is dirty. */
+    int (*dirty_bitmaps)(struct transport *t, char ***names, size_t *count, struct err *e);
+    int (*dirty_status)(struct transport *t, const char *bitmap, uint64_t off, uint64_t bytes,
+                        bool *dirty, uint64_t *run, struct err *e);
     /* For a new image under its temporary name (blockdev.h); may be NULL. */
     void (*defer_flushes)(struct transport *t, bool defer);
     /* Whether `name` (a path or a URI as a user writes it) designates this
@@ -123,5 +130,10 @@ int transport_discard(struct transport *t, uint64_t off, uint64_t len, struct er
 int transport_data_status(struct transport *t, uint64_t off, uint64_t bytes, unsigned *flags,
                           uint64_t *run, struct err *e);
 void transport_defer_flushes(struct transport *t, bool defer);
+/* Whether t keeps its own dirty bitmaps (transport_ops.dirty_bitmaps). */
+bool transport_has_dirty_bitmaps(const struct transport *t);
+int transport_dirty_bitmaps(struct transport *t, char ***names, size_t *count, struct err *e);
+int transport_dirty_status(struct transport *t, const char *bitmap, uint64_t off,
+                           uint64_t bytes, bool *dirty, uint64_t *run, struct err *e);
 
 #endif

@@ -278,7 +278,7 @@ static int collect_ranges(struct mirror_job *job, struct err *e)
 static int prepare_bitmap(struct mirror_job *job, struct err *e)
 {
     const struct mirror_params *p = job->p;
-    int ret = blk_bitmaps_supported(job->src) ? blk_bitmaps_load(job->src, e)
+    int ret = blk_bitmaps_available(job->src) ? blk_bitmaps_load(job->src, e)
               : err_set(e, ENOTSUP, "%s: format '%s' has no persistent bitmaps, so "
                         "--sync=bitmap cannot be used", p->source, job->src->drv->name);
     if (ret < 0)
@@ -305,20 +305,47 @@ static int prepare_bitmap(struct mirror_job *job, struct err *e)
     return p->sync == MIRROR_SYNC_BITMAP ? collect_ranges(job, e) : 0;
 }
 
+/* The bitmaps of an NBD export are the server's (QEMU's pull-mode backup
+ * and qemu-nbd -B manage them): a job reads them and changes nothing, so
+ * whatever would clear, create or add one is refused. */
+static int check_remote_source(const struct mirror_params *p, struct err *e)
+{
+    if (!blk_name_is_network(p->source))
+        return 0;
+    if (p->checkpoint)
+        return err_set(e, EROFS, "%s: --checkpoint would add a bitmap on the server, and "
+                       "imgtool never changes the server's bitmaps (create checkpoints there, "
+                       "e.g. virsh checkpoint-create or QMP block-dirty-bitmap-add)", p->source);
+    if (p->bitmap && p->bitmap_create)
+        return err_set(e, EROFS, "%s: bitmap '%s' would be created or reset on the server, and "
+                       "imgtool never changes the server's bitmaps (start it there; copy "
+                       "without --bitmap)", p->source, p->bitmap);
+    if (p->bitmap && p->bitmap_mode != MIRROR_BITMAP_NEVER)
+        return err_set(e, EROFS, "%s: bitmap '%s' is the server's and imgtool never changes "
+                       "it, so its bits cannot be cleared (use --bitmap-mode=never)", p->source,
+                       p->bitmap);
+    return 0;
+}
+
 static int prepare(struct mirror_job *job, struct err *e)
 {
     const struct mirror_params *p = job->p;
+    int ret = check_remote_source(p, e);
+    if (ret < 0)
+        return ret;
     /* A job that clears bits of the source's bitmap changes the image's
      * bitmaps (and nothing else): BITMAPS_ONLY makes that one atomic
-     * store, without marking the bitmaps in use. */
-    bool edits_bitmap = (p->bitmap && p->bitmap_mode != MIRROR_BITMAP_NEVER) ||
-                        p->checkpoint || p->exclusive;
+     * store, without marking the bitmaps in use.  A network source has
+     * neither bitmaps we may change nor locks. */
+    bool edits_bitmap = !blk_name_is_network(p->source) &&
+                        ((p->bitmap && p->bitmap_mode != MIRROR_BITMAP_NEVER) ||
+                         p->checkpoint || p->exclusive);
     if (edits_bitmap && p->force_share)
         return err_set(e, EINVAL, "%s: -U cannot be used when the job clears bits of the "
                        "bitmap (use --bitmap-mode=never)", p->source);
     unsigned sflags = (p->force_share ? BLK_OPEN_FORCE_SHARE : 0) |
                       (edits_bitmap ? BLK_OPEN_RDWR | BLK_OPEN_BITMAPS_ONLY : 0);
-    int ret = blk_open(p->source, p->source_format, sflags, job->opts->open_opts, &job->src, e);
+    ret = blk_open(p->source, p->source_format, sflags, job->opts->open_opts, &job->src, e);
     if (ret < 0)
         return ret;
     if (p->base) {

@@ -22,7 +22,7 @@
 
 #define NBD_MAX_INFLIGHT  64
 #define NBD_MAX_CONNS     16
-#define NBD_MAX_CONTEXTS  8
+#define NBD_MAX_CONTEXTS  32
 #define NBD_CACHE_EXTENTS 4096
 #define NBD_EXTRA_CONN_TIMEOUT 2    /* seconds, for multi-conn's extra connections */
 #define NBD_DEFAULT_MAX_BLOCK (32u << 20)   /* spec: without constraints, 32 MiB */
@@ -89,9 +89,10 @@ struct nbd_transport {
     uint64_t size;
     uint16_t flags;
     uint32_t min_block, max_block;
-    /* Contexts: [0] base:allocation, then the extras asked for. */
+    /* Contexts: [0] base:allocation, then the extras asked for, then the
+     * qemu: contexts the server lists (owned, from owned_from on). */
     const char *contexts[NBD_MAX_CONTEXTS];
-    unsigned ncontexts;
+    unsigned ncontexts, owned_from;
     /* Block status cache: descriptors of the last reply, per context. */
     pthread_mutex_t cache_mu;
     int cache_ctx;              /* -1: empty */
@@ -783,6 +784,39 @@ static int conn_start(struct nbd_conn *c, uint32_t max_payload, struct err *e)
     return 0;
 }
 
+/* The contexts to ask for: base:allocation, the extras of the options,
+ * and every qemu: context the server lists for the export (its dirty
+ * bitmaps and allocation depth), so that the transport can offer the
+ * export's bitmaps without knowing their names in advance. */
+static int discover_contexts(struct nbd_transport *nt, unsigned timeout, struct err *e)
+{
+    struct nbd_conn *c;
+    char **names = NULL;
+    size_t n = 0;
+    int ret = conn_open(&nt->uri, nt->uri_text, timeout, NULL, 0, true, &names, &n, &c, e);
+    if (ret == -ENOTSUP) {
+        err_clear(e);       /* no structured replies: no contexts at all */
+        return 0;
+    }
+    if (ret < 0)
+        return ret;
+    struct err ignored;
+    send_option(c, NBD_OPT_ABORT, NULL, &ignored);
+    conn_free(c);
+    for (size_t i = 0; i < n; i++) {
+        bool have = false;
+        for (unsigned j = 0; j < nt->ncontexts; j++)
+            have |= strcmp(nt->contexts[j], names[i]) == 0;
+        if (!have && strncmp(names[i], "qemu:", 5) == 0 && nt->ncontexts < NBD_MAX_CONTEXTS) {
+            nt->contexts[nt->ncontexts++] = names[i];
+            names[i] = NULL;
+        }
+        free(names[i]);
+    }
+    free(names);
+    return 0;
+}
+
 /* --- The transport --- */
 
 static void nbd_tp_close(struct transport *t)
@@ -791,6 +825,8 @@ static void nbd_tp_close(struct transport *t)
     for (unsigned i = 0; i < nt->nconns; i++)
         conn_free(nt->conns[i]);
     pthread_mutex_destroy(&nt->cache_mu);
+    for (unsigned i = nt->owned_from; i < nt->ncontexts; i++)
+        free((char *)nt->contexts[i]);
     nbd_uri_free(&nt->uri);
     free(nt->uri_text);
     free(nt->canonical);
@@ -1174,6 +1210,43 @@ static int nbd_tp_data_status(struct transport *t, uint64_t off, uint64_t bytes,
     return ret;
 }
 
+/* The export's dirty bitmaps: its qemu:dirty-bitmap:NAME contexts. */
+static int nbd_tp_dirty_bitmaps(struct transport *t, char ***names, size_t *count,
+                                struct err *e)
+{
+    struct nbd_transport *nt = to_nbd(t);
+    size_t plen = strlen(NBD_CONTEXT_DIRTY_BITMAP);
+    *count = 0;
+    *names = calloc(nt->ncontexts + 1, sizeof(char *));
+    if (!*names)
+        return err_set(e, ENOMEM, "out of memory");
+    for (unsigned i = 0; i < nt->ncontexts; i++)
+        if (nt->conns[0]->ctx_ok[i] && strncmp(nt->contexts[i], NBD_CONTEXT_DIRTY_BITMAP,
+                                               plen) == 0 &&
+            !((*names)[*count] = strdup(nt->contexts[i] + plen)))
+            return err_set(e, ENOMEM, "out of memory");
+        else if (nt->conns[0]->ctx_ok[i] && strncmp(nt->contexts[i], NBD_CONTEXT_DIRTY_BITMAP,
+                                                    plen) == 0)
+            (*count)++;
+    return 0;
+}
+
+static int nbd_tp_dirty_status(struct transport *t, const char *bitmap, uint64_t off,
+                               uint64_t bytes, bool *dirty, uint64_t *run, struct err *e)
+{
+    struct nbd_transport *nt = to_nbd(t);
+    char ctx[NBD_MAX_STRING + 32];
+    snprintf(ctx, sizeof(ctx), "%s%s", NBD_CONTEXT_DIRTY_BITMAP, bitmap);
+    uint32_t f;
+    int ret = nbd_context_status(t, ctx, off, bytes, &f, run, e);
+    if (ret == -ENOENT)
+        err_set(e, ENOENT, "%s: the server offers no bitmap '%s' (no context %s)",
+                nt->uri_text, bitmap, ctx);
+    if (ret == 0)
+        *dirty = f & NBD_STATE_DIRTY;
+    return ret;
+}
+
 static bool nbd_tp_is_named(struct transport *t, const char *name)
 {
     struct nbd_uri u;
@@ -1200,6 +1273,8 @@ static const struct transport_ops nbd_transport_ops = {
     .write_zeroes = nbd_tp_write_zeroes,
     .discard = nbd_tp_discard,
     .data_status = nbd_tp_data_status,
+    .dirty_bitmaps = nbd_tp_dirty_bitmaps,
+    .dirty_status = nbd_tp_dirty_status,
     .is_named = nbd_tp_is_named,
     .same = nbd_tp_same,
     .close = nbd_tp_close,
@@ -1298,15 +1373,19 @@ int nbd_transport_open(const char *uri, bool writable, const struct transport_op
     for (const char *const *c = o->nbd_contexts; c && *c; c++)
         if (nt->ncontexts < NBD_MAX_CONTEXTS)
             nt->contexts[nt->ncontexts++] = *c;
+    nt->owned_from = nt->ncontexts;
+    unsigned extras = nt->ncontexts;
     int ret = nbd_uri_parse(uri, &nt->uri, e);
     if (ret == 0 && !(nt->canonical = nbd_uri_canonical(&nt->uri)))
         ret = err_set(e, ENOMEM, "out of memory");
+    if (ret == 0)
+        ret = discover_contexts(nt, o->nbd_timeout ? o->nbd_timeout : NBD_DEFAULT_TIMEOUT, e);
     if (ret == 0) {
         nt->tp.name = nt->canonical;
         ret = open_connections(nt, o, e);
     }
     /* Contexts asked for beyond base:allocation must exist. */
-    for (unsigned i = 1; ret == 0 && i < nt->ncontexts; i++)
+    for (unsigned i = 1; ret == 0 && i < extras; i++)
         if (!nt->conns[0]->ctx_ok[i])
             ret = err_set(e, ENOENT, "%s: the server does not offer the context '%s'", uri,
                           nt->contexts[i]);
