@@ -202,8 +202,10 @@ int cmd_export(const struct command *cmd, int argc, const char **argv)
     }
     /* Pull mode: the bitmap is the server's, read and left as it is. */
     bool remote = blk_name_is_network(p.source);
-    if (remote && p.sync == MIRROR_SYNC_BITMAP)
+    if (remote && p.sync == MIRROR_SYNC_BITMAP) {
         p.bitmap_mode = MIRROR_BITMAP_NEVER;
+        chain.resyncs_bitmap = false;
+    }
     if (mode_s) {
         if (!strcmp(mode_s, "absolute-paths")) {
             p.target_mode = MIRROR_TARGET_ABSOLUTE_PATHS;

@@ -59,7 +59,7 @@ expect_eq "$(err)" "imgtool: $u: bitmap 'b0' is the server's and imgtool never c
 expect_status 1 imgtool bitmap --remove "$u" b0
 expect_eq "$(err)" "imgtool: $u: the server's bitmaps are its own: imgtool never changes them (use the server's tools, e.g. QMP block-dirty-bitmap-add)"
 expect_status 1 imgtool export --sync=incremental --bitmap=nope -b full.qcow2 "$u" x.qcow2
-expect_match "$(err)" "no bitmap 'nope'"
+expect_eq "$(err)" "imgtool: full.qcow2: a backup following bitmap 'b0', not 'nope' (or --force)"
 [ -z "$(ls x.qcow2* bad.qcow2* 2>/dev/null)" ] || die "refused backups left files: $(ls x.qcow2* bad.qcow2*)"
 checks=$((checks + 1))
 # mirror --sync=bitmap from the URI into the full copy: just the dirty
