@@ -7,7 +7,6 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cmd/commands.h"
 
@@ -94,11 +93,7 @@ static bool same_stored_data(const struct blk_extent *ea, const struct blk_exten
     if (!(ea->flags & eb->flags & BLK_STATUS_OFFSET) || !(ea->flags & BLK_STATUS_DATA) ||
         ea->host_offset != eb->host_offset || ea->layer->drv != eb->layer->drv)
         return false;
-    if (ea->layer == eb->layer)
-        return true;
-    struct stat sa, sb;
-    return fstat(ea->layer->file->fd, &sa) == 0 && fstat(eb->layer->file->fd, &sb) == 0 &&
-           sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+    return ea->layer == eb->layer || transport_same(ea->layer->file, eb->layer->file);
 }
 
 /* What strict mode compares, as qemu-img compare -s compares block status
@@ -227,8 +222,8 @@ int cmd_compare(const struct command *cmd, int argc, const char **argv)
     status = CMP_ERROR;
     int ret;
     unsigned flags = cmd_open_flags(false, force_share, cache, &e, &ret);
-    if (ret < 0 || blk_open(cl.args[0], fmt1, flags, &a.bs, &e) < 0 ||
-        blk_open(cl.args[1], fmt2, flags, &b.bs, &e) < 0)
+    if (ret < 0 || blk_open(cl.args[0], fmt1, flags, cmd_open_opts(), &a.bs, &e) < 0 ||
+        blk_open(cl.args[1], fmt2, flags, cmd_open_opts(), &b.bs, &e) < 0)
         goto fail;
     /* Aligned for -T none (O_DIRECT). */
     if (posix_memalign((void **)&a.buf, 4096, CMP_CHUNK) ||
