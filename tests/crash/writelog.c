@@ -18,7 +18,8 @@
  * never issues) would be logged in an arbitrary order.
  *
  * Faults, to make a job fail or be cancelled at a chosen moment without
- * timing: with WRITELOG_FAULT_FILE=NAME (a bare name in the directory) and
+ * timing: with WRITELOG_FAULT_FILE=NAME (a bare name in the directory, or
+ * PREFIX* for the files whose names start with PREFIX) and
  * WRITELOG_FAULT_AFTER=N, the first N writes to NAME succeed; then
  * WRITELOG_FAULT=eio (the default) fails every later write to NAME with
  * EIO, and WRITELOG_FAULT=sigint sends the process SIGINT once, right
@@ -176,7 +177,12 @@ static bool is_fault_file(int fd)
 {
     char name[NAME_MAX + 1];
     uint64_t ino;
-    return fault_after >= 0 && watched_fd(fd, name, &ino) == 1 && !strcmp(name, fault_file);
+    size_t n = strlen(fault_file);
+    if (fault_after < 0 || watched_fd(fd, name, &ino) != 1)
+        return false;
+    if (n && fault_file[n - 1] == '*')    /* a prefix: names made up at run time */
+        return strncmp(name, fault_file, n - 1) == 0;
+    return strcmp(name, fault_file) == 0;
 }
 
 /* WRITELOG_FAULT=eio: whether this write must fail. */
