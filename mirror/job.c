@@ -452,11 +452,15 @@ static int run_copy(struct mirror_job *job, struct err *e)
         return 0;
     if (job->p->sync == MIRROR_SYNC_BITMAP && !job->nranges)
         return 0;   /* nothing dirty */
-    /* A new target without a backing file reads zeroes everywhere; in
-     * bitmap mode it is a diff image to be rebased later, so its zero
-     * ranges must be allocated zeroes, not holes. */
+    /* In bitmap mode the target is a diff image, to be rebased onto a
+     * full copy later (or read through the backing file it has now): its
+     * zero ranges must be allocated zeroes (qcow2 zero clusters; real
+     * zeroes in a raw file), not holes that would show the backing file's
+     * data, whoever created the target and whatever it reads now (QEMU's
+     * blockdev-backup writes zero clusters there too).  A new target
+     * without a backing file otherwise reads zeroes everywhere. */
     bool new_plain = job->tmp_path && !job->dst->backing;
-    bool diff_image = new_plain && job->p->sync == MIRROR_SYNC_BITMAP;
+    bool diff_image = job->p->sync == MIRROR_SYNC_BITMAP;
     struct copy_job cj = {
         .src = job->src, .base = job->base, .dst = job->dst,
         .offset = 0, .length = job->src->size,
