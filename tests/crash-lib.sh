@@ -74,5 +74,5 @@ crash_covered() {
     checks=$((checks + 1))
     "$CRASH_TOOLS/crashreplay" uncovered "$want" "$raw" "$T/.dirty" >"$T/.lost" ||
         die "$crash_where: $restored differs from the source where bitmap $bitmap is clean" \
-            "(lost changes, START LENGTH: $(head -n 5 "$T/.lost" | tr '\n' ' '))"
+            "(lost changes, START LENGTH: $(head -n 5 "$T/.lost" | paste -sd ' '))"
 }

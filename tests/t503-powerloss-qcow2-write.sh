@@ -29,7 +29,7 @@ check_state() {
     ok qemu-img convert -O raw "$S/disk.qcow2" "$T/state.raw"
     checks=$((checks + 1))
     "$CRASH_TOOLS/crashreplay" oldornew "$T/state.raw" "$T/old.raw" "$T/new.raw" 4096 \
-        >"$T/.bad" || die "$crash_where: clusters at $(head -n 5 "$T/.bad" | tr '\n' ' ') hold" \
+        >"$T/.bad" || die "$crash_where: clusters at $(head -n 5 "$T/.bad" | paste -sd " ") hold" \
         "neither the old nor the new data"
 }
 crash_states session 16 2 check_state
