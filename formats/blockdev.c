@@ -152,6 +152,7 @@ static int open_layer(const char *filename, const char *format, unsigned flags, 
     bs->open_flags = flags;
     bs->read_only = !(flags & BLK_OPEN_RDWR);
     blk_bitmaps_init(bs);
+    range_lock_set_init(&bs->requests);
     int ret = hostfile_open(filename, fflags, &bs->file, e);
     if (ret < 0)
         goto fail;
@@ -222,6 +223,7 @@ void blk_close(struct blockdev *bs)
         if (bs->drv && bs->drv->close)
             bs->drv->close(bs);
         hostfile_close(bs->file);
+        range_lock_set_destroy(&bs->requests);
         free(bs->filename);
         free(bs->backing_name);
         free(bs->backing_path);
@@ -464,22 +466,55 @@ static int begin_guest_write(struct blockdev *bs, uint64_t off, uint64_t len, st
     return ret;
 }
 
+/* In-flight request tracking (blockdev.h, "Threads"): a request holds its
+ * range, widened to the driver's write alignment (the cluster a write may
+ * allocate, copy on write or free), from before the driver sees it until
+ * the driver is done.  Reads share ranges; anything that changes the disk
+ * has its range to itself. */
+static void request_begin(struct blockdev *bs, struct range_lock *req, uint64_t off,
+                          uint64_t len, bool exclusive)
+{
+    uint64_t a = blk_write_alignment(bs);
+    range_lock_acquire(&bs->requests, req, align_down(off, a), align_up(off + len, a),
+                       exclusive);
+}
+
+static void request_end(struct blockdev *bs, struct range_lock *req)
+{
+    range_lock_release(&bs->requests, req);
+}
+
+void blk_drain(struct blockdev *bs)
+{
+    range_lock_drain(&bs->requests);
+}
+
 int blk_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
                struct err *e)
 {
-    int ret = check_range(bs, off, iov_size(iov, iovcnt), e);
-    if (ret < 0)
+    size_t len = iov_size(iov, iovcnt);
+    int ret = check_range(bs, off, len, e);
+    if (ret < 0 || len == 0)
         return ret;
-    return bs->drv->preadv(bs, off, iov, iovcnt, e);
+    struct range_lock req;
+    request_begin(bs, &req, off, len, false);
+    ret = bs->drv->preadv(bs, off, iov, iovcnt, e);
+    request_end(bs, &req);
+    return ret;
 }
 
 int blk_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
                 struct err *e)
 {
-    int ret = begin_guest_write(bs, off, iov_size(iov, iovcnt), e);
-    if (ret < 0)
+    size_t len = iov_size(iov, iovcnt);
+    int ret = begin_guest_write(bs, off, len, e);
+    if (ret < 0 || len == 0)
         return ret;
-    return bs->drv->pwritev(bs, off, iov, iovcnt, e);
+    struct range_lock req;
+    request_begin(bs, &req, off, len, true);
+    ret = bs->drv->pwritev(bs, off, iov, iovcnt, e);
+    request_end(bs, &req);
+    return ret;
 }
 
 int blk_pread(struct blockdev *bs, uint64_t off, void *buf, size_t len, struct err *e)
@@ -500,7 +535,11 @@ int blk_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned f
     int ret = begin_guest_write(bs, off, len, e);
     if (ret < 0 || len == 0)
         return ret;
-    return bs->drv->write_zeroes(bs, off, len, flags, e);
+    struct range_lock req;
+    request_begin(bs, &req, off, len, true);
+    ret = bs->drv->write_zeroes(bs, off, len, flags, e);
+    request_end(bs, &req);
+    return ret;
 }
 
 int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
@@ -514,7 +553,11 @@ int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
         return 0;   /* discard is a hint: nothing changes, nothing is marked */
     if ((ret = begin_guest_write(bs, off, len, e)) < 0)
         return ret;
-    return bs->drv->discard(bs, off, len, e);
+    struct range_lock req;
+    request_begin(bs, &req, off, len, true);
+    ret = bs->drv->discard(bs, off, len, e);
+    request_end(bs, &req);
+    return ret;
 }
 
 int blk_flush(struct blockdev *bs, struct err *e)
@@ -540,6 +583,7 @@ int blk_truncate(struct blockdev *bs, uint64_t size, struct err *e)
     if ((ret = blk_bitmaps_check_guest_write(bs, e)) < 0 ||
         (ret = blk_bitmaps_check_truncate(bs, e)) < 0)
         return ret;
+    blk_drain(bs);
     if ((ret = bs->drv->truncate(bs, size, e)) < 0)
         return ret;
     return blk_bitmaps_truncate(bs, size, e);
@@ -622,9 +666,13 @@ int blk_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *buf, si
         ret = blk_check_compression(bs->drv, bs->filename, e);
     if (ret < 0)
         return ret;
-    if ((ret = begin_guest_write(bs, off, len, e)) < 0)
+    if ((ret = begin_guest_write(bs, off, len, e)) < 0 || len == 0)
         return ret;
-    return bs->drv->pwrite_compressed(bs, off, buf, len, e);
+    struct range_lock req;
+    request_begin(bs, &req, off, len, true);
+    ret = bs->drv->pwrite_compressed(bs, off, buf, len, e);
+    request_end(bs, &req);
+    return ret;
 }
 
 int blk_check_compression(const struct blockdrv *drv, const char *filename, struct err *e)

@@ -8,12 +8,29 @@
  * Every function that can fail returns a negative errno and fills the
  * caller's `struct err` with a one-line message naming the file.
  *
- * Threads: the copy engine keeps several requests in flight from worker
- * threads, so preadv, pwritev, write_zeroes, discard, block_status and
- * pwrite_compressed may be called concurrently on one blockdev.  Drivers
- * protect their metadata with their own lock and do data I/O outside it
- * where they can; open, close, create, truncate, flush, set_backing and
- * make_empty are never called concurrently with anything else. */
+ * Threads: the copy engine and the NBD server keep several requests in
+ * flight from worker threads, so blk_preadv, blk_pwritev, blk_write_zeroes,
+ * blk_discard, blk_pwrite_compressed, blk_block_status* and blk_flush may be
+ * called concurrently on one blockdev, with any ranges, overlapping or not.
+ * The block layer, not the caller or the driver, makes that safe: every
+ * read and write holds its range, widened to blk_write_alignment (the
+ * cluster: a write may allocate, copy on write or free it), in bs->requests
+ * (formats/rangelock.h) while the driver works on it.  Writes, zero writes,
+ * discards and compressed writes exclude every overlapping request; reads
+ * exclude only those, never each other.  So a driver sees no two requests
+ * on one cluster at once unless both are reads, and may do data I/O outside
+ * its metadata lock: no write lands in a cluster that a concurrent discard
+ * freed, and no read returns a cluster that was freed and reused under it.
+ * Overlapping requests take effect in the order they reach the block layer
+ * (a later request waits for earlier conflicting ones, never the reverse).
+ * Block status takes no range: the driver answers it under its own lock,
+ * from the metadata as it stands.  A flush covers the requests that
+ * completed before it was called; drivers protect their metadata with their
+ * own lock.  open, close, create, truncate, set_backing, make_empty and the
+ * bitmap set changes are never called concurrently with anything else
+ * (truncate drains the requests first, blk_drain).  Drivers must not call
+ * blk_* I/O on their own blockdev (only on their backing file), or a request
+ * would wait for itself. */
 #ifndef IMGTOOL_BLOCKDEV_H
 #define IMGTOOL_BLOCKDEV_H
 
@@ -26,6 +43,7 @@
 #include "file.h"
 #include "options.h"
 #include "props.h"
+#include "rangelock.h"
 #include "util.h"
 
 struct blockdev;
@@ -186,6 +204,9 @@ struct blockdev {
     bool bitmaps_loaded;        /* the image's persistent bitmaps are attached */
     bool bitmaps_in_use;        /* marked in use on disk: stored again at close */
     bool bitmaps_released;      /* stored for good: no more guest writes */
+    /* The reads and writes in flight, with their cluster-widened ranges
+     * (see "Threads" above). */
+    struct range_lock_set requests;
 };
 
 /* --- Driver table and probing --- */
@@ -224,6 +245,9 @@ int blk_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned f
                      struct err *e);
 int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e);
 int blk_flush(struct blockdev *bs, struct err *e);
+/* Wait until no read or write is in flight on bs (the caller stops
+ * issuing new ones first: a server that stops, a job that completes). */
+void blk_drain(struct blockdev *bs);
 /* For an image still under its temporary name (blk_create_begin): skip the
  * flushes that order metadata writes, as qemu-img's default cache=unsafe
  * does for every target; a crash then leaves only a temporary file that
