@@ -83,14 +83,21 @@ cp "$T/full.raw" "$D/tgt.raw"
 ok crash_run raw-success "$IMGTOOL" "${mirror_args[@]}" --bitmap-mode=on-success \
     "$D/src.qcow2" "$D/tgt.raw"
 expect_eq "$(imgtool_dirty "$D/src.qcow2" b)" "" "dirty extents after a successful mirror"
-crash_states raw-success 10 2 check_raw
+crash_states raw-success 8 2 check_raw
 
 # 5. A new qcow2 diff image, always mode, succeeding: it appears (rename,
 # directory synced) before the bits go.
 fresh
 ok crash_run new-success "$IMGTOOL" "${mirror_args[@]}" --bitmap-mode=always \
     "$D/src.qcow2" "$D/new.qcow2"
-crash_states new-success 10 2 check_new
+crash_states new-success 8 2 check_new
+
+# 6. Always mode into an existing empty qcow2 diff image, succeeding.
+fresh
+ok qemu-img create -q -f qcow2 -b "$T/full.raw" -F raw "$D/diff.qcow2"
+ok crash_run qcow2-success "$IMGTOOL" "${mirror_args[@]}" --bitmap-mode=always \
+    "$D/src.qcow2" "$D/diff.qcow2"
+crash_states qcow2-success 8 2 check_diff
 
 echo "$crash_states_checked crash states"
 passed
