@@ -5,7 +5,8 @@
  *   crashreplay points LOG MAX
  *       Print up to MAX crash points (record counts, one per line): the
  *       start, the end, and the moments just before and just after each
- *       fsync, directory fsync and rename, evenly thinned out to MAX.
+ *       fsync, directory fsync and rename, evenly thinned out to MAX (0:
+ *       all of them, e.g. to cover every operation boundary).
  *   crashreplay dump LOG
  *       Print the records, one a line (to see what a command did).
  *   crashreplay state LOG SNAPDIR OUTDIR POINT SEED
