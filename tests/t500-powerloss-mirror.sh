@@ -56,7 +56,7 @@ WRITELOG_FAULT_FILE=tgt.raw WRITELOG_FAULT_AFTER=3 WRITELOG_FAULT=sigint \
     "$D/src.qcow2" "$D/tgt.raw"
 expect_match "$(err)" 'mirror cancelled'
 expect_eq "$(imgtool_dirty "$D/src.qcow2" b | wc -l)" 3 "dirty extents left after the cancel"
-crash_states raw-sigint 10 2 check_raw
+crash_states raw-sigint 8 2 check_raw
 
 # 2. Always mode into an existing empty qcow2 diff image backed by the full
 # backup, cancelled: the copied clusters' L2 entries sit in the L2 cache.
@@ -65,7 +65,7 @@ ok qemu-img create -q -f qcow2 -b "$T/full.raw" -F raw "$D/diff.qcow2"
 WRITELOG_FAULT_FILE=diff.qcow2 WRITELOG_FAULT_AFTER=3 WRITELOG_FAULT=sigint \
     expect_status 130 crash_run qcow2-sigint "$IMGTOOL" "${mirror_args[@]}" --bitmap-mode=always \
     --mode=existing "$D/src.qcow2" "$D/diff.qcow2"
-crash_states qcow2-sigint 10 2 check_diff
+crash_states qcow2-sigint 8 2 check_diff
 
 # 3. The same without a backing file, failing: the target's writes fail
 # with EIO after the fourth.
@@ -75,7 +75,7 @@ WRITELOG_FAULT_FILE=diff.qcow2 WRITELOG_FAULT_AFTER=4 \
     expect_status 1 crash_run qcow2-eio "$IMGTOOL" "${mirror_args[@]}" --bitmap-mode=always \
     --mode=existing "$D/src.qcow2" "$D/diff.qcow2"
 expect_match "$(err)" 'diff.qcow2'
-crash_states qcow2-eio 10 2 check_diff
+crash_states qcow2-eio 8 2 check_diff
 
 # 4. on-success into an existing raw copy, succeeding.
 fresh
@@ -83,21 +83,21 @@ cp "$T/full.raw" "$D/tgt.raw"
 ok crash_run raw-success "$IMGTOOL" "${mirror_args[@]}" --bitmap-mode=on-success \
     "$D/src.qcow2" "$D/tgt.raw"
 expect_eq "$(imgtool_dirty "$D/src.qcow2" b)" "" "dirty extents after a successful mirror"
-crash_states raw-success 8 2 check_raw
+crash_states raw-success 6 2 check_raw
 
 # 5. A new qcow2 diff image, always mode, succeeding: it appears (rename,
 # directory synced) before the bits go.
 fresh
 ok crash_run new-success "$IMGTOOL" "${mirror_args[@]}" --bitmap-mode=always \
     "$D/src.qcow2" "$D/new.qcow2"
-crash_states new-success 8 2 check_new
+crash_states new-success 6 2 check_new
 
 # 6. Always mode into an existing empty qcow2 diff image, succeeding.
 fresh
 ok qemu-img create -q -f qcow2 -b "$T/full.raw" -F raw "$D/diff.qcow2"
 ok crash_run qcow2-success "$IMGTOOL" "${mirror_args[@]}" --bitmap-mode=always \
     "$D/src.qcow2" "$D/diff.qcow2"
-crash_states qcow2-success 8 2 check_diff
+crash_states qcow2-success 6 2 check_diff
 
 echo "$crash_states_checked crash states"
 passed
