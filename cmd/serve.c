@@ -186,7 +186,8 @@ static int pick_bitmaps(struct served *s, const struct serve_cli *c, struct err 
         if (ret < 0)
             return ret;
     }
-    for (int i = 0; i < c->nbitmaps; i++) {
+    /* Last -B first, in the order qemu-nbd lists the contexts. */
+    for (int i = c->nbitmaps - 1; i >= 0; i--) {
         struct dirty_bitmap *bm = blk_bitmap_find(s->bs, c->bitmaps[i]);
         if (!bm)
             continue;
@@ -283,6 +284,10 @@ static int open_images(struct cmdline *cl, const struct serve_opts *o,
         if ((ret = blk_open(cl->args[i], o->format, flags, &s[i].bs, e)) < 0 ||
             (ret = pick_bitmaps(&s[i], c, e)) < 0)
             return ret;
+        /* cache=unsafe: no fdatasync at all, flush requests included, as
+         * QEMU's cache.no-flush. */
+        if (o->cache && !strcmp(o->cache, "unsafe"))
+            blk_defer_flushes(s[i].bs, true);
     }
     return check_bitmaps_found(s, cl->nargs, c, e);
 }
@@ -298,6 +303,9 @@ static void fill_exports(struct cmdline *cl, const struct serve_opts *o,
             .description = i < c->ndescriptions ? c->descriptions[i] : NULL,
             .bs = s[i].bs, .writable = !o->read_only, .unmap = unmap,
             .allocation_depth = o->allocation_depth,
+            /* Every connection sees every write (one open image), but
+             * qemu-nbd only promises it for shared read-only exports. */
+            .multi_conn = o->read_only && o->shared > 1,
             .bitmaps = s[i].bitmaps, .nbitmaps = s[i].nbitmaps,
         };
     }

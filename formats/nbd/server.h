@@ -37,6 +37,7 @@ struct nbd_server_export {
     bool writable;
     bool unmap;                 /* TRIM and zero writes may deallocate (--discard=unmap) */
     bool allocation_depth;      /* offer qemu:allocation-depth */
+    bool multi_conn;            /* advertise NBD_FLAG_CAN_MULTI_CONN */
     /* Offered as qemu:dirty-bitmap:NAME (NAME = the bitmap's name). */
     struct dirty_bitmap *const *bitmaps;
     size_t nbitmaps;
