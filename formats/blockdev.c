@@ -321,6 +321,17 @@ static void remove_stale_temporaries(const char *filename)
     free(copy);
 }
 
+int blk_measure(const char *format, struct kvopts *opts, struct blockdev *in,
+                struct blk_measure *out, struct err *e)
+{
+    const struct blockdrv *drv = blk_find_driver(format);
+    if (!drv)
+        return unknown_format(format, e);
+    if (!drv->measure)
+        return err_set(e, ENOTSUP, "format '%s' does not support size measurement", format);
+    return drv->measure(opts, in, out, e);
+}
+
 int blk_create_begin(const char *format, const struct blk_create_params *params,
                      char **tmp_path, struct err *e)
 {
@@ -735,6 +746,25 @@ int blk_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
                      struct blk_extent *ext, struct err *e)
 {
     return blk_block_status_above(bs, NULL, off, bytes, ext, e);
+}
+
+int blk_block_status_host(struct blockdev *bs, uint64_t off, uint64_t bytes,
+                          struct blk_extent *ext, struct err *e)
+{
+    int ret = blk_block_status(bs, off, bytes, ext, e);
+    unsigned mask = BLK_STATUS_DATA | BLK_STATUS_ZERO | BLK_STATUS_OFFSET | BLK_STATUS_RECURSE;
+    if (ret < 0 || (ext->flags & mask) != (mask & ~BLK_STATUS_ZERO) || !ext->layer)
+        return ret;
+    bool is_data;
+    uint64_t run;
+    ret = hostfile_data_status(ext->layer->file, ext->host_offset, ext->length, &is_data, &run,
+                               e);
+    if (ret < 0)
+        return ret;
+    ext->length = min_u64(ext->length, run);
+    if (!is_data)
+        ext->flags |= BLK_STATUS_ZERO;
+    return 0;
 }
 
 int blk_read_backing(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,

@@ -87,6 +87,9 @@ enum {
     BLK_STATUS_ZERO      = 1 << 1,  /* reads are guaranteed to return zeroes */
     BLK_STATUS_ALLOCATED = 1 << 2,  /* this layer decides the contents (no fall-through) */
     BLK_STATUS_OFFSET    = 1 << 3,  /* host_offset is valid */
+    /* The host range may have holes that read as zeroes: ask the host file
+     * (QEMU's BDRV_BLOCK_RECURSE; see blk_block_status_host). */
+    BLK_STATUS_RECURSE   = 1 << 4,
 };
 
 struct blk_extent {
@@ -113,8 +116,23 @@ struct blk_create_params {
     const char *backing_format;     /* -F, may be NULL (probe) */
 };
 
+/* What a new image needs (qemu-img measure): `required` bytes for the data
+ * of the source (or none) plus all metadata, `fully_allocated` bytes with
+ * every cluster allocated, and (has_bitmaps) `bitmaps` bytes more for the
+ * source's persistent bitmaps when both formats can store them. */
+struct blk_measure {
+    uint64_t required;
+    uint64_t fully_allocated;
+    bool has_bitmaps;
+    uint64_t bitmaps;
+};
+
 struct blockdrv {
     const char *name;
+    /* The -o options of create and of amend, for `-o help` (NULL-terminated
+     * arrays; NULL: none). */
+    const struct blk_option_desc *create_options;
+    const struct blk_option_desc *amend_options;
     /* How sure the driver is that the first bytes of a file are its format:
      * 0 = not mine, 100 = certain.  `len` may be shorter than a sector. */
     int (*probe)(const uint8_t *buf, size_t len);
@@ -178,6 +196,15 @@ struct blockdrv {
     int (*bitmaps_store)(struct blockdev *bs, bool in_use, struct err *e);
     int (*bitmap_check_new)(struct blockdev *bs, const char *name, uint32_t granularity,
                             struct err *e);
+    /* Size a new image of this format made with create options `opts`
+     * (with "size"), or converted from `in` (may be NULL; its size then
+     * wins) with those options, as QEMU's bdrv_measure.  Options the
+     * driver uses are marked (kvopts_get).  NULL: cannot measure. */
+    int (*measure)(struct kvopts *opts, struct blockdev *in, struct blk_measure *out,
+                   struct err *e);
+    /* Can `bs` (open with this driver) store persistent bitmaps as it is
+     * (qcow2: version 3)?  NULL: as bitmaps_load says. */
+    bool (*bitmaps_persistent)(struct blockdev *bs);
 };
 
 struct blockdev {
@@ -214,6 +241,12 @@ const struct blockdrv *blk_find_driver(const char *name);
 /* Names of all drivers, NULL-terminated. */
 const struct blockdrv *const *blk_drivers(void);
 int blk_probe_file(struct hostfile *f, const struct blockdrv **drv, struct err *e);
+
+/* blockdrv.measure of `format` (see struct blk_measure); the options are
+ * all checked (an unknown key is an error).  -ENOTSUP when the format
+ * cannot measure. */
+int blk_measure(const char *format, struct kvopts *opts, struct blockdev *in,
+                struct blk_measure *out, struct err *e);
 
 /* --- Open / close --- */
 /* Open `filename` in format `format` (NULL = probe) and its backing chain. */
@@ -292,6 +325,13 @@ int blk_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
  * image count as allocated (by that layer), as in QEMU. */
 int blk_block_status_above(struct blockdev *bs, const struct blockdev *base, uint64_t off,
                            uint64_t bytes, struct blk_extent *ext, struct err *e);
+
+/* Like blk_block_status, and a data run with BLK_STATUS_RECURSE mapped to a
+ * host file range that is a hole in that file (or past its end) also gets
+ * BLK_STATUS_ZERO, as QEMU refines a format's status with its protocol
+ * layer's (want_zero). */
+int blk_block_status_host(struct blockdev *bs, uint64_t off, uint64_t bytes,
+                          struct blk_extent *ext, struct err *e);
 
 /* Helper for drivers: read `len` bytes at `off` of the backing chain into
  * the iovec (zeroes past the backing file's end or without backing). */
