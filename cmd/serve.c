@@ -90,7 +90,7 @@ static void on_server_event(void *opaque, const struct nbd_server_event *ev)
         return;
     }
     if (ev->error && c->mode != OUTPUT_JSON)
-        cmd_warn("%s: %s", ev->peer, ev->error);
+        cmd_warn("%s", ev->error);
     print_event(c, "client-disconnected", "peer", ev->peer, "error", ev->error);
 }
 

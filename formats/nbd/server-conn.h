@@ -45,7 +45,7 @@ struct server_conn {
     bool reader_done;
     pthread_mutex_t send_lock;      /* one reply at a time on the socket */
     atomic_bool broken;             /* sending failed: drop the client */
-    char error[256];                /* why the client was dropped ("" if not) */
+    char error[400];                /* why the client was dropped ("" if not) */
 };
 
 /* I/O on the connection's socket: 0, or -1 on EOF or error. */

@@ -265,13 +265,31 @@ static void do_read(struct server_conn *c, const struct nbd_request *r)
     free(buf);
 }
 
-/* FAST_ZERO promises no slow fallback: only ranges the format zeroes by
- * metadata alone (whole clusters) qualify; the client then writes zeroes
- * itself, as the spec intends. */
+/* Whether [off, off + len) reads as zeroes already (block status). */
+static bool reads_zero(struct blockdev *bs, uint64_t off, uint64_t len)
+{
+    uint64_t end = off + len;
+    while (off < end) {
+        struct blk_extent ext;
+        struct err e = { 0 };
+        if (blk_block_status(bs, off, end - off, &ext, &e) < 0 ||
+            !(ext.flags & BLK_STATUS_ZERO))
+            return false;
+        off += ext.length;
+    }
+    return true;
+}
+
+/* FAST_ZERO promises no slow fallback: whole clusters are zeroed in the
+ * metadata alone, and a range that reads as zeroes already costs nothing;
+ * anything else would write zero buffers, so the client is told ENOTSUP
+ * and writes the zeroes itself, as the spec intends. */
 static bool zeroes_fast(struct blockdev *bs, const struct nbd_request *r)
 {
     uint64_t a = blk_write_alignment(bs);
-    return r->offset % a == 0 && (r->length % a == 0 || r->offset + r->length == bs->size);
+    if (r->offset % a == 0 && (r->length % a == 0 || r->offset + r->length == bs->size))
+        return true;
+    return reads_zero(bs, r->offset, r->length);
 }
 
 static int do_write_zeroes(struct server_conn *c, const struct nbd_request *r, struct err *e)

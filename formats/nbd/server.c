@@ -49,10 +49,17 @@ void conn_fail(struct server_conn *c, const char *fmt, ...)
 {
     if (c->error[0])
         return;
+    char msg[256];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(c->error, sizeof(c->error), fmt, ap);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
+    /* The codec's messages name the peer already. */
+    size_t n = strlen(c->peer);
+    if (strncmp(msg, c->peer, n) == 0 && msg[n] == ':')
+        snprintf(c->error, sizeof(c->error), "%s", msg);
+    else
+        snprintf(c->error, sizeof(c->error), "%s: %s", c->peer, msg);
 }
 
 static void report(struct server_conn *c, enum nbd_server_event_type type)
