@@ -105,20 +105,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifdef FUZZ_REPLAY
-/* Replay: run each file named on the command line. */
-int main(int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++) {
-        FILE *f = fopen(argv[i], "rb");
-        if (!f) {
-            perror(argv[i]);
-            return 2;
-        }
-        static uint8_t data[4u << 20];
-        size_t len = fread(data, 1, sizeof(data), f);
-        fclose(f);
-        LLVMFuzzerTestOneInput(data, len);
-    }
-    return 0;
-}
+#include "tests/fuzz/replay-main.h"
 #endif
