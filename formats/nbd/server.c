@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 int conn_read(struct server_conn *c, void *buf, size_t len)
@@ -96,11 +97,24 @@ static void conn_destroy(struct server_conn *c)
     free(c->selected);
 }
 
+static void set_timeout(int fd, int option, int seconds)
+{
+    struct timeval tv = { .tv_sec = seconds };
+    setsockopt(fd, SOL_SOCKET, option, &tv, sizeof(tv));
+}
+
 /* Handshake, transmission, then the disconnect event; the socket stays
- * open (the caller closes it). */
+ * open (the caller closes it).  A client gets NBD_SERVER_HANDSHAKE_LIMIT
+ * seconds to choose an export (it holds one of the -e slots meanwhile),
+ * and one that reads no reply for NBD_SERVER_SEND_LIMIT seconds is
+ * dropped (so that it cannot stall a stop for ever). */
 static void conn_serve(struct server_conn *c)
 {
-    if (server_handshake(c) == 0) {
+    set_timeout(c->fd, SO_RCVTIMEO, NBD_SERVER_HANDSHAKE_LIMIT);
+    set_timeout(c->fd, SO_SNDTIMEO, NBD_SERVER_SEND_LIMIT);
+    int ret = server_handshake(c);
+    set_timeout(c->fd, SO_RCVTIMEO, 0);
+    if (ret == 0) {
         report(c, NBD_SERVER_CLIENT_CONNECTED);
         server_transmission(c);
     }

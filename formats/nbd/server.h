@@ -81,6 +81,8 @@ enum {
     NBD_SERVER_MIN_BLOCK = 1,
     NBD_SERVER_PREF_BLOCK = 4096,
     NBD_SERVER_MAX_BLOCK = 32 << 20, /* NBD_MAX_PAYLOAD */
+    NBD_SERVER_HANDSHAKE_LIMIT = 10, /* seconds to choose an export (as QEMU's) */
+    NBD_SERVER_SEND_LIMIT = 60,     /* seconds a reply may wait for the client */
 };
 
 /* Serve until *stop is set (or, without persistent, the clients are gone).
