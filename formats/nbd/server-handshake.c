@@ -172,12 +172,12 @@ static int opt_export_name(struct server_conn *c, const uint8_t *data, uint32_t 
         return -1;
     }
     free(name);
-    uint8_t reply[8 + 2 + 124] = { 0 };
+    uint8_t reply[NBD_EXPORT_NAME_REPLY_SIZE];
     c->exp = x;
     c->flags = transmission_flags(c, x);
-    be64_write(reply, x->bs->size);
-    be16_write(reply + 8, c->flags);
-    return conn_write(c, reply, c->no_zeroes ? 10 : sizeof(reply)) < 0 ? -1 : 1;
+    nbd_encode_export_name_reply(reply, x->bs->size, c->flags);
+    size_t n = c->no_zeroes ? NBD_EXPORT_NAME_REPLY_SHORT : NBD_EXPORT_NAME_REPLY_SIZE;
+    return conn_write(c, reply, n) < 0 ? -1 : 1;
 }
 
 static int opt_structured_reply(struct server_conn *c, uint32_t len)
@@ -297,9 +297,10 @@ static int greet(struct server_conn *c)
     nbd_encode_greeting(greeting, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
     if (conn_write(c, greeting, sizeof(greeting)) < 0 || conn_read(c, flags, 4) < 0)
         return -1;
-    uint32_t f = be32_read(flags);
-    if (f & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)) {
-        conn_fail(c, "unknown client flags 0x%x", f);
+    uint32_t f;
+    struct err e = { 0 };
+    if (nbd_decode_client_flags(flags, &f, c->peer, &e) < 0) {
+        conn_fail(c, "%s", e.msg);
         return -1;
     }
     c->no_zeroes = f & NBD_FLAG_C_NO_ZEROES;

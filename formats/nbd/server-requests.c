@@ -258,7 +258,7 @@ static void do_read(struct server_conn *c, const struct nbd_request *r)
         send_simple(c, r->cookie, 0, buf, r->length);
     } else {
         uint8_t off[8];
-        be64_write(off, r->offset);
+        nbd_encode_offset_data(off, r->offset);
         send_chunk(c, r->cookie, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_OFFSET_DATA, off,
                    sizeof(off), buf, r->length);
     }
