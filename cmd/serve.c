@@ -281,7 +281,7 @@ static int open_images(struct cmdline *cl, const struct serve_opts *o,
     if (ret < 0)
         return ret;
     for (int i = 0; i < cl->nargs; i++) {
-        if ((ret = blk_open(cl->args[i], o->format, flags, &s[i].bs, e)) < 0 ||
+        if ((ret = blk_open(cl->args[i], o->format, flags, cmd_open_opts(), &s[i].bs, e)) < 0 ||
             (ret = pick_bitmaps(&s[i], c, e)) < 0)
             return ret;
         /* cache=unsafe: no fdatasync at all, flush requests included, as
