@@ -67,7 +67,7 @@ static struct blockdev *open_disk(int *memfd)
     snprintf(path, sizeof(path), "/proc/self/fd/%d", *memfd);
     struct blockdev *bs = NULL;
     struct err e = { 0 };
-    if (blk_open(path, "raw", BLK_OPEN_RDWR | BLK_OPEN_NO_LOCK, &bs, &e) < 0)
+    if (blk_open(path, "raw", BLK_OPEN_RDWR | BLK_OPEN_NO_LOCK, NULL, &bs, &e) < 0)
         return NULL;
     return bs;
 }
