@@ -88,6 +88,12 @@ void progress_init(struct progress *p, bool requested, uint64_t total);
 void progress_update(struct progress *p, uint64_t done);
 void progress_finish(struct progress *p);
 
+/* The snapshot table of an image (the "snapshots" array of blk_get_info)
+ * as qemu-img prints it (info, snapshot -l). */
+void cmd_print_snapshots(const struct prop *snaps);
+/* `-o help`: the caption line, then the options as qemu-img lists them. */
+void cmd_print_option_help(const char *caption, const struct blk_option_desc *desc);
+
 /* Open flags for common options. */
 unsigned cmd_open_flags(bool writable, bool force_share, const char *cache, struct err *e,
                         int *ret);

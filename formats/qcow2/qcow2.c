@@ -1178,6 +1178,44 @@ out:
     return ret;
 }
 
+/* --- internal snapshots (snapshot.c) --- */
+
+static int qcow2_snapshot_create(struct blockdev *bs, const char *name, uint32_t date_sec,
+                                 uint32_t date_nsec, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_snapshot_create_locked(s, name, date_sec, date_nsec, e);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int qcow2_snapshot_delete(struct blockdev *bs, const char *name, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    int i = qcow2_snapshot_find(s, NULL, name);
+    int ret = i < 0 ? err_set(e, ENOENT, "%s: snapshot '%s' not found", bs->filename, name)
+                    : qcow2_snapshot_delete_locked(s, i, e);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* By ID first, then by name, as QEMU's find_snapshot_by_id_or_name. */
+static int qcow2_snapshot_apply(struct blockdev *bs, const char *id_or_name, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    int i = qcow2_snapshot_find(s, id_or_name, NULL);
+    if (i < 0)
+        i = qcow2_snapshot_find(s, NULL, id_or_name);
+    int ret = i < 0 ? err_set(e, ENOENT, "%s: snapshot '%s' not found", bs->filename,
+                              id_or_name)
+                    : qcow2_snapshot_apply_locked(s, i, e);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
 /* Bitmaps need the version 3 header extension. */
 static bool qcow2_bitmaps_persistent(struct blockdev *bs)
 {
@@ -1191,6 +1229,10 @@ const struct blockdrv blockdrv_qcow2 = {
     .amend_options = qcow2_amend_options,
     .measure = qcow2_measure,
     .bitmaps_persistent = qcow2_bitmaps_persistent,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_delete = qcow2_snapshot_delete,
+    .snapshot_apply = qcow2_snapshot_apply,
+    .amend = qcow2_amend,
     .probe = qcow2_probe,
     .open = qcow2_open,
     .close = qcow2_close,
