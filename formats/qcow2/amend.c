@@ -347,13 +347,7 @@ static int expand_zero_entry(struct qcow2_state *s, struct qcow2_l2e *l2e, uint6
     int ret;
     if (!host && (ret = qcow2_alloc_clusters(s, 1, &host, e)) < 0)
         return ret;
-    /* Written as data, not as a hole: the cluster is allocated for good. */
-    uint8_t *zeroes = calloc(1, s->cluster_size);
-    if (!zeroes)
-        return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
-    ret = hostfile_pwrite(s->bs->file, host, zeroes, s->cluster_size, e);
-    free(zeroes);
-    if (ret < 0)
+    if ((ret = hostfile_write_zeroes(s->bs->file, host, s->cluster_size, false, e)) < 0)
         return ret;
     l2e->entry = host | QCOW2_OFLAG_COPIED;
     return 0;
