@@ -28,6 +28,13 @@ static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
     return -1;
 }
 
+static void on_progress(void *opaque, uint64_t done, uint64_t total)
+{
+    struct progress *bar = opaque;
+    bar->total = total;
+    progress_update(bar, done);
+}
+
 /* -o help: the format's amend options ("Amend options for 'qcow2':"). */
 static int print_help(const char *format, const char *filename, struct err *e)
 {
@@ -61,13 +68,15 @@ static int print_help(const char *format, const char *filename, struct err *e)
 int cmd_amend(const struct command *cmd, int argc, const char **argv)
 {
     char *format = NULL;
-    int quiet = 0;
+    int quiet = 0, progress = 0;
     struct amend_args a = { 0 };
     struct poptOption options[] = {
         { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
         { "options", 'o', POPT_ARG_STRING, NULL, OPT_O,
           "options to change, e.g. compat=1.1,refcount_bits=16 (-o help lists them)",
           "OPT=VAL,..." },
+        { "progress", 'p', POPT_ARG_NONE, &progress, 0, "show a progress bar on a terminal",
+          NULL },
         { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
         POPT_TABLEEND
     };
@@ -90,8 +99,16 @@ int cmd_amend(const struct command *cmd, int argc, const char **argv)
         goto out;
     }
     status = EXIT_ERROR;
-    if (blk_open(cl.args[0], format, BLK_OPEN_RDWR | BLK_OPEN_NO_BACKING, &bs, &a.e) < 0 ||
-        blk_amend(bs, &a.opts, &a.e) < 0 || blk_flush(bs, &a.e) < 0) {
+    struct progress bar;
+    progress_init(&bar, progress && !quiet, 1);
+    struct blk_progress cb = { on_progress, &bar };
+    int ret = blk_open(cl.args[0], format, BLK_OPEN_RDWR | BLK_OPEN_NO_BACKING, &bs, &a.e);
+    if (ret == 0)
+        ret = blk_amend(bs, &a.opts, &cb, &a.e);
+    if (ret == 0)
+        ret = blk_flush(bs, &a.e);
+    progress_finish(&bar);
+    if (ret < 0) {
         cmd_print_err(&a.e);
         goto out;
     }

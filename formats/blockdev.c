@@ -372,7 +372,8 @@ static bool option_listed(const struct blk_option_desc *d, const char *key)
     return false;
 }
 
-int blk_amend(struct blockdev *bs, struct kvopts *opts, struct err *e)
+int blk_amend(struct blockdev *bs, struct kvopts *opts, const struct blk_progress *progress,
+              struct err *e)
 {
     if (!bs->drv->amend)
         return err_set(e, ENOTSUP, "%s: Format driver '%s' does not support option amendment",
@@ -386,7 +387,7 @@ int blk_amend(struct blockdev *bs, struct kvopts *opts, struct err *e)
                            "supported for image creation", bs->filename, key);
         return err_set(e, EINVAL, "%s: Invalid parameter '%s'", bs->filename, key);
     }
-    return bs->drv->amend(bs, opts, e);
+    return bs->drv->amend(bs, opts, progress, e);
 }
 
 int blk_create_begin(const char *format, const struct blk_create_params *params,

@@ -127,6 +127,13 @@ struct blk_measure {
     uint64_t bitmaps;
 };
 
+/* Progress of a long metadata operation (amend): fn(opaque, done, total)
+ * from the calling thread, done growing to total; fn may be NULL. */
+struct blk_progress {
+    void (*fn)(void *opaque, uint64_t done, uint64_t total);
+    void *opaque;
+};
+
 struct blockdrv {
     const char *name;
     /* The -o options of create and of amend, for `-o help` (NULL-terminated
@@ -216,7 +223,8 @@ struct blockdrv {
     int (*snapshot_apply)(struct blockdev *bs, const char *id_or_name, struct err *e);
     /* Change the image's format options in place (amend -o); the keys are
      * those of amend_options, checked by blk_amend.  NULL: cannot amend. */
-    int (*amend)(struct blockdev *bs, struct kvopts *opts, struct err *e);
+    int (*amend)(struct blockdev *bs, struct kvopts *opts, const struct blk_progress *progress,
+                 struct err *e);
 };
 
 struct blockdev {
@@ -269,7 +277,8 @@ int blk_snapshot_delete(struct blockdev *bs, const char *name, struct err *e);
 int blk_snapshot_apply(struct blockdev *bs, const char *id_or_name, struct err *e);
 /* blockdrv.amend after checking every key against the format's
  * amend_options (a create-only option is named as such). */
-int blk_amend(struct blockdev *bs, struct kvopts *opts, struct err *e);
+int blk_amend(struct blockdev *bs, struct kvopts *opts, const struct blk_progress *progress,
+              struct err *e);
 
 /* --- Open / close --- */
 /* Open `filename` in format `format` (NULL = probe) and its backing chain. */

@@ -34,6 +34,9 @@ for spec in "cluster_size=64k,refcount_bits=4" "compat=0.10,cluster_size=512" \
     # Writes after the snapshot copy the shared clusters.
     ok qemu-io -f qcow2 -c 'write -P 2 0 512k' -c 'write -P 3 5M 64k' -c 'write -z 2M 64k' d.qcow2
     strict_clean d.qcow2
+    # imgtool's own writes copy shared clusters too.
+    ok imgtool io -c 'write -P 6 768k 64k' -c 'write -z 3M 64k' -c 'discard 6M 64k' d.qcow2
+    strict_clean d.qcow2
     ok qemu-img convert -O qcow2 d.qcow2 v2.qcow2
     ok imgtool snapshot -c second d.qcow2
     ok imgtool snapshot -c second d.qcow2     # names need not be unique (qemu-img)

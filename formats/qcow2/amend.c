@@ -55,6 +55,26 @@ static int parse_amend_opts(struct qcow2_state *s, struct kvopts *opts, struct a
     return 0;
 }
 
+/* Progress over the operations (upgrade, refcount width, downgrade), each
+ * counted as 1000 units, as QEMU's amend status callback does. */
+struct amend_progress {
+    const struct blk_progress *p;
+    uint64_t ops, current;
+};
+
+static void report(struct amend_progress *ap, uint64_t done, uint64_t total)
+{
+    if (ap->p && ap->p->fn && ap->ops)
+        ap->p->fn(ap->p->opaque, ap->current * 1000 + (total ? done * 1000 / total : 1000),
+                  ap->ops * 1000);
+}
+
+static void next_op(struct amend_progress *ap)
+{
+    report(ap, 1, 1);
+    ap->current++;
+}
+
 /* --- scans of the L2 tables --- */
 
 /* Call fn on every L2 entry reachable from `l1`; stops at the first
@@ -247,7 +267,8 @@ static void forget_refblocks(struct qcow2_state *s)
  * written past everything in use and flushed, then the header switched
  * (reftable offset and size, refcount_order: one header write), so that a
  * crash leaves the old structure or the new one. */
-static int change_refcount_order(struct qcow2_state *s, uint32_t order, struct err *e)
+static int change_refcount_order(struct qcow2_state *s, uint32_t order, struct amend_progress *ap,
+                                 struct err *e)
 {
     uint64_t file_size, used_end, t, b;
     int ret;
@@ -272,6 +293,7 @@ static int change_refcount_order(struct qcow2_state *s, uint32_t order, struct e
         if ((ret = fill_new_block(s, buf, i, order, used_end, start, end, e)) < 0 ||
             (ret = hostfile_pwrite(s->bs->file, at, buf, s->cluster_size, e)) < 0)
             goto out;
+        report(ap, i + 1, b);
     }
     if ((ret = hostfile_pwrite(s->bs->file, start << s->cluster_bits, table,
                                t << s->cluster_bits, e)) < 0 ||
@@ -353,7 +375,7 @@ static int expand_zero_entry(struct qcow2_state *s, struct qcow2_l2e *l2e, uint6
     return 0;
 }
 
-static int expand_zero_clusters(struct qcow2_state *s, struct err *e)
+static int expand_zero_clusters(struct qcow2_state *s, struct amend_progress *ap, struct err *e)
 {
     struct qcow2_l2e *run = calloc(s->l2_entries, sizeof(*run));
     uint64_t *drop = calloc(s->l2_entries, sizeof(*drop));
@@ -363,6 +385,7 @@ static int expand_zero_clusters(struct qcow2_state *s, struct err *e)
         goto out;
     }
     for (uint32_t i = 0; ret == 0 && i < s->l1_size; i++) {
+        report(ap, i, s->l1_size);
         if (!(s->l1[i] & QCOW2_OFFSET_MASK))
             continue;
         uint64_t off = (uint64_t)i * qcow2_l1_coverage(s);
@@ -390,9 +413,9 @@ out:
     return ret;
 }
 
-static int downgrade(struct qcow2_state *s, struct err *e)
+static int downgrade(struct qcow2_state *s, struct amend_progress *ap, struct err *e)
 {
-    int ret = expand_zero_clusters(s, e);
+    int ret = expand_zero_clusters(s, ap, e);
     if (ret < 0)
         return ret;
     s->version = 2;
@@ -406,14 +429,21 @@ static int downgrade(struct qcow2_state *s, struct err *e)
 
 /* --- the whole amend --- */
 
-static int amend_locked(struct qcow2_state *s, const struct amend_opts *o, struct err *e)
+static int amend_locked(struct qcow2_state *s, const struct amend_opts *o,
+                        struct amend_progress *ap, struct err *e)
 {
     int ret = 0;
-    if (o->version > s->version && (ret = upgrade(s, e)) < 0)
-        return ret;
-    if (o->refcount_bits != (1ull << s->refcount_order) &&
-        (ret = change_refcount_order(s, (uint32_t)__builtin_ctzll(o->refcount_bits), e)) < 0)
-        return ret;
+    if (o->version > s->version) {
+        if ((ret = upgrade(s, e)) < 0)
+            return ret;
+        next_op(ap);
+    }
+    if (o->refcount_bits != (1ull << s->refcount_order)) {
+        ret = change_refcount_order(s, (uint32_t)__builtin_ctzll(o->refcount_bits), ap, e);
+        if (ret < 0)
+            return ret;
+        next_op(ap);
+    }
     bool lazy = s->compatible & QCOW2_COMPAT_LAZY_REFCOUNTS;
     if (s->version >= 3 && o->lazy_refcounts != lazy) {
         s->compatible ^= QCOW2_COMPAT_LAZY_REFCOUNTS;
@@ -423,16 +453,20 @@ static int amend_locked(struct qcow2_state *s, const struct amend_opts *o, struc
     return ret;
 }
 
-int qcow2_amend(struct blockdev *bs, struct kvopts *opts, struct err *e)
+int qcow2_amend(struct blockdev *bs, struct kvopts *opts, const struct blk_progress *progress,
+                struct err *e)
 {
     struct qcow2_state *s = bs->opaque;
     struct amend_opts o;
+    struct amend_progress ap = { progress, 0, 0 };
     pthread_mutex_lock(&s->lock);
     int ret = parse_amend_opts(s, opts, &o, e);
     if (ret == 0)
         ret = check_amend(s, &o, e);
-    if (ret == 0)
-        ret = amend_locked(s, &o, e);
+    if (ret == 0) {
+        ap.ops = (o.version != s->version) + (o.refcount_bits != (1ull << s->refcount_order));
+        ret = amend_locked(s, &o, &ap, e);
+    }
     pthread_mutex_unlock(&s->lock);
     if (ret == 0 && o.backing_file)
         ret = bs->drv->set_backing(bs, o.backing_file, o.backing_fmt, e);
@@ -442,8 +476,9 @@ int qcow2_amend(struct blockdev *bs, struct kvopts *opts, struct err *e)
         ret = blk_truncate(bs, o.size, e);
     if (ret == 0 && o.version < s->version) {
         pthread_mutex_lock(&s->lock);
-        ret = downgrade(s, e);
+        ret = downgrade(s, &ap, e);
         pthread_mutex_unlock(&s->lock);
+        next_op(&ap);
     }
     return ret;
 }

@@ -288,7 +288,8 @@ int qcow2_measure(struct kvopts *opts, struct blockdev *in, struct blk_measure *
 
 /* --- amend.c --- */
 /* blockdrv.amend: compat, refcount_bits, lazy_refcounts, size, backing. */
-int qcow2_amend(struct blockdev *bs, struct kvopts *opts, struct err *e);
+int qcow2_amend(struct blockdev *bs, struct kvopts *opts, const struct blk_progress *progress,
+                struct err *e);
 
 /* --- snapshot.c --- */
 /* Write s->snapshots as a new snapshot table, switch the header to it and
