@@ -105,6 +105,23 @@ same_content d.qcow2 v1.qcow2
 ok qemu-img info --output=json d.qcow2
 expect_match "$(out)" '"virtual-size": 4194304,'
 
+# -l of a long name, a VM state, a VM clock over 100 hours and no icount
+# (fields patched in, as a VM would have recorded them).
+ok qemu-img create -q -f qcow2 l.qcow2 4M
+ok qemu-img snapshot -c a-very-long-snapshot-name-indeed l.qcow2
+ok imgtool snapshot -c s2 l.qcow2
+python3 - l.qcow2 <<'PY' || die "cannot patch the snapshot table"
+import struct, sys
+f = open(sys.argv[1], "r+b")
+off = struct.unpack(">Q", f.read(72)[64:72])[0]
+f.seek(off + 24); f.write(struct.pack(">QI", 400000123456789, 5 << 20))
+f.seek(off + 40); f.write(struct.pack(">QQQ", 5 << 20, 4 << 20, 2**64 - 1))
+PY
+same_list l.qcow2
+ok imgtool snapshot -d s2 l.qcow2
+same_list l.qcow2
+strict_clean l.qcow2
+
 # Refusals, as qemu-img refuses.
 ok qemu-img bitmap --add d.qcow2 bm
 expect_status 1 qemu-img snapshot -a small d.qcow2

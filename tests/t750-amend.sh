@@ -105,6 +105,42 @@ expect_eq "$(info_field v2.qcow2 lazy-refcounts)" "true" "lazy refcounts"
 ok imgtool amend -o lazy_refcounts=off v2.qcow2
 expect_eq "$(info_field v2.qcow2 lazy-refcounts)" "false" "lazy refcounts"
 
+# A v2 snapshot without extra data (as old QEMU wrote them): the upgrade
+# rewrites the table with the v3 fields (disk size, 64-bit VM state size).
+ok qemu-img create -q -f qcow2 -o compat=0.10 old.qcow2 4M
+ok qemu-io -f qcow2 -c 'write -P 1 0 1M' old.qcow2
+ok qemu-img snapshot -c s old.qcow2
+python3 - old.qcow2 <<'PY' || die "cannot strip the snapshot extra data"
+import struct, sys
+f = open(sys.argv[1], "r+b")
+hdr = f.read(72)
+nb, off = struct.unpack(">IQ", hdr[60:72])
+f.seek(off)
+h = bytearray(f.read(40))
+id_len, name_len = struct.unpack(">HH", h[12:16])
+extra = struct.unpack(">I", h[36:40])[0]
+f.seek(off + 40 + extra)
+names = f.read(id_len + name_len)
+h[36:40] = struct.pack(">I", 0)
+f.seek(off)
+f.write(bytes(h) + names + bytes(extra))
+PY
+strict_clean old.qcow2
+ok imgtool amend -o compat=1.1 old.qcow2
+strict_clean old.qcow2
+python3 - old.qcow2 <<'PY' || die "the upgraded snapshot has no v3 extra data"
+import struct, sys
+f = open(sys.argv[1], "rb")
+hdr = f.read(72)
+off = struct.unpack(">Q", hdr[64:72])[0]
+f.seek(off)
+h = f.read(40 + 24)
+assert struct.unpack(">I", h[36:40])[0] == 24, "extra data size"
+assert struct.unpack(">Q", h[48:56])[0] == 4 << 20, "disk size"
+PY
+ok qemu-img snapshot -a s old.qcow2
+strict_clean old.qcow2
+
 # 3. Downgrade refusals.
 ok qemu-img create -q -f qcow2 -o extended_l2=on x.qcow2 4M
 amend_refused "Cannot downgrade an image with incompatible features 0x10 set" x.qcow2 -o compat=0.10

@@ -794,8 +794,14 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct err *e)
 
 static int truncate_locked(struct qcow2_state *s, uint64_t size, struct err *e)
 {
-    if (s->nb_snapshots)
-        return err_set(e, ENOTSUP, "%s: cannot resize a qcow2 image with internal snapshots",
+    /* Growing only adds clusters the snapshots do not have (the active L1
+     * table is the image's own, snapshots keep their copies and record
+     * their disk size); a v2 snapshot has no disk size, so QEMU refuses. */
+    if (s->nb_snapshots && s->version < 3)
+        return err_set(e, ENOTSUP, "%s: Can't resize a v2 image which has snapshots",
+                       s->bs->filename);
+    if (s->nb_snapshots && size < s->size)
+        return err_set(e, ENOTSUP, "%s: cannot shrink a qcow2 image with internal snapshots",
                        s->bs->filename);
     if (size > (uint64_t)INT64_MAX)
         return err_set(e, EFBIG, "%s: size too large", s->bs->filename);
@@ -811,7 +817,7 @@ static int qcow2_truncate(struct blockdev *bs, uint64_t size, struct err *e)
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t tail_end = min_u64(size, align_up(s->size, s->cluster_size));
-    if (size > s->size && tail_end > s->size && !s->nb_snapshots) {
+    if (size > s->size && tail_end > s->size && (!s->nb_snapshots || s->version >= 3)) {
         /* The partial last cluster may hold bytes from before a shrink:
          * the grown part must read as zeroes (QEMU 7.2 leaves them). */
         int ret = write_zero_buffer(s, s->size, tail_end - s->size, e);

@@ -154,7 +154,9 @@ static int update_l2_table(struct qcow2_state *s, uint64_t l2_offset, int addend
         }
     }
     if (changed) {
-        if (addend > 0 && (ret = qcow2_l2_depends_on_refblocks(s, e)) < 0)
+        /* COPIED may be set only once the refcount of 1 is on disk, and a
+         * new reference is counted before the flag says "shared". */
+        if ((ret = qcow2_l2_depends_on_refblocks(s, e)) < 0)
             goto out;
         if ((ret = qcow2_cache_get(s, &s->l2_cache, l2_offset, false, &table, e)) < 0)
             goto out;
