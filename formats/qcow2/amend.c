@@ -177,17 +177,40 @@ static int check_amend(struct qcow2_state *s, const struct amend_opts *o, struct
 
 /* --- refcount width --- */
 
+/* The old refcount blocks, sorted, to tell them apart in one lookup. */
+struct old_refblocks {
+    uint64_t *offsets;
+    size_t count;
+};
+
+static int compare_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int collect_refblocks(struct qcow2_state *s, struct old_refblocks *rb, struct err *e)
+{
+    rb->count = 0;
+    rb->offsets = malloc((s->reftable_entries ? s->reftable_entries : 1) * sizeof(uint64_t));
+    if (!rb->offsets)
+        return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
+    for (uint64_t i = 0; i < s->reftable_entries; i++)
+        if (s->reftable[i])
+            rb->offsets[rb->count++] = s->reftable[i];
+    qsort(rb->offsets, rb->count, sizeof(uint64_t), compare_u64);
+    return 0;
+}
+
 /* Clusters that hold the refcount structure itself. */
-static bool is_refcount_metadata(struct qcow2_state *s, uint64_t index)
+static bool is_refcount_metadata(struct qcow2_state *s, const struct old_refblocks *rb,
+                                 uint64_t index)
 {
     uint64_t off = index << s->cluster_bits;
     if (off >= s->reftable_offset &&
         off < s->reftable_offset + ((uint64_t)s->reftable_clusters << s->cluster_bits))
         return true;
-    for (uint64_t i = 0; i < s->reftable_entries; i++)
-        if (s->reftable[i] && s->reftable[i] == off)
-            return true;
-    return false;
+    return bsearch(&off, rb->offsets, rb->count, sizeof(uint64_t), compare_u64) != NULL;
 }
 
 /* One past the last cluster with a non-zero refcount. */
@@ -230,8 +253,9 @@ static void new_refcount_layout(struct qcow2_state *s, uint64_t start, uint32_t 
 /* Fill refcount block `b` of the new width: the old refcounts, except the
  * old refcount structure (free once the header is switched), and 1 for
  * the new structure from cluster `start`. */
-static int fill_new_block(struct qcow2_state *s, uint8_t *buf, uint64_t b, uint32_t order,
-                          uint64_t used_end, uint64_t start, uint64_t end, struct err *e)
+static int fill_new_block(struct qcow2_state *s, const struct old_refblocks *rb, uint8_t *buf,
+                          uint64_t b, uint32_t order, uint64_t used_end, uint64_t start,
+                          uint64_t end, struct err *e)
 {
     uint64_t per_block = (s->cluster_size * 8) >> order;
     uint64_t max = order == 6 ? UINT64_MAX : (1ull << (1u << order)) - 1;
@@ -240,7 +264,7 @@ static int fill_new_block(struct qcow2_state *s, uint8_t *buf, uint64_t b, uint3
         uint64_t i = b * per_block + k, rc = 0;
         if (i >= start && i < end) {
             rc = 1;
-        } else if (i < used_end && !is_refcount_metadata(s, i)) {
+        } else if (i < used_end && !is_refcount_metadata(s, rb, i)) {
             int ret = qcow2_get_refcount(s, i, &rc, e);
             if (ret < 0)
                 return ret;
@@ -282,15 +306,18 @@ static int change_refcount_order(struct qcow2_state *s, uint32_t order, struct a
         return err_set(e, EFBIG, "%s: the new refcount table would be too large",
                        s->bs->filename);
     uint64_t end = start + t + b;
+    struct old_refblocks rb = { NULL, 0 };
     uint8_t *buf = malloc(s->cluster_size), *table = calloc(t, s->cluster_size);
     if (!buf || !table) {
         ret = err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
         goto out;
     }
+    if ((ret = collect_refblocks(s, &rb, e)) < 0)
+        goto out;
     for (uint64_t i = 0; i < b; i++) {
         uint64_t at = (start + t + i) << s->cluster_bits;
         be64_write(table + 8 * i, at);
-        if ((ret = fill_new_block(s, buf, i, order, used_end, start, end, e)) < 0 ||
+        if ((ret = fill_new_block(s, &rb, buf, i, order, used_end, start, end, e)) < 0 ||
             (ret = hostfile_pwrite(s->bs->file, at, buf, s->cluster_size, e)) < 0)
             goto out;
         report(ap, i + 1, b);
@@ -319,6 +346,7 @@ static int change_refcount_order(struct qcow2_state *s, uint32_t order, struct a
     s->reftable = NULL;
     ret = qcow2_refcount_init(s, e);
 out:
+    free(rb.offsets);
     free(buf);
     free(table);
     return ret;
