@@ -303,7 +303,8 @@ int qcow2_write_snapshot_table(struct qcow2_state *s, struct err *e);
 /* Add `addend` (+1, -1 or 0) to the refcounts of every L2 table and
  * cluster reachable from `l1` (host order; its COPIED flags are updated
  * in place, not written) and set COPIED in the L2 tables that stay; as
- * QEMU's qcow2_update_snapshot_refcount.  Flushes the metadata. */
+ * QEMU's qcow2_update_snapshot_refcount.  Nothing is flushed: the caller
+ * orders the switch that follows with qcow2_flush_metadata. */
 int qcow2_update_snapshot_refcount(struct qcow2_state *s, uint64_t *l1, uint32_t l1_size,
                                    int addend, struct err *e);
 /* Index of the first snapshot with that ID and/or name (NULL: any), or -1. */

@@ -194,7 +194,7 @@ int qcow2_update_snapshot_refcount(struct qcow2_state *s, uint64_t *l1, uint32_t
             return ret;
         l1[i] = l2 | (refcount == 1 ? QCOW2_OFLAG_COPIED : 0);
     }
-    return qcow2_flush_metadata(s, e);
+    return 0;
 }
 
 /* --- The operations --- */
@@ -290,10 +290,10 @@ int qcow2_snapshot_create_locked(struct qcow2_state *s, const char *name, uint32
                                               &sn.l1_offset, e)) < 0 ||
                   (ret = write_l1(s, sn.l1_offset, s->l1, s->l1_size, bytes, e)) < 0))
         goto fail;
-    if ((ret = qcow2_flush_metadata(s, e)) < 0 ||
-        (ret = qcow2_update_snapshot_refcount(s, s->l1, s->l1_size, 1, e)) < 0 ||
+    /* Clearing COPIED in the active tables is safe at any time; the table
+     * write flushes everything before the header points to the snapshot. */
+    if ((ret = qcow2_update_snapshot_refcount(s, s->l1, s->l1_size, 1, e)) < 0 ||
         (ret = write_l1(s, s->l1_offset, s->l1, s->l1_size, bytes, e)) < 0 ||
-        (ret = hostfile_flush(s->bs->file, e)) < 0 ||
         (ret = append_snapshot(s, &sn, e)) < 0)
         goto fail;
     return 0;
@@ -332,15 +332,19 @@ int qcow2_snapshot_delete_locked(struct qcow2_state *s, int index, struct err *e
     /* The snapshot is gone from the table: from here a failure leaks
      * clusters at worst. */
     ret = qcow2_update_snapshot_refcount(s, l1, sn.l1_size, -1, e);
+    /* Nothing refers to the old L1 table since the table switch. */
     if (ret == 0 && sn.l1_size)
-        ret = qcow2_free_clusters(s, sn.l1_offset, (uint64_t)sn.l1_size * 8, e);
-    /* Clusters now referenced once more become COPIED in the active L1. */
+        ret = qcow2_update_refcount(s, sn.l1_offset, (uint64_t)sn.l1_size * 8, -1, e);
+    /* Clusters now referenced once become COPIED in the active tables,
+     * written once their refcounts are stable. */
     if (ret == 0)
         ret = qcow2_update_snapshot_refcount(s, s->l1, s->l1_size, 0, e);
     if (ret == 0)
+        ret = qcow2_flush_metadata(s, e);
+    if (ret == 0)
         ret = write_l1(s, s->l1_offset, s->l1, s->l1_size, (uint64_t)s->l1_size * 8, e);
     if (ret == 0)
-        ret = qcow2_flush_metadata(s, e);
+        ret = hostfile_flush(s->bs->file, e);
     free(l1);
     return ret;
 }
@@ -384,14 +388,16 @@ int qcow2_snapshot_apply_locked(struct qcow2_state *s, int index, struct err *e)
      * one (clusters that were shared with it only may be COPIED now). */
     ret = qcow2_update_snapshot_refcount(s, old, old_size, -1, e);
     if (ret == 0 && old_size)
-        ret = qcow2_free_clusters(s, old_offset, align_up((uint64_t)old_size * 8,
-                                                          s->cluster_size), e);
+        ret = qcow2_update_refcount(s, old_offset, align_up((uint64_t)old_size * 8,
+                                                            s->cluster_size), -1, e);
     if (ret == 0)
         ret = qcow2_update_snapshot_refcount(s, s->l1, s->l1_size, 0, e);
     if (ret == 0)
+        ret = qcow2_flush_metadata(s, e);
+    if (ret == 0)
         ret = write_l1(s, s->l1_offset, s->l1, s->l1_size, bytes, e);
     if (ret == 0)
-        ret = qcow2_flush_metadata(s, e);
+        ret = hostfile_flush(s->bs->file, e);
 out:
     free(l1);
     return ret;
