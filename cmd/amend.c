@@ -45,7 +45,7 @@ static int print_help(const char *format, const char *filename, struct err *e)
             err_set(e, EINVAL, "-o help needs -f FMT or an image");
             return EXIT_ERROR;
         }
-        if (blk_open(filename, NULL, BLK_OPEN_NO_BACKING | BLK_OPEN_FORCE_SHARE, &bs, e) < 0)
+        if (blk_open(filename, NULL, BLK_OPEN_NO_BACKING | BLK_OPEN_FORCE_SHARE, cmd_open_opts(), &bs, e) < 0)
             return EXIT_ERROR;
         drv = bs->drv;
     }
@@ -102,7 +102,8 @@ int cmd_amend(const struct command *cmd, int argc, const char **argv)
     struct progress bar;
     progress_init(&bar, progress && !quiet, 1);
     struct blk_progress cb = { on_progress, &bar };
-    int ret = blk_open(cl.args[0], format, BLK_OPEN_RDWR | BLK_OPEN_NO_BACKING, &bs, &a.e);
+    int ret = blk_open(cl.args[0], format, BLK_OPEN_RDWR | BLK_OPEN_NO_BACKING, cmd_open_opts(),
+                       &bs, &a.e);
     if (ret == 0)
         ret = blk_amend(bs, &a.opts, &cb, &a.e);
     if (ret == 0)

@@ -94,6 +94,16 @@ void cmd_print_snapshots(const struct prop *snaps);
 /* `-o help`: the caption line, then the options as qemu-img lists them. */
 void cmd_print_option_help(const char *caption, const struct blk_option_desc *desc);
 
+/* Settings for every image a command opens, from the environment:
+ * IMGTOOL_L2_CACHE_SIZE (qcow2 L2 cache bytes), IMGTOOL_FAULT_AFTER_WRITES
+ * (crash-test hook), IMGTOOL_NBD_TIMEOUT (seconds).  cmd_env_init reads
+ * them once, before the command runs; it prints an error and returns
+ * false for a bad value. */
+bool cmd_env_init(void);
+const struct blk_open_opts *cmd_open_opts(void);
+/* The same with --connections=N for NBD sources and targets. */
+const struct blk_open_opts *cmd_open_opts_connections(unsigned n);
+
 /* Open flags for common options. */
 unsigned cmd_open_flags(bool writable, bool force_share, const char *cache, struct err *e,
                         int *ret);

@@ -100,7 +100,7 @@ int cmd_snapshot(const struct command *cmd, int argc, const char **argv)
     else
         flags |= BLK_OPEN_RDWR;
     status = EXIT_ERROR;
-    if (blk_open(cl.args[0], format, flags, &bs, &e) < 0 ||
+    if (blk_open(cl.args[0], format, flags, cmd_open_opts(), &bs, &e) < 0 ||
         (a.action == ACTION_LIST ? list_snapshots(bs, &e) : run_action(bs, &a, &e)) < 0) {
         cmd_print_err(&e);
         goto out;

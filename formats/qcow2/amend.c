@@ -114,7 +114,7 @@ static int snapshots_have_zero_clusters(struct qcow2_state *s, struct err *e)
         uint64_t *l1 = calloc(sn->l1_size ? sn->l1_size : 1, 8);
         if (!l1)
             return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
-        int ret = sn->l1_size ? hostfile_pread(s->bs->file, sn->l1_offset, l1,
+        int ret = sn->l1_size ? transport_pread(s->bs->file, sn->l1_offset, l1,
                                                (size_t)sn->l1_size * 8, e) : 0;
         for (uint32_t i = 0; ret == 0 && i < sn->l1_size; i++)
             l1[i] = be64_read(&l1[i]);
@@ -297,7 +297,7 @@ static int change_refcount_order(struct qcow2_state *s, uint32_t order, struct a
     uint64_t file_size, used_end, t, b;
     int ret;
     if ((ret = qcow2_flush_metadata(s, e)) < 0 ||
-        (ret = hostfile_size(s->bs->file, &file_size, e)) < 0 ||
+        (ret = transport_size(s->bs->file, &file_size, e)) < 0 ||
         (ret = refcount_end(s, &used_end, e)) < 0)
         return ret;
     uint64_t start = max_u64(used_end, div_round_up(file_size, s->cluster_size));
@@ -318,13 +318,13 @@ static int change_refcount_order(struct qcow2_state *s, uint32_t order, struct a
         uint64_t at = (start + t + i) << s->cluster_bits;
         be64_write(table + 8 * i, at);
         if ((ret = fill_new_block(s, &rb, buf, i, order, used_end, start, end, e)) < 0 ||
-            (ret = hostfile_pwrite(s->bs->file, at, buf, s->cluster_size, e)) < 0)
+            (ret = transport_pwrite(s->bs->file, at, buf, s->cluster_size, e)) < 0)
             goto out;
         report(ap, i + 1, b);
     }
-    if ((ret = hostfile_pwrite(s->bs->file, start << s->cluster_bits, table,
+    if ((ret = transport_pwrite(s->bs->file, start << s->cluster_bits, table,
                                t << s->cluster_bits, e)) < 0 ||
-        (ret = hostfile_flush(s->bs->file, e)) < 0)
+        (ret = transport_flush(s->bs->file, e)) < 0)
         goto out;
     forget_refblocks(s);
     uint64_t old_offset = s->reftable_offset;
@@ -397,7 +397,7 @@ static int expand_zero_entry(struct qcow2_state *s, struct qcow2_l2e *l2e, uint6
     int ret;
     if (!host && (ret = qcow2_alloc_clusters(s, 1, &host, e)) < 0)
         return ret;
-    if ((ret = hostfile_write_zeroes(s->bs->file, host, s->cluster_size, false, e)) < 0)
+    if ((ret = transport_write_zeroes(s->bs->file, host, s->cluster_size, 0, e)) < 0)
         return ret;
     l2e->entry = host | QCOW2_OFLAG_COPIED;
     return 0;
@@ -425,7 +425,7 @@ static int expand_zero_clusters(struct qcow2_state *s, struct amend_progress *ap
         if (ret < 0 || !changed)
             continue;
         /* The zeroes are on disk before an entry points to them. */
-        if ((ret = hostfile_flush(s->bs->file, e)) < 0 ||
+        if ((ret = transport_flush(s->bs->file, e)) < 0 ||
             (ret = qcow2_l2_depends_on_refblocks(s, e)) < 0 ||
             (ret = qcow2_set_l2e_run(s, off, s->l2_entries, run, e)) < 0)
             break;

@@ -77,7 +77,7 @@ int qcow2_write_snapshot_table(struct qcow2_state *s, struct err *e)
             pos += entry_size(&s->snapshots[i]);
         }
         if ((ret = qcow2_alloc_clusters(s, clusters, &offset, e)) < 0 ||
-            (ret = hostfile_pwrite(s->bs->file, offset, buf, size, e)) < 0)
+            (ret = transport_pwrite(s->bs->file, offset, buf, size, e)) < 0)
             goto out;
     }
     /* The new table and its refcounts are stable before the header points
@@ -86,8 +86,8 @@ int qcow2_write_snapshot_table(struct qcow2_state *s, struct err *e)
     be32_write(hdr, s->nb_snapshots);
     be64_write(hdr + 4, offset);
     if ((ret = qcow2_flush_metadata(s, e)) < 0 ||
-        (ret = hostfile_pwrite(s->bs->file, 60, hdr, sizeof(hdr), e)) < 0 ||
-        (ret = hostfile_flush(s->bs->file, e)) < 0)
+        (ret = transport_pwrite(s->bs->file, 60, hdr, sizeof(hdr), e)) < 0 ||
+        (ret = transport_flush(s->bs->file, e)) < 0)
         goto out;
     uint64_t old_offset = s->snapshots_offset, old_size = s->snapshots_size;
     s->snapshots_offset = offset;
@@ -216,7 +216,7 @@ static int write_l1(struct qcow2_state *s, uint64_t offset, const uint64_t *l1, 
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
     for (uint32_t i = 0; i < n; i++)
         be64_write(buf + 8 * i, l1[i]);
-    int ret = bytes ? hostfile_pwrite(s->bs->file, offset, buf, bytes, e) : 0;
+    int ret = bytes ? transport_pwrite(s->bs->file, offset, buf, bytes, e) : 0;
     free(buf);
     return ret;
 }
@@ -227,7 +227,7 @@ static int read_l1(struct qcow2_state *s, const struct qcow2_snapshot *sn, uint6
     uint64_t *l1 = calloc(entries ? entries : 1, 8);
     if (!l1)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
-    int ret = sn->l1_size ? hostfile_pread(s->bs->file, sn->l1_offset, l1,
+    int ret = sn->l1_size ? transport_pread(s->bs->file, sn->l1_offset, l1,
                                            (size_t)sn->l1_size * 8, e) : 0;
     for (uint32_t i = 0; ret == 0 && i < sn->l1_size; i++)
         l1[i] = be64_read(&l1[i]);
@@ -344,7 +344,7 @@ int qcow2_snapshot_delete_locked(struct qcow2_state *s, int index, struct err *e
     if (ret == 0)
         ret = write_l1(s, s->l1_offset, s->l1, s->l1_size, (uint64_t)s->l1_size * 8, e);
     if (ret == 0)
-        ret = hostfile_flush(s->bs->file, e);
+        ret = transport_flush(s->bs->file, e);
     free(l1);
     return ret;
 }
@@ -372,8 +372,8 @@ int qcow2_snapshot_apply_locked(struct qcow2_state *s, int index, struct err *e)
     be64_write(hdr, sn->disk_size);
     be32_write(hdr + 12, n);
     be64_write(hdr + 16, offset);
-    if ((ret = hostfile_pwrite(s->bs->file, 24, hdr, sizeof(hdr), e)) < 0 ||
-        (ret = hostfile_flush(s->bs->file, e)) < 0)
+    if ((ret = transport_pwrite(s->bs->file, 24, hdr, sizeof(hdr), e)) < 0 ||
+        (ret = transport_flush(s->bs->file, e)) < 0)
         goto out;
     uint64_t *old = s->l1;
     uint32_t old_size = s->l1_size;
@@ -397,7 +397,7 @@ int qcow2_snapshot_apply_locked(struct qcow2_state *s, int index, struct err *e)
     if (ret == 0)
         ret = write_l1(s, s->l1_offset, s->l1, s->l1_size, bytes, e);
     if (ret == 0)
-        ret = hostfile_flush(s->bs->file, e);
+        ret = transport_flush(s->bs->file, e);
 out:
     free(l1);
     return ret;
