@@ -1,5 +1,6 @@
 #include "file.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
@@ -105,8 +106,39 @@ static int byte_locked_by_other(int fd, off_t byte, bool *locked)
     return 0;
 }
 
+/* Whether another descriptor of this process has f's file open: OFD locks
+ * of two opens of one file conflict even in one process, and such a
+ * conflict is permanent (the image is its own target or backing file), not
+ * "in use, try later". */
+static bool open_twice_here(const struct hostfile *f)
+{
+    struct stat mine;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d || fstat(f->fd, &mine) < 0) {
+        if (d)
+            closedir(d);
+        return false;
+    }
+    bool found = false;
+    for (struct dirent *de; !found && (de = readdir(d));) {
+        char *end;
+        long fd = strtol(de->d_name, &end, 10);
+        struct stat st;
+        if (*end || end == de->d_name || fd == f->fd || fd == f->fd_buffered ||
+            fd == dirfd(d))
+            continue;
+        found = fstat((int)fd, &st) == 0 && st.st_dev == mine.st_dev &&
+                st.st_ino == mine.st_ino;
+    }
+    closedir(d);
+    return found;
+}
+
 static int lock_conflict(struct hostfile *f, unsigned bit, bool shared_side, struct err *e)
 {
+    if (open_twice_here(f))
+        return err_set(e, EINVAL, "%s: this command uses the image twice (is it its own "
+                       "target or backing file?)", f->path);
     /* -U only helps a reader: a writer must wait for the other process. */
     if (shared_side && !f->writable)
         return err_set(e, EAGAIN,

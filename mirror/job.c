@@ -226,10 +226,8 @@ static int create_target(struct mirror_job *job, struct err *e)
     if (ret < 0)
         return ret;
     ret = blk_open(job->tmp_path, fmt, BLK_OPEN_RDWR, &job->dst, e);
-    if (ret < 0) {
-        err_prefix(e, "%s: ", p->target);
-        return ret;
-    }
+    if (ret < 0)
+        return ret;     /* mirror_run_set names the target instead */
     blk_defer_flushes(job->dst, true);  /* nobody sees it until the rename */
     return 0;
 }
@@ -543,6 +541,9 @@ int mirror_run_set(const struct mirror_params *params, int n,
     for (i = 0; i < n; i++) {
         if (!jobs[i].p)
             continue;
+        /* A new target is the user's file, whatever its name meanwhile. */
+        if (ret < 0 && jobs[i].tmp_path)
+            err_replace(e, jobs[i].tmp_path, jobs[i].p->target);
         if (ret == 0)
             emit(&jobs[i], MIRROR_EVENT_COMPLETED, NULL);
         else if (ret == -ECANCELED)

@@ -6,7 +6,7 @@
 #ifndef IMGTOOL_MIRROR_JOB_H
 #define IMGTOOL_MIRROR_JOB_H
 
-#include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -88,7 +88,7 @@ struct mirror_event {
 struct mirror_set_options {
     void (*event)(void *opaque, const struct mirror_event *ev);
     void *opaque;
-    volatile sig_atomic_t *cancel;
+    const atomic_int *cancel;
 };
 
 /* Run `n` jobs as one set: targets are prepared (new ones under temporary
