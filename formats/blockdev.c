@@ -276,6 +276,22 @@ static int sync_directory_of(const char *path)
     return ret;
 }
 
+/* A replaced image keeps its owner and permissions (qemu-img writes in
+ * place, so they never change there): set on the new inode before any data
+ * is written into it, so that a 0600 image's data is never readable by
+ * others.  The owner first, since chown clears set-id bits; changing it
+ * needs privileges, and without them the new file stays ours. */
+static int keep_owner_and_mode(struct hostfile *f, const struct stat *old, const char *target,
+                               struct err *e)
+{
+    if (fchown(f->fd, old->st_uid, old->st_gid) < 0 && errno != EPERM)
+        return err_errno(e, errno, "%s: cannot keep the owner of the replaced image", target);
+    if (fchmod(f->fd, old->st_mode & 07777) < 0)
+        return err_errno(e, errno, "%s: cannot keep the permissions of the replaced image",
+                         target);
+    return 0;
+}
+
 static bool is_special_file(const char *path)
 {
     struct stat st;
@@ -339,6 +355,8 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
     bool special = is_special_file(p.filename);
     if (!special && (ret = check_target_not_in_use(p.filename, e)) < 0)
         return ret;
+    struct stat old;
+    bool replacing = !special && stat(p.filename, &old) == 0;
 
     /* Build the image under a temporary name in the same directory (so a
      * relative backing file name resolves the same), to be renamed into
@@ -357,11 +375,14 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
     struct hostfile *f;
     ret = hostfile_open(tmp, HOSTFILE_RDWR | (special ? 0 : HOSTFILE_CREATE), &f, e);
     if (ret < 0) {
-        err_set(e, -ret, "%s: cannot create image: %s", p.filename, strerror(-ret));
+        if (!special)   /* a special file's own message says what it is */
+            err_set(e, -ret, "%s: cannot create image: %s", p.filename, strerror(-ret));
         free(tmp);
         return ret;
     }
-    ret = drv->create(f, &p, e);
+    ret = replacing ? keep_owner_and_mode(f, &old, p.filename, e) : 0;
+    if (ret == 0)
+        ret = drv->create(f, &p, e);
     if (ret == 0)
         ret = hostfile_flush(f, e);
     hostfile_close(f);

@@ -18,6 +18,21 @@ static const char *const perm_names[] = {
     "consistent read", "write", "write unchanged", "resize",
 };
 
+/* Images live in regular files and block devices only: a FIFO, socket or
+ * character device has no stable contents to read twice, and reading one
+ * could block forever. */
+static int check_file_type(const char *path, const struct stat *st, struct err *e)
+{
+    if (S_ISREG(st->st_mode) || S_ISBLK(st->st_mode))
+        return 0;
+    if (S_ISDIR(st->st_mode))
+        return err_set(e, EISDIR, "%s: is a directory, not an image", path);
+    const char *what = S_ISFIFO(st->st_mode) ? "a FIFO" : S_ISSOCK(st->st_mode) ? "a socket"
+                       : S_ISCHR(st->st_mode) ? "a character device" : "not a regular file";
+    return err_set(e, EINVAL, "%s: is %s; an image must be a regular file or a block device",
+                   path, what);
+}
+
 int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struct err *e)
 {
     int oflags = O_CLOEXEC | ((flags & HOSTFILE_RDWR) ? O_RDWR : O_RDONLY);
@@ -25,18 +40,19 @@ int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struc
         oflags |= O_DIRECT;
     if (flags & HOSTFILE_CREATE)
         oflags |= O_CREAT | O_EXCL;
-    int fd = open(path, oflags, 0644);
+    /* O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever
+     * (qemu-img hangs there); it is refused below before any I/O. */
+    int fd = open(path, oflags | O_NONBLOCK, 0644);
     if (fd < 0)
         return err_errno(e, errno, "%s: cannot open", path);
     struct stat st;
-    if (fstat(fd, &st) < 0) {
-        int ret = err_errno(e, errno, "%s: cannot stat", path);
+    int ret = fstat(fd, &st) < 0 ? err_errno(e, errno, "%s: cannot stat", path)
+                                 : check_file_type(path, &st, e);
+    if (ret == 0 && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
+        ret = err_errno(e, errno, "%s: cannot open", path);
+    if (ret < 0) {
         close(fd);
         return ret;
-    }
-    if (S_ISDIR(st.st_mode)) {
-        close(fd);
-        return err_set(e, EISDIR, "%s: is a directory, not an image", path);
     }
     struct hostfile *f = calloc(1, sizeof(*f));
     if (!f || !(f->path = strdup(path))) {
@@ -49,7 +65,7 @@ int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struc
     if (flags & HOSTFILE_DIRECT) {
         f->fd_buffered = open(path, oflags & ~(O_DIRECT | O_CREAT | O_EXCL));
         if (f->fd_buffered < 0) {
-            int ret = err_errno(e, errno, "%s: cannot open", path);
+            ret = err_errno(e, errno, "%s: cannot open", path);
             hostfile_close(f);
             return ret;
         }
@@ -68,7 +84,7 @@ int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struc
         if (flags & HOSTFILE_FORCE_SHARE) {
             shared = PERM_ALL;
         }
-        int ret = hostfile_lock(f, perm, shared, e);
+        ret = hostfile_lock(f, perm, shared, e);
         if (ret < 0) {
             hostfile_close(f);
             return ret;
