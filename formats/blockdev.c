@@ -50,9 +50,26 @@ static int unknown_format(const char *name, struct err *e)
     return err_set(e, EINVAL, "unknown format '%s' (supported: %s)", name, list);
 }
 
+/* Probing looks at this many bytes at the start of a file. */
+#define PROBE_LEN 4096
+
+static const struct blockdrv *probe_buffer(const uint8_t *buf, size_t len)
+{
+    const struct blockdrv *drv = NULL;
+    int best = -1;
+    for (const struct blockdrv *const *d = blk_drivers(); *d; d++) {
+        int score = (*d)->probe ? (*d)->probe(buf, len) : 0;
+        if (score > best) {
+            best = score;
+            drv = *d;
+        }
+    }
+    return drv;
+}
+
 int blk_probe_file(struct hostfile *f, const struct blockdrv **drv, struct err *e)
 {
-    uint8_t buf[4096];
+    uint8_t buf[PROBE_LEN];
     int ret = hostfile_pread(f, 0, buf, sizeof(buf), e);
     if (ret < 0)
         return ret;
@@ -60,15 +77,37 @@ int blk_probe_file(struct hostfile *f, const struct blockdrv **drv, struct err *
     ret = hostfile_size(f, &size, e);
     if (ret < 0)
         return ret;
-    size_t len = size < sizeof(buf) ? (size_t)size : sizeof(buf);
-    int best = -1;
-    for (const struct blockdrv *const *d = blk_drivers(); *d; d++) {
-        int score = (*d)->probe ? (*d)->probe(buf, len) : 0;
-        if (score > best) {
-            best = score;
-            *drv = *d;
-        }
+    *drv = probe_buffer(buf, size < sizeof(buf) ? (size_t)size : sizeof(buf));
+    return 0;
+}
+
+/* A write into the probed area of an image whose format was probed (not
+ * given) must not make it probe as another format: a guest writing a
+ * qcow2 header into its raw disk would otherwise choose, at the next
+ * probing open, which host file the disk reads as its backing file.  QEMU
+ * refuses such writes for probed raw images the same way (EPERM). */
+static int check_probed_header_write(struct blockdev *bs, uint64_t off, const struct iovec *iov,
+                                     int iovcnt, struct err *e)
+{
+    /* Only raw's guest data is the file's first bytes. */
+    if (!bs->probed || bs->drv != &blockdrv_raw || off >= PROBE_LEN)
+        return 0;
+    uint8_t buf[PROBE_LEN];
+    size_t len = (size_t)min_u64(bs->size, PROBE_LEN);
+    int ret = bs->drv->preadv(bs, 0, &(struct iovec){ buf, len }, 1, e);
+    if (ret < 0)
+        return ret;
+    size_t pos = (size_t)off;
+    for (int i = 0; i < iovcnt && pos < len; i++) {
+        size_t n = (size_t)min_u64(iov[i].iov_len, len - pos);
+        memcpy(buf + pos, iov[i].iov_base, n);
+        pos += n;
     }
+    const struct blockdrv *now = probe_buffer(buf, len);
+    if (now != bs->drv)
+        return err_set(e, EPERM, "%s: refusing to write a %s header into an image whose "
+                       "format %s was probed, not given (name the format to allow it)",
+                       bs->filename, now->name, bs->drv->name);
     return 0;
 }
 
@@ -157,6 +196,7 @@ static int open_layer(const char *filename, const char *format, unsigned flags, 
         goto fail;
     if (!drv && (ret = blk_probe_file(bs->file, &drv, e)) < 0)
         goto fail;
+    bs->probed = !format;
     bs->drv = drv;
     ret = drv->open(bs, e);
     if (ret < 0) {
@@ -335,6 +375,49 @@ static void remove_stale_temporaries(const char *filename)
     free(copy);
 }
 
+/* qemu-img 7.2 refuses -b without -F: probing the backing file's format
+ * lets a guest that writes a qcow2 header into its raw disk choose which
+ * host file the image reads.  The detected format is named as a hint. */
+static int refuse_unknown_backing_format(const struct blk_create_params *p, struct err *e)
+{
+    char *path = blk_resolve_backing_path(p->filename, p->backing_file);
+    struct blockdev *b = NULL;
+    struct err ignored = { 0 };
+    if (path)
+        blk_open(path, NULL, BLK_OPEN_NO_BACKING | BLK_OPEN_FORCE_SHARE, &b, &ignored);
+    free(path);
+    if (!b)
+        return err_set(e, EINVAL, "%s: Backing file specified without backing format "
+                       "(give it with -F)", p->filename);
+    err_set(e, EINVAL, "%s: Backing file specified without backing format (detected "
+            "format of %s: %s; give it with -F)", p->filename, p->backing_file, b->drv->name);
+    blk_close(b);
+    return -EINVAL;
+}
+
+/* Names of URI-style protocols that imgtool itself opens (none yet but
+ * NBD, which is being added): they keep their ':'. */
+static bool is_protocol_name(const char *name)
+{
+    return !strncmp(name, "nbd:", 4) || !strncmp(name, "nbd+", 4) || !strncmp(name, "nbds:", 5) ||
+           !strncmp(name, "nbds+", 5);
+}
+
+char *blk_backing_name_for_header(const char *name)
+{
+    /* QEMU reads "x:y.qcow2" as protocol "x" (path_has_protocol: a ':'
+     * before any '/'); "./x:y.qcow2" is the same file to everyone. */
+    const char *colon = strchr(name, ':'), *slash = strchr(name, '/');
+    if (!colon || (slash && slash < colon) || is_protocol_name(name))
+        return strdup(name);
+    char *out = malloc(strlen(name) + 3);
+    if (out) {
+        memcpy(out, "./", 2);
+        strcpy(out + 2, name);
+    }
+    return out;
+}
+
 int blk_create_begin(const char *format, const struct blk_create_params *params,
                      char **tmp_path, struct err *e)
 {
@@ -345,6 +428,8 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
         return err_set(e, ENOTSUP, "format '%s' does not support creating images", format);
     struct blk_create_params p = *params;
     int ret;
+    if (p.backing_file && !p.backing_format)
+        return refuse_unknown_backing_format(&p, e);
     if (p.size == BLK_SIZE_FROM_BACKING) {
         if (!p.backing_file)
             return err_set(e, EINVAL, "%s: no size given and no backing file to take it from",
@@ -380,9 +465,14 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
         free(tmp);
         return ret;
     }
+    char *backing_name = NULL;
     ret = replacing ? keep_owner_and_mode(f, &old, p.filename, e) : 0;
+    if (ret == 0 && p.backing_file && !(p.backing_file = backing_name =
+                                        blk_backing_name_for_header(p.backing_file)))
+        ret = err_set(e, ENOMEM, "out of memory");
     if (ret == 0)
         ret = drv->create(f, &p, e);
+    free(backing_name);
     if (ret == 0)
         ret = hostfile_flush(f, e);
     hostfile_close(f);
@@ -491,7 +581,9 @@ int blk_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov, int i
 int blk_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
                 struct err *e)
 {
-    int ret = begin_guest_write(bs, off, iov_size(iov, iovcnt), e);
+    int ret = check_probed_header_write(bs, off, iov, iovcnt, e);
+    if (ret == 0)
+        ret = begin_guest_write(bs, off, iov_size(iov, iovcnt), e);
     if (ret < 0)
         return ret;
     return bs->drv->pwritev(bs, off, iov, iovcnt, e);
@@ -588,7 +680,12 @@ int blk_set_backing(struct blockdev *bs, const char *name, const char *format,
     if (!bs->drv->set_backing)
         return err_set(e, ENOTSUP, "%s: format '%s' has no backing file", bs->filename,
                        bs->drv->name);
-    return bs->drv->set_backing(bs, name, format, e);
+    char *stored = name ? blk_backing_name_for_header(name) : NULL;
+    if (name && !stored)
+        return err_set(e, ENOMEM, "out of memory");
+    ret = bs->drv->set_backing(bs, stored, format, e);
+    free(stored);
+    return ret;
 }
 
 int blk_check(struct blockdev *bs, struct blk_check_result *res, unsigned fix, struct err *e)

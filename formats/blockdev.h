@@ -169,6 +169,7 @@ struct blockdev {
     uint64_t size;              /* virtual disk size */
     unsigned open_flags;
     bool read_only;
+    bool probed;                /* the format was probed, not given */
     void *opaque;               /* the driver's private state */
     /* Backing chain: the name stored in the image, the path it resolves to,
      * the stored format (or NULL), and the open backing image (or NULL). */
@@ -274,6 +275,10 @@ int blk_block_status_above(struct blockdev *bs, const struct blockdev *base, uin
 int blk_read_backing(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
                      struct err *e);
 
+/* The name to store in an image header for backing file `name`: a name
+ * that QEMU would read as a protocol (a ':' before any '/', as in
+ * "x:y.qcow2") gets "./" in front.  Returns a malloc'ed string or NULL. */
+char *blk_backing_name_for_header(const char *name);
 /* Resolve a backing file name relative to the directory of the image that
  * names it (QEMU's rule); returns a malloc'ed path or NULL on ENOMEM. */
 char *blk_resolve_backing_path(const char *image_path, const char *backing_name);
