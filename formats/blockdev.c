@@ -437,6 +437,12 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
         if ((ret = size_from_backing(&p, &p.size, e)) < 0)
             return ret;
     }
+    /* QEMU's drivers round the size of a new image up to whole sectors
+     * (and then see only whole sectors of an image that was not). */
+    if (p.size > UINT64_MAX - 511)
+        return err_set(e, EFBIG, "%s: size %llu is too large", p.filename,
+                       (unsigned long long)p.size);
+    p.size = align_up(p.size, 512);
     bool special = is_special_file(p.filename);
     if (!special && (ret = check_target_not_in_use(p.filename, e)) < 0)
         return ret;
