@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -122,11 +123,25 @@ static int byte_locked_by_other(int fd, off_t byte, bool *locked)
     return 0;
 }
 
-/* Whether another descriptor of this process has f's file open: OFD locks
- * of two opens of one file conflict even in one process, and such a
+/* Whether descriptor `fd` holds locks (Linux lists them in fdinfo). */
+static bool fd_holds_locks(long fd)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/self/fdinfo/%ld", fd);
+    FILE *in = fopen(path, "re");
+    bool found = false;
+    while (in && !found && fgets(line, sizeof(line), in))
+        found = !strncmp(line, "lock:", 5);
+    if (in)
+        fclose(in);
+    return found;
+}
+
+/* Whether another descriptor of this process holds locks on f's file: OFD
+ * locks of two opens of one file conflict even in one process, and such a
  * conflict is permanent (the image is its own target or backing file), not
  * "in use, try later". */
-static bool open_twice_here(const struct hostfile *f)
+static bool locked_twice_here(const struct hostfile *f)
 {
     struct stat mine;
     DIR *d = opendir("/proc/self/fd");
@@ -144,7 +159,7 @@ static bool open_twice_here(const struct hostfile *f)
             fd == dirfd(d))
             continue;
         found = fstat((int)fd, &st) == 0 && st.st_dev == mine.st_dev &&
-                st.st_ino == mine.st_ino;
+                st.st_ino == mine.st_ino && fd_holds_locks(fd);
     }
     closedir(d);
     return found;
@@ -152,7 +167,7 @@ static bool open_twice_here(const struct hostfile *f)
 
 static int lock_conflict(struct hostfile *f, unsigned bit, bool shared_side, struct err *e)
 {
-    if (open_twice_here(f))
+    if (locked_twice_here(f))
         return err_set(e, EINVAL, "%s: this command uses the image twice (is it its own "
                        "target or backing file?)", f->path);
     /* -U only helps a reader: a writer must wait for the other process. */
