@@ -127,16 +127,35 @@ char *blk_resolve_backing_path(const char *image_path, const char *backing_name)
     return path;
 }
 
+static bool layer_is_file(const struct blockdev *layer, const struct stat *want)
+{
+    struct stat st;
+    return fstat(layer->file->fd, &st) == 0 && st.st_dev == want->st_dev &&
+           st.st_ino == want->st_ino;
+}
+
 struct blockdev *blk_chain_find(struct blockdev *bs, const char *path)
 {
     struct stat want;
     if (stat(path, &want) < 0)
         return NULL;
-    for (; bs; bs = bs->backing) {
-        struct stat st;
-        if (fstat(bs->file->fd, &st) == 0 && st.st_dev == want.st_dev &&
-            st.st_ino == want.st_ino)
+    for (; bs; bs = bs->backing)
+        if (layer_is_file(bs, &want))
             return bs;
+    return NULL;
+}
+
+struct blockdev *blk_chain_find_backing(struct blockdev *top, const char *name)
+{
+    for (struct blockdev *l = top; l && l->backing; l = l->backing) {
+        if (l->backing_name && !strcmp(l->backing_name, name))
+            return l->backing;
+        char *path = blk_resolve_backing_path(l->filename, name);
+        struct stat want;
+        bool match = path && stat(path, &want) == 0 && layer_is_file(l->backing, &want);
+        free(path);
+        if (match)
+            return l->backing;
     }
     return NULL;
 }

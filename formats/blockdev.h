@@ -285,6 +285,11 @@ char *blk_resolve_backing_path(const char *image_path, const char *backing_name)
 /* The member of bs's open chain (bs itself included) whose file is `path`
  * (the same file, however it is named), or NULL. */
 struct blockdev *blk_chain_find(struct blockdev *bs, const char *path);
+/* The backing file (at any depth) of `top` that the user names `name`, as
+ * QEMU's bdrv_find_backing_image: the name stored in the image above it, or
+ * a path that, if relative, is relative to the directory of that image (as
+ * backing file names are), naming the same file.  NULL if none. */
+struct blockdev *blk_chain_find_backing(struct blockdev *top, const char *name);
 /* Reopen `layer`, a backing file in top's open chain, read-write (commit
  * writes into it), as a writable blk_open would: its dirty bitmaps are
  * loaded and marked in use, and it takes the write locks.  Its own backing

@@ -112,20 +112,19 @@ static bool same_file(const struct blockdev *layer, const struct stat *st)
            lst.st_ino == st->st_ino;
 }
 
-/* The layer of the source's chain that is the file `path`. */
+/* The layer of the source's chain that --base names: relative names are
+ * relative to the image that has it as backing file, as in commit and
+ * qemu-img (blk_chain_find_backing). */
 static int find_chain_layer(struct blockdev *src, const char *path,
                             const struct blockdev **out, struct err *e)
 {
+    if ((*out = blk_chain_find_backing(src, path)))
+        return 0;
+    char *beside = blk_resolve_backing_path(src->filename, path);
     struct stat st;
-    if (stat(path, &st) < 0)
-        return err_errno(e, errno, "%s: cannot use as base", path);
-    for (const struct blockdev *l = src->backing; l; l = l->backing) {
-        if (same_file(l, &st)) {
-            *out = l;
-            return 0;
-        }
-    }
-    if (same_file(src, &st))
+    bool self = beside && stat(beside, &st) == 0 && same_file(src, &st);
+    free(beside);
+    if (self)
         return err_set(e, EINVAL, "%s: the base cannot be the source itself", path);
     return err_set(e, EINVAL, "%s: not in the backing chain of %s (see imgtool info "
                    "--backing-chain)", path, src->filename);
@@ -335,8 +334,14 @@ static int prepare(struct mirror_job *job, struct err *e)
         job->base = job->src->backing;
     }
     if (p->target_backing) {
-        ret = blk_open(p->target_backing, p->target_backing_format,
-                       BLK_OPEN_NO_BACKING, &job->explicit_backing, e);
+        /* Relative to the new target, as its backing file name will be
+         * (create -b, qemu-img create -b). */
+        char *path = blk_resolve_backing_path(p->target, p->target_backing);
+        if (!path)
+            return err_set(e, ENOMEM, "out of memory");
+        ret = blk_open(path, p->target_backing_format, BLK_OPEN_NO_BACKING,
+                       &job->explicit_backing, e);
+        free(path);
         if (ret < 0)
             return ret;
         if (job->explicit_backing->size != job->src->size)

@@ -55,7 +55,8 @@ struct mirror_params {
     bool exclusive;
     /* A new target is backed by this image (which must have the source's
      * size) instead of what the sync mode implies: export's diff images
-     * backed by the previous backup. */
+     * backed by the previous backup, mirror -o backing_file.  A relative
+     * name is relative to the target's directory, as in create -b. */
     const char *target_backing, *target_backing_format;
     bool compress;                          /* write compressed clusters */
     enum mirror_target_mode target_mode;
