@@ -209,7 +209,10 @@ struct qcow2_state {
     struct qcow2_ext *exts;
     size_t nb_exts;
     struct qcow2_snapshot *snapshots;
-    bool header_dirty_written;      /* we set the dirty bit (unused: no lazy mode) */
+    bool header_dirty_written;
+    /* The image looks preallocated (more clusters counted than the file
+     * has blocks): -1 not yet known; see qcow2_block_status. */
+    int metadata_prealloc;      /* we set the dirty bit (unused: no lazy mode) */
 };
 
 /* --- header.c --- */
@@ -268,6 +271,15 @@ int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len, st
 int qcow2_alloc_bytes(struct qcow2_state *s, uint64_t size, uint64_t *offset, struct err *e);
 /* Drop the reference(s) an L2 entry holds (normal, zero-alloc, compressed). */
 int qcow2_free_l2e_clusters(struct qcow2_state *s, uint64_t entry, struct err *e);
+
+/* --- options.c --- */
+extern const struct blk_option_desc qcow2_create_options[];
+extern const struct blk_option_desc qcow2_amend_options[];
+
+/* --- measure.c --- */
+/* blockdrv.measure: as QEMU's qcow2_measure. */
+int qcow2_measure(struct kvopts *opts, struct blockdev *in, struct blk_measure *out,
+                  struct err *e);
 
 /* --- check.c --- */
 /* blockdrv.check: verify refcounts against every reference, L1/L2 entries
