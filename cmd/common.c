@@ -16,6 +16,7 @@ static struct {
     bool json;
     bool usage;
     bool have;
+    bool result_printed;    /* a JSON result document went out: it says it all */
     char desc[2048];
 } run_error;
 
@@ -39,7 +40,7 @@ static const char *error_class(int status)
 
 int cmd_finish(int status)
 {
-    if (status != EXIT_OK && run_error.json && run_error.have) {
+    if (status != EXIT_OK && run_error.json && run_error.have && !run_error.result_printed) {
         printf("{\"error\": {\"class\": \"%s\", \"desc\": ", error_class(status));
         json_print_string(stdout, run_error.desc);
         printf("}}\n");
@@ -271,6 +272,8 @@ void json_print_string(FILE *out, const char *s)
 
 void json_print(FILE *out, const struct prop *p, int indent)
 {
+    if (indent == 0 && out == stdout)
+        run_error.result_printed = true;
     switch (p->type) {
     case PROP_STRING: json_print_string(out, p->v.s); return;
     case PROP_INT: fprintf(out, "%" PRId64, p->v.i); return;

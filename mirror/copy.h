@@ -114,7 +114,7 @@ struct copy_job {
     /* Set asynchronously (signal handler) to stop the copy: copy_run then
      * returns -ECANCELED.  Requests already running finish first.  A C11
      * atomic (lock-free, so a signal handler may store it) because worker
-     * threads read it too: volatile sig_atomic_t only orders accesses
+     * threads read it too: a volatile sig_atomic_t flag orders accesses only
      * between a thread and its own signal handler. */
     const atomic_int *cancel;
     struct copy_stats stats;

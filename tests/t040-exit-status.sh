@@ -77,7 +77,8 @@ done
 src=$(dirname "$IMGTOOL")
 [ -d "$src/cmd" ] || src=$(cd "$(dirname "$0")/.." && pwd)
 checks=$((checks + 1))
-! grep -rn "volatile sig_atomic_t" "$src/cmd" "$src/mirror" || die "volatile sig_atomic_t cancel flag"
+! grep -rnE 'volatile sig_atomic_t[ *]*[A-Za-z_]+ *[;,)=]' "$src/cmd" "$src/mirror" ||
+    die "volatile sig_atomic_t cancel flag"
 
 # bitmap --list counts a dirty partial last granule whole, as QEMU's
 # query-block "count".
