@@ -22,6 +22,10 @@ struct mirror_job {
     bool bitmap_changed;            /* ... consumed ranges (always mode) */
     struct copy_range *ranges;      /* ... its dirty extents, widened */
     size_t nranges;
+    /* Always mode, existing target: the ranges (or with none, the whole
+     * disk: entry 0) whose writes have returned.  Their bits are cleared
+     * only once a flush of the target has made them durable. */
+    bool *copied;
     uint64_t total, done;
     struct copy_stats stats;
     const struct mirror_set_options *opts;
@@ -107,13 +111,6 @@ static void emit(struct mirror_job *job, enum mirror_event_type type, const char
     job->opts->event(job->opts->opaque, &ev);
 }
 
-static bool same_file(const struct blockdev *layer, const struct stat *st)
-{
-    struct stat lst;
-    return fstat(layer->file->fd, &lst) == 0 && lst.st_dev == st->st_dev &&
-           lst.st_ino == st->st_ino;
-}
-
 /* The layer of the source's chain that --base names: relative names are
  * relative to the image that has it as backing file, as in commit and
  * qemu-img (blk_chain_find_backing). */
@@ -123,8 +120,7 @@ static int find_chain_layer(struct blockdev *src, const char *path,
     if ((*out = blk_chain_find_backing(src, path)))
         return 0;
     char *beside = blk_resolve_backing_path(src->filename, path);
-    struct stat st;
-    bool self = beside && stat(beside, &st) == 0 && same_file(src, &st);
+    bool self = beside && blk_is_named(src, beside);
     free(beside);
     if (self)
         return err_set(e, EINVAL, "%s: the base cannot be the source itself", path);
@@ -220,13 +216,14 @@ static int create_target(struct mirror_job *job, struct err *e)
         .filename = p->target, .size = job->src->size, .opts = p->target_opts,
         .backing_file = backing_name,
         .backing_format = backing ? backing->drv->name : NULL,
+        .open_opts = job->opts->open_opts,
     };
     const char *fmt = p->target_format ? p->target_format : job->src->drv->name;
     ret = blk_create_begin(fmt, &cp, &job->tmp_path, e);
     free(backing_name);
     if (ret < 0)
         return ret;
-    ret = blk_open(job->tmp_path, fmt, BLK_OPEN_RDWR, &job->dst, e);
+    ret = blk_open(job->tmp_path, fmt, BLK_OPEN_RDWR, job->opts->open_opts, &job->dst, e);
     if (ret < 0)
         return ret;     /* mirror_run_set names the target instead */
     blk_defer_flushes(job->dst, true);  /* nobody sees it until the rename */
@@ -236,8 +233,8 @@ static int create_target(struct mirror_job *job, struct err *e)
 static int open_existing_target(struct mirror_job *job, struct err *e)
 {
     const struct mirror_params *p = job->p;
-    int ret = blk_open(p->target, p->target_format, BLK_OPEN_RDWR, &job->dst, e);
-    if (ret < 0)
+    int ret = blk_open(p->target, p->target_format, BLK_OPEN_RDWR, job->opts->open_opts, &job->dst, e);
+    if (ret < 0 || (ret = blk_check_distinct(job->dst, job->src, e)) < 0)
         return ret;
     if (job->dst->size != job->src->size)
         return err_set(e, EINVAL, "%s: target size %llu differs from source size %llu "
@@ -283,7 +280,7 @@ static int collect_ranges(struct mirror_job *job, struct err *e)
 static int prepare_bitmap(struct mirror_job *job, struct err *e)
 {
     const struct mirror_params *p = job->p;
-    int ret = blk_bitmaps_supported(job->src) ? blk_bitmaps_load(job->src, e)
+    int ret = blk_bitmaps_available(job->src) ? blk_bitmaps_load(job->src, e)
               : err_set(e, ENOTSUP, "%s: format '%s' has no persistent bitmaps, so "
                         "--sync=bitmap cannot be used", p->source, job->src->drv->name);
     if (ret < 0)
@@ -315,20 +312,47 @@ static int prepare_bitmap(struct mirror_job *job, struct err *e)
     return p->sync == MIRROR_SYNC_BITMAP ? collect_ranges(job, e) : 0;
 }
 
+/* The bitmaps of an NBD export are the server's (QEMU's pull-mode backup
+ * and qemu-nbd -B manage them): a job reads them and changes nothing, so
+ * whatever would clear, create or add one is refused. */
+static int check_remote_source(const struct mirror_params *p, struct err *e)
+{
+    if (!blk_name_is_network(p->source))
+        return 0;
+    if (p->checkpoint)
+        return err_set(e, EROFS, "%s: --checkpoint would add a bitmap on the server, and "
+                       "imgtool never changes the server's bitmaps (create checkpoints there, "
+                       "e.g. virsh checkpoint-create or QMP block-dirty-bitmap-add)", p->source);
+    if (p->bitmap && p->bitmap_create)
+        return err_set(e, EROFS, "%s: bitmap '%s' would be created or reset on the server, and "
+                       "imgtool never changes the server's bitmaps (start it there; copy "
+                       "without --bitmap)", p->source, p->bitmap);
+    if (p->bitmap && p->bitmap_mode != MIRROR_BITMAP_NEVER)
+        return err_set(e, EROFS, "%s: bitmap '%s' is the server's and imgtool never changes "
+                       "it, so its bits cannot be cleared (use --bitmap-mode=never)", p->source,
+                       p->bitmap);
+    return 0;
+}
+
 static int prepare(struct mirror_job *job, struct err *e)
 {
     const struct mirror_params *p = job->p;
+    int ret = check_remote_source(p, e);
+    if (ret < 0)
+        return ret;
     /* A job that clears bits of the source's bitmap changes the image's
      * bitmaps (and nothing else): BITMAPS_ONLY makes that one atomic
-     * store, without marking the bitmaps in use. */
-    bool edits_bitmap = (p->bitmap && p->bitmap_mode != MIRROR_BITMAP_NEVER) ||
-                        p->checkpoint || p->exclusive;
+     * store, without marking the bitmaps in use.  A network source has
+     * neither bitmaps we may change nor locks. */
+    bool edits_bitmap = !blk_name_is_network(p->source) &&
+                        ((p->bitmap && p->bitmap_mode != MIRROR_BITMAP_NEVER) ||
+                         p->checkpoint || p->exclusive);
     if (edits_bitmap && p->force_share)
         return err_set(e, EINVAL, "%s: -U cannot be used when the job clears bits of the "
                        "bitmap (use --bitmap-mode=never)", p->source);
     unsigned sflags = (p->force_share ? BLK_OPEN_FORCE_SHARE : 0) |
                       (edits_bitmap ? BLK_OPEN_RDWR | BLK_OPEN_BITMAPS_ONLY : 0);
-    int ret = blk_open(p->source, p->source_format, sflags, &job->src, e);
+    ret = blk_open(p->source, p->source_format, sflags, job->opts->open_opts, &job->src, e);
     if (ret < 0)
         return ret;
     if (p->base) {
@@ -347,7 +371,7 @@ static int prepare(struct mirror_job *job, struct err *e)
         if (!path)
             return err_set(e, ENOMEM, "out of memory");
         ret = blk_open(path, p->target_backing_format, BLK_OPEN_NO_BACKING,
-                       &job->explicit_backing, e);
+                       job->opts->open_opts, &job->explicit_backing, e);
         free(path);
         if (ret < 0)
             return ret;
@@ -362,7 +386,7 @@ static int prepare(struct mirror_job *job, struct err *e)
         return ret;
     enum mirror_target_mode mode = p->target_mode;
     if (mode == MIRROR_TARGET_AUTO)
-        mode = access(p->target, F_OK) == 0 ? MIRROR_TARGET_EXISTING
+        mode = blk_target_exists(p->target) ? MIRROR_TARGET_EXISTING
                                             : MIRROR_TARGET_ABSOLUTE_PATHS;
     if (mode == MIRROR_TARGET_EXISTING) {
         if (p->target_opts && p->target_opts->count)
@@ -370,7 +394,7 @@ static int prepare(struct mirror_job *job, struct err *e)
                            p->target);
         ret = open_existing_target(job, e);
     } else {
-        if (access(p->target, F_OK) == 0 && p->target_mode != MIRROR_TARGET_AUTO)
+        if (blk_target_exists(p->target) && p->target_mode != MIRROR_TARGET_AUTO)
             return err_set(e, EEXIST, "%s: exists; use --mode=existing to write into it, "
                            "or remove it", p->target);
         ret = create_target(job, e);
@@ -408,20 +432,53 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
     }
 }
 
-/* --bitmap-mode=always: a range has reached the target, its bits go. */
+/* --bitmap-mode=always: every byte of a range has been written to the
+ * target, but perhaps only to its caches (page cache, qcow2's L2 cache):
+ * note it; its bits go in clear_flushed_ranges, after the target's flush. */
 static void on_range_done(void *opaque, size_t index)
 {
     struct mirror_job *job = opaque;
-    if (!job->frozen || job->p->bitmap_mode != MIRROR_BITMAP_ALWAYS)
-        return;
-    /* A new target is removed if the set fails, taking the data with it:
-     * its bits may only go when the whole set succeeds (abdicate). */
-    if (job->tmp_path)
-        return;
-    struct err e = { 0 };
-    if (dirty_bitmap_job_consume_range(job->bitmap, job->ranges[index].offset,
-                                       job->ranges[index].length, &e) == 0)
-        job->bitmap_changed = true;
+    if (job->copied)
+        job->copied[index] = true;
+}
+
+/* Whether the job clears bits as it goes: always mode into an existing
+ * target.  A new target is removed if the set fails, taking the data with
+ * it: its bits may only go when the whole set succeeds (abdicate). */
+static bool clears_as_it_goes(const struct mirror_job *job)
+{
+    return job->frozen && job->p->bitmap_mode == MIRROR_BITMAP_ALWAYS && !job->tmp_path;
+}
+
+/* The target's flush succeeded: the ranges copied so far are durable, so
+ * their bits may go (the rule of mirror/job.h). */
+static void clear_flushed_ranges(struct mirror_job *job)
+{
+    size_t n = job->ranges ? job->nranges : 1;
+    for (size_t i = 0; job->copied && i < n; i++) {
+        struct copy_range r = job->ranges ? job->ranges[i]
+                                          : (struct copy_range){ 0, job->src->size };
+        struct err e = { 0 };
+        if (job->copied[i] &&
+            dirty_bitmap_job_consume_range(job->bitmap, r.offset, r.length, &e) == 0)
+            job->bitmap_changed = true;
+    }
+}
+
+/* After the copy, successful or not: flush the target (qcow2 writes back
+ * its cached L2 and refcount tables, then every file is fdatasync'ed), and
+ * only then clear the bits of what was copied.  A failed copy into a new
+ * target needs no flush: the target is removed. */
+static int flush_target(struct mirror_job *job, int copy_ret, struct err *e)
+{
+    blk_defer_flushes(job->dst, false);
+    if (copy_ret < 0 && job->tmp_path)
+        return copy_ret;
+    struct err fe = { 0 };
+    int ret = blk_flush(job->dst, copy_ret < 0 ? &fe : e);
+    if (ret == 0)
+        clear_flushed_ranges(job);
+    return copy_ret < 0 ? copy_ret : ret;
 }
 
 static int run_copy(struct mirror_job *job, struct err *e)
@@ -430,11 +487,15 @@ static int run_copy(struct mirror_job *job, struct err *e)
         return 0;
     if (job->p->sync == MIRROR_SYNC_BITMAP && !job->nranges)
         return 0;   /* nothing dirty */
-    /* A new target without a backing file reads zeroes everywhere; in
-     * bitmap mode it is a diff image to be rebased later, so its zero
-     * ranges must be allocated zeroes, not holes. */
+    /* In bitmap mode the target is a diff image, to be rebased onto a
+     * full copy later (or read through the backing file it has now): its
+     * zero ranges must be allocated zeroes (qcow2 zero clusters; real
+     * zeroes in a raw file), not holes that would show the backing file's
+     * data, whoever created the target and whatever it reads now (QEMU's
+     * blockdev-backup writes zero clusters there too).  A new target
+     * without a backing file otherwise reads zeroes everywhere. */
     bool new_plain = job->tmp_path && !job->dst->backing;
-    bool diff_image = new_plain && job->p->sync == MIRROR_SYNC_BITMAP;
+    bool diff_image = job->p->sync == MIRROR_SYNC_BITMAP;
     struct copy_job cj = {
         .src = job->src, .base = job->base, .dst = job->dst,
         .offset = 0, .length = job->src->size,
@@ -450,12 +511,12 @@ static int run_copy(struct mirror_job *job, struct err *e)
         .progress = on_progress, .opaque = job,
         .cancel = job->opts->cancel,
     };
+    if (clears_as_it_goes(job) &&
+        !(job->copied = calloc(job->nranges ? job->nranges : 1, sizeof(bool))))
+        return err_set(e, ENOMEM, "out of memory");
     int ret = copy_run(&cj, e);
     job->stats = cj.stats;
-    blk_defer_flushes(job->dst, false);
-    if (ret == 0)
-        ret = blk_flush(job->dst, e);
-    return ret;
+    return flush_target(job, ret, e);
 }
 
 /* End the job's use of the bitmap: on success the copied bits go (the
@@ -519,6 +580,8 @@ static void close_job(struct mirror_job *job, bool success)
     job->explicit_backing = NULL;
     free(job->ranges);
     job->ranges = NULL;
+    free(job->copied);
+    job->copied = NULL;
     chain_state_free(&job->chain);
 }
 

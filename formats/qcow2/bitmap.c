@@ -235,14 +235,14 @@ static int parse_dir(struct qcow2_state *s, struct bitmap_dir *dir, const uint8_
 static int read_dir(struct qcow2_state *s, struct bitmap_dir *dir, struct err *e)
 {
     uint64_t file_size;
-    int ret = hostfile_size(s->bs->file, &file_size, e);
+    int ret = transport_size(s->bs->file, &file_size, e);
     if (ret < 0 || (ret = read_ext(s, file_size, dir, e)) < 0 || !dir->valid)
         return ret;
     uint8_t *buf = malloc(dir->size);
     if (!buf)
         return err_set(e, ENOMEM, "%s: out of memory for the bitmap directory",
                        s->bs->filename);
-    ret = hostfile_pread(s->bs->file, dir->offset, buf, dir->size, e);
+    ret = transport_pread(s->bs->file, dir->offset, buf, dir->size, e);
     if (ret == 0)
         ret = parse_dir(s, dir, buf, file_size, e);
     free(buf);
@@ -272,7 +272,7 @@ static int read_table(struct qcow2_state *s, const struct bitmap_entry *en, uint
     uint64_t *t = malloc((size_t)en->table_size * 8);
     if (!t)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
-    int ret = hostfile_pread(s->bs->file, en->table_offset, t, (size_t)en->table_size * 8, e);
+    int ret = transport_pread(s->bs->file, en->table_offset, t, (size_t)en->table_size * 8, e);
     if (ret < 0) {
         free(t);
         return ret;
@@ -306,7 +306,7 @@ static int load_data(struct qcow2_state *s, const struct bitmap_entry *en, struc
         if ((ret = check_table_entry(s, en, i, v, file_size, e)) < 0)
             break;
         if (data) {
-            ret = hostfile_pread(s->bs->file, data, buf, s->cluster_size, e);
+            ret = transport_pread(s->bs->file, data, buf, s->cluster_size, e);
             if (ret == 0)
                 hbitmap_deserialize_part(hb, buf, off, len);
         } else if (v & TABLE_ALL_ONES) {
@@ -450,7 +450,7 @@ static int switch_dir(struct qcow2_state *s, const struct bitmap_entry *entries,
         uint64_t clusters = div_round_up(size, s->cluster_size);
         if ((ret = qcow2_alloc_clusters(s, clusters, &offset, e)) < 0)
             goto out;
-        ret = hostfile_pwrite(s->bs->file, offset, buf, clusters * s->cluster_size, e);
+        ret = transport_pwrite(s->bs->file, offset, buf, clusters * s->cluster_size, e);
         if (ret == 0)
             ret = qcow2_flush_metadata(s, e);
         if (ret < 0)
@@ -510,7 +510,7 @@ int qcow2_bitmaps_load(struct blockdev *bs, bool mark_in_use, struct err *e)
     struct bitmap_dir dir;
     uint64_t file_size;
     pthread_mutex_lock(&s->lock);
-    int ret = hostfile_size(bs->file, &file_size, e);
+    int ret = transport_size(bs->file, &file_size, e);
     if (ret == 0)
         ret = read_dir(s, &dir, e);
     if (ret < 0)
@@ -568,7 +568,7 @@ static int write_data_cluster(struct qcow2_state *s, const struct hbitmap *hb, u
         return ret;
     hbitmap_serialize_part(hb, buf, off, len);
     memset(buf + used, 0, s->cluster_size - used);
-    if ((ret = hostfile_pwrite(s->bs->file, data, buf, s->cluster_size, e)) < 0) {
+    if ((ret = transport_pwrite(s->bs->file, data, buf, s->cluster_size, e)) < 0) {
         struct err ignored = { 0 };
         qcow2_free_clusters(s, data, s->cluster_size, &ignored);
         return ret;
@@ -599,7 +599,7 @@ static int write_bitmap(struct qcow2_state *s, const struct dirty_bitmap *bm,
             be64_write(table + (size_t)i * 8, v);
     }
     if (ret == 0 && (ret = qcow2_alloc_clusters(s, table_bytes / cs, &table_offset, e)) == 0 &&
-        (ret = hostfile_pwrite(s->bs->file, table_offset, table, table_bytes, e)) == 0) {
+        (ret = transport_pwrite(s->bs->file, table_offset, table, table_bytes, e)) == 0) {
         en->table_offset = table_offset;
         en->table_size = n;
     } else {
@@ -721,7 +721,7 @@ static int write_set(struct blockdev *bs, struct bitmap_dir *old, bool in_use,
     if (ret < 0) {
         uint64_t file_size = 0;
         struct err ignored = { 0 };
-        hostfile_size(bs->file, &file_size, &ignored);
+        transport_size(bs->file, &file_size, &ignored);
         for (uint32_t i = 0; i < *count; i++)
             if (entries[i].written)
                 free_bitmap_clusters(s, &entries[i], file_size);
@@ -762,7 +762,7 @@ static int store_locked(struct blockdev *bs, bool in_use, struct err *e)
         ret = err_set(e, ENOMEM, "%s: out of memory", bs->filename);
         goto out;
     }
-    if ((ret = hostfile_size(bs->file, &file_size, e)) < 0 ||
+    if ((ret = transport_size(bs->file, &file_size, e)) < 0 ||
         (ret = write_set(bs, &old, in_use, entries, &count, e)) < 0)
         goto out;
     bool header_tried;
@@ -825,7 +825,7 @@ int qcow2_bitmaps_for_each_cluster(struct qcow2_state *s,
 {
     struct bitmap_dir dir;
     uint64_t file_size;
-    int ret = hostfile_size(s->bs->file, &file_size, e);
+    int ret = transport_size(s->bs->file, &file_size, e);
     if (ret == 0)
         ret = read_ext(s, file_size, &dir, e);
     if (ret == -EINVAL) {

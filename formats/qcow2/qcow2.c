@@ -10,7 +10,7 @@
 #include "formats/qcow2/qcow2-bitmap.h"
 
 #define QCOW2_L2_CACHE_BYTES    (8u << 20)  /* default L2 cache size */
-#define QCOW2_L2_CACHE_MAX      64  /* tables, unless IMGTOOL_L2_CACHE_SIZE says more */
+#define QCOW2_L2_CACHE_MAX      64  /* tables, unless l2_cache_bytes says more */
 #define QCOW2_L2_CACHE_LIMIT    1024    /* tables at most: the cache is searched linearly */
 #define QCOW2_RB_CACHE_ENTRIES  8
 
@@ -36,18 +36,16 @@ static void free_state(struct qcow2_state *s)
 }
 
 /* How many L2 tables to cache: QCOW2_L2_CACHE_BYTES' worth (4..64 tables),
- * or what the environment variable IMGTOOL_L2_CACHE_SIZE asks for (bytes,
- * with the usual suffixes; 4..1024 tables), as QEMU's l2-cache-size option
- * sizes its cache.  Each cached table covers cluster_size / 8 clusters. */
+ * or what the l2_cache_bytes open option asks for (4..1024 tables), as
+ * QEMU's l2-cache-size option sizes its cache.  Each cached table covers
+ * cluster_size / 8 clusters. */
 static int l2_cache_tables(struct blockdev *bs, uint32_t cluster_size, size_t *count,
                            struct err *e)
 {
-    const char *env = getenv("IMGTOOL_L2_CACHE_SIZE");
+    (void)e;
     uint64_t bytes = QCOW2_L2_CACHE_BYTES, max = QCOW2_L2_CACHE_MAX;
-    if (env && *env) {
-        if (parse_size(env, &bytes) < 0)
-            return err_set(e, EINVAL, "%s: IMGTOOL_L2_CACHE_SIZE='%s' is not a size (use e.g. "
-                           "4M)", bs->filename, env);
+    if (bs->opts.l2_cache_bytes) {
+        bytes = bs->opts.l2_cache_bytes;
         max = QCOW2_L2_CACHE_LIMIT;
     }
     uint64_t n = bytes / cluster_size;
@@ -176,7 +174,7 @@ static int read_compressed_cluster(struct qcow2_state *s, struct qcow2_l2e l2e, 
     uint8_t *in = malloc(csize);
     if (!in)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
-    int ret = hostfile_pread(s->bs->file, coff, in, csize, e);
+    int ret = transport_pread(s->bs->file, coff, in, csize, e);
     if (ret == 0) {
         ret = qcow2_decompress(s->compression_type, in, csize, out, s->cluster_size, e);
         if (ret < 0)
@@ -213,7 +211,7 @@ static int read_range(struct qcow2_state *s, uint64_t off, const struct iovec *i
         int n = iov_slice(iov, iovcnt, done, run, part);
         switch (type) {
         case QCOW2_SC_NORMAL:
-            ret = hostfile_preadv(s->bs->file, host, part, n, e);
+            ret = transport_preadv(s->bs->file, host, part, n, e);
             break;
         case QCOW2_SC_ZERO_PLAIN:
         case QCOW2_SC_ZERO_ALLOC:
@@ -294,7 +292,7 @@ static int write_widened(struct qcow2_state *s, uint64_t cstart, uint64_t host, 
         ret = read_buf_locked(s, cstart + b, tmp + (b - wa), wb - b, e);
     if (ret == 0) {
         memcpy(tmp + (a - wa), data, b - a);
-        ret = hostfile_pwrite(s->bs->file, host + wa, tmp, wb - wa, e);
+        ret = transport_pwrite(s->bs->file, host + wa, tmp, wb - wa, e);
     }
     free(tmp);
     return ret;
@@ -319,7 +317,7 @@ static int write_in_cluster(struct qcow2_state *s, uint64_t off, const uint8_t *
         if (range_is_normal(s, old, a, b)) {
             /* Already ours: plain data write, outside the lock. */
             pthread_mutex_unlock(&s->lock);
-            return hostfile_pwrite(s->bs->file, host + a, data, len, e);
+            return transport_pwrite(s->bs->file, host + a, data, len, e);
         }
         /* Our cluster, but some subclusters read as zero or fall through. */
         if ((ret = write_widened(s, cstart, host, a, b, data, wa, wb, e)) < 0)
@@ -495,7 +493,7 @@ static int write_cluster_run(struct qcow2_state *s, uint64_t off, uint64_t max,
     if (allocate && (ret = qcow2_alloc_clusters(s, count, &host, e)) < 0)
         goto unlock;
     pthread_mutex_unlock(&s->lock);
-    ret = hostfile_pwritev(s->bs->file, host, part, nparts, e);
+    ret = transport_pwritev(s->bs->file, host, part, nparts, e);
     if (!allocate && (ret < 0 || !update))
         return ret;
     pthread_mutex_lock(&s->lock);
@@ -782,8 +780,8 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct err *e)
             continue;
         uint8_t zero[8] = { 0 };
         s->l1[i] = 0;
-        if ((ret = hostfile_pwrite(s->bs->file, s->l1_offset + i * 8, zero, 8, e)) < 0 ||
-            (ret = hostfile_flush(s->bs->file, e)) < 0)
+        if ((ret = transport_pwrite(s->bs->file, s->l1_offset + i * 8, zero, 8, e)) < 0 ||
+            (ret = transport_flush(s->bs->file, e)) < 0)
             return ret;
         qcow2_cache_forget(&s->l2_cache, l2);
         if ((ret = qcow2_free_clusters(s, l2, s->cluster_size, e)) < 0)
@@ -877,8 +875,8 @@ static bool detect_metadata_preallocation(struct qcow2_state *s)
 {
     struct err e;
     uint64_t file_size, allocated;
-    if (hostfile_size(s->bs->file, &file_size, &e) < 0 ||
-        hostfile_allocated_size(s->bs->file, &allocated, &e) < 0)
+    if (transport_size(s->bs->file, &file_size, &e) < 0 ||
+        transport_allocated_size(s->bs->file, &allocated, &e) < 0)
         return false;
     uint64_t real = allocated / s->cluster_size;
     uint64_t threshold = max_u64(real * 10 / 9, real + 2);
@@ -972,7 +970,7 @@ static int qcow2_pwrite_compressed(struct blockdev *bs, uint64_t off, const void
             pthread_mutex_lock(&s->lock);
             if ((ret = qcow2_get_l2e(s, off, &old, e)) == 0 &&
                 (ret = qcow2_alloc_bytes(s, (uint64_t)clen, &coff, e)) == 0 &&
-                (ret = hostfile_pwrite(bs->file, coff, out, (size_t)clen, e)) == 0 &&
+                (ret = transport_pwrite(bs->file, coff, out, (size_t)clen, e)) == 0 &&
                 (ret = qcow2_l2_depends_on_refblocks(s, e)) == 0) {
                 uint64_t sectors = ((coff + (uint64_t)clen - 1) >> 9) - (coff >> 9);
                 l2e.entry = coff | QCOW2_OFLAG_COMPRESSED | (sectors << s->csize_shift);
@@ -1161,13 +1159,13 @@ static int preallocate_metadata(struct qcow2_state *s, struct err *e)
     int ret = qcow2_flush_metadata(s, e);
     uint64_t file_size;
     if (ret == 0)
-        ret = hostfile_size(s->bs->file, &file_size, e);
+        ret = transport_size(s->bs->file, &file_size, e);
     if (ret == 0 && file_size < end_of_data)
-        ret = hostfile_truncate(s->bs->file, end_of_data, e);
+        ret = transport_truncate(s->bs->file, end_of_data, e);
     return ret;
 }
 
-static int qcow2_create(struct hostfile *file, const struct blk_create_params *p,
+static int qcow2_create(struct transport *file, const struct blk_create_params *p,
                         struct err *e)
 {
     struct create_opts o;
@@ -1201,8 +1199,8 @@ static int qcow2_create(struct hostfile *file, const struct blk_create_params *p
     if ((ret = qcow2_encode_header(&h, buf, e)) < 0)
         goto out;
     be64_write(buf + o.cluster_size, 2 * o.cluster_size);
-    if ((ret = hostfile_pwrite(file, 0, buf, 3 * o.cluster_size, e)) < 0 ||
-        (ret = hostfile_flush(file, e)) < 0)
+    if ((ret = transport_pwrite(file, 0, buf, 3 * o.cluster_size, e)) < 0 ||
+        (ret = transport_flush(file, e)) < 0)
         goto out;
     struct qcow2_state *s;
     bs.backing_name = bs.backing_format = NULL;     /* read back from the header */
