@@ -185,10 +185,21 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
                 new_drv->name);
         goto fail;
     }
+    /* -o backing_file=...,backing_fmt=... as in qemu-img convert -B: the new
+     * target is backed by that image, and only what the source's top layer
+     * allocates is copied (the rest is expected to read the same through
+     * the target's backing file); zeroes are written, not skipped. */
+    const char *o_backing = kvopts_get(&a.opts, "backing_file");
+    const char *o_backing_fmt = kvopts_get(&a.opts, "backing_fmt");
+    if (o_backing_fmt && !o_backing) {
+        err_set(&e, EINVAL, "%s: -o backing_fmt needs -o backing_file", dst_name);
+        goto fail;
+    }
     if (!no_create) {
         struct blk_create_params p = {
             .filename = dst_name, .size = src->size, .opts = &a.opts,
-            .backing_file = backing, .backing_format = backing_fmt,
+            .backing_file = backing ? backing : o_backing,
+            .backing_format = backing ? backing_fmt : o_backing_fmt,
             .open_opts = cmd_open_opts(),
         };
         if (blk_create_begin(dst_fmt ? dst_fmt : "raw", &p, &tmp_path, &e) < 0)
@@ -213,8 +224,10 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     struct copy_job job = {
         .src = src, .dst = dst, .offset = 0, .length = src->size,
         /* With -B the new target reads as its backing file: what the
-         * source holds the same is not written (the rebase comparison). */
-        .target_is_zero = !backing && (!no_create || target_is_zero),
+         * source holds the same is not written (the rebase comparison).
+         * With -o backing_file only the source's top layer is copied. */
+        .base = !backing && o_backing ? src->backing : NULL,
+        .target_is_zero = !backing && ((!no_create && !o_backing) || target_is_zero),
         .skip_identical = backing != NULL,
         .zero_detect = (uint32_t)sparse_size,
         .speed = rate,

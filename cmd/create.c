@@ -84,7 +84,7 @@ int cmd_create(const struct command *cmd, int argc, const char **argv)
           "format options, e.g. cluster_size=64k,compression_type=zstd ('help' lists them)",
           "OPT=VAL,..." },
         { "backing", 'b', POPT_ARG_STRING, &backing_arg, 0, "backing file", "FILE" },
-        { "backing-format", 'F', POPT_ARG_STRING, &backing_fmt_arg, 0, "backing file format",
+        { "backing-format", 'F', POPT_ARG_STRING, &backing_fmt_arg, 0, "backing file format (required with -b)",
           "FMT" },
         { "unsafe", 'u', POPT_ARG_NONE, &unsafe, 0,
           "do not open the backing file (it may not exist yet; give the size)", NULL },
@@ -136,9 +136,10 @@ int cmd_create(const struct command *cmd, int argc, const char **argv)
     }
     status = EXIT_ERROR;
     /* Without -u the backing file must open, as qemu-img checks; its size
-     * is the new image's when none is given. */
+     * is the new image's when none is given.  (Without -F blk_create
+     * refuses it first, as qemu-img 7.2.) */
     uint64_t backing_size;
-    if (drv && p.backing_file && !unsafe) {
+    if (drv && p.backing_file && p.backing_format && !unsafe) {
         if (blk_backing_size(&p, &backing_size, &a.e) < 0)
             goto fail;
         if (p.size == BLK_SIZE_FROM_BACKING)
