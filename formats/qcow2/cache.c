@@ -125,8 +125,13 @@ int qcow2_flush_metadata(struct qcow2_state *s, struct err *e)
         ret = qcow2_cache_flush(s, &s->rb_cache, e);
     if (ret == 0)
         ret = hostfile_flush(s->bs->file, e);
-    if (ret == 0)
+    if (ret == 0) {
         s->l2_needs_refblocks = s->refblocks_need_l2 = false;
+        /* Every reference dropped so far is on disk: freed clusters may be
+         * reused. */
+        s->nb_pending_free = 0;
+        s->pending_free_overflow = false;
+    }
     return ret;
 }
 

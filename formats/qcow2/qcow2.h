@@ -202,6 +202,17 @@ struct qcow2_state {
      * cluster search skips them. */
     struct { uint64_t start, count; } reserved[8];
     unsigned nb_reserved;
+    /* Clusters whose refcount dropped to 0 since the metadata was last
+     * flushed: the reference that was dropped (an L2 entry, an L1 entry,
+     * a bitmap table...) may still be on disk, so reusing one of them
+     * before that flush could let a crash leave the old reference pointing
+     * at new data.  The allocator flushes before handing one out (QEMU
+     * orders the same way through its cache dependencies).  When more
+     * ranges are freed than the array holds, every allocation flushes
+     * first. */
+    struct { uint64_t start, count; } pending_free[16];
+    unsigned nb_pending_free;
+    bool pending_free_overflow;
     uint64_t free_byte_offset;      /* next byte for compressed data, 0 = none */
 
     /* Header extensions and snapshots. */

@@ -128,6 +128,48 @@ static int push_reserved(struct qcow2_state *s, uint64_t start, uint64_t count, 
     return 0;
 }
 
+/* Cluster `index` became free: remember it until the next metadata flush
+ * (see pending_free in struct qcow2_state). */
+static void note_pending_free(struct qcow2_state *s, uint64_t index)
+{
+    unsigned n = s->nb_pending_free;
+    if (n && s->pending_free[n - 1].start + s->pending_free[n - 1].count == index) {
+        s->pending_free[n - 1].count++;
+        return;
+    }
+    if (n == sizeof(s->pending_free) / sizeof(s->pending_free[0])) {
+        s->pending_free_overflow = true;
+        return;
+    }
+    s->pending_free[n].start = index;
+    s->pending_free[n].count = 1;
+    s->nb_pending_free++;
+}
+
+static bool run_is_pending_free(const struct qcow2_state *s, uint64_t start, uint64_t n)
+{
+    if (s->pending_free_overflow)
+        return true;
+    for (unsigned i = 0; i < s->nb_pending_free; i++)
+        if (start < s->pending_free[i].start + s->pending_free[i].count &&
+            s->pending_free[i].start < start + n)
+            return true;
+    return false;
+}
+
+/* The run [start, start + n) is about to be reused: if some of it was freed
+ * since the last metadata flush, flush now, so that the metadata that
+ * dropped the old references is on disk before anything new is written
+ * there (item: freed clusters are not reused before that is durable). */
+static int make_frees_durable(struct qcow2_state *s, uint64_t start, uint64_t n, struct err *e)
+{
+    if (!s->nb_pending_free && !s->pending_free_overflow)
+        return 0;
+    if (!run_is_pending_free(s, start, n))
+        return 0;
+    return qcow2_flush_metadata(s, e);
+}
+
 /* First run of n free clusters at or after the hint, reading each
  * refcount block once.  The hint moves to the first free cluster seen
  * (counting reserved ones as free: they may be given back), so that the
@@ -159,7 +201,7 @@ static int find_free_clusters(struct qcow2_state *s, uint64_t n, uint64_t *start
             if (++run == n) {
                 *start = i + 1 - n;
                 s->free_cluster_hint = first_free == *start ? i + 1 : first_free;
-                return 0;
+                return make_frees_durable(s, *start, n, e);
             }
         }
     }
@@ -349,6 +391,7 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
                          (uint64_t)delta;
             qcow2_refcount_entry_set(block, i & mask, s->refcount_order, v);
             if (v == 0) {
+                note_pending_free(s, i);
                 if (i < s->free_cluster_hint)
                     s->free_cluster_hint = i;
                 if (s->free_byte_offset && (s->free_byte_offset >> s->cluster_bits) == i)
