@@ -230,6 +230,22 @@ static int parse_dir(struct qcow2_state *s, struct bitmap_dir *dir, const uint8_
     return 0;
 }
 
+/* Tell the overlap check (overlap.c) which bitmap tables the header's
+ * directory uses. */
+static void note_tables(struct qcow2_state *s, const struct bitmap_entry *entries,
+                        uint32_t count)
+{
+    struct qcow2_range *r = count ? calloc(count, sizeof(*r)) : NULL;
+    if (count && !r)
+        return;     /* the check keeps the tables it knew */
+    for (uint32_t i = 0; i < count; i++) {
+        r[i].offset = entries[i].table_offset;
+        r[i].len = (uint64_t)entries[i].table_size * 8;
+    }
+    qcow2_set_bitmap_tables(s, r, count);
+    free(r);
+}
+
 /* The image's bitmaps extension and directory, validated; dir->valid is
  * false when there are no bitmaps to use.  Lock held. */
 static int read_dir(struct qcow2_state *s, struct bitmap_dir *dir, struct err *e)
@@ -248,6 +264,8 @@ static int read_dir(struct qcow2_state *s, struct bitmap_dir *dir, struct err *e
     free(buf);
     if (ret < 0)
         dir_free(dir);
+    else
+        note_tables(s, dir->entries, dir->count);
     return ret;
 }
 
@@ -450,7 +468,7 @@ static int switch_dir(struct qcow2_state *s, const struct bitmap_entry *entries,
         uint64_t clusters = div_round_up(size, s->cluster_size);
         if ((ret = qcow2_alloc_clusters(s, clusters, &offset, e)) < 0)
             goto out;
-        ret = hostfile_pwrite(s->bs->file, offset, buf, clusters * s->cluster_size, e);
+        ret = qcow2_pwrite_checked(s, 0, offset, buf, clusters * s->cluster_size, e);
         if (ret == 0)
             ret = qcow2_flush_metadata(s, e);
         if (ret < 0)
@@ -474,6 +492,7 @@ static int switch_dir(struct qcow2_state *s, const struct bitmap_entry *entries,
         restore_ext(s, &saved);
         goto out;
     }
+    note_tables(s, entries, count);
     if (saved.had)
         free(saved.ext.data);
     goto out;
@@ -568,7 +587,7 @@ static int write_data_cluster(struct qcow2_state *s, const struct hbitmap *hb, u
         return ret;
     hbitmap_serialize_part(hb, buf, off, len);
     memset(buf + used, 0, s->cluster_size - used);
-    if ((ret = hostfile_pwrite(s->bs->file, data, buf, s->cluster_size, e)) < 0) {
+    if ((ret = qcow2_pwrite_checked(s, 0, data, buf, s->cluster_size, e)) < 0) {
         struct err ignored = { 0 };
         qcow2_free_clusters(s, data, s->cluster_size, &ignored);
         return ret;
@@ -599,7 +618,7 @@ static int write_bitmap(struct qcow2_state *s, const struct dirty_bitmap *bm,
             be64_write(table + (size_t)i * 8, v);
     }
     if (ret == 0 && (ret = qcow2_alloc_clusters(s, table_bytes / cs, &table_offset, e)) == 0 &&
-        (ret = hostfile_pwrite(s->bs->file, table_offset, table, table_bytes, e)) == 0) {
+        (ret = qcow2_pwrite_checked(s, 0, table_offset, table, table_bytes, e)) == 0) {
         en->table_offset = table_offset;
         en->table_size = n;
     } else {
@@ -734,17 +753,20 @@ static int store_locked(struct blockdev *bs, bool in_use, struct err *e)
     struct qcow2_state *s = bs->opaque;
     uint32_t count = 0;
     uint64_t dir_size = 0;
+    int ret = qcow2_refuse_if_corrupt(s, e);
+    if (ret < 0)
+        return ret;
     for (size_t i = 0; i < blk_bitmap_count(bs); i++) {
         const struct dirty_bitmap *bm = blk_bitmap_at(bs, i);
         if (!dirty_bitmap_persistent(bm))
             continue;
-        int ret = check_bitmap(bs, dirty_bitmap_name(bm), dirty_bitmap_granularity(bm), e);
-        if (ret < 0)
+        if ((ret = check_bitmap(bs, dirty_bitmap_name(bm), dirty_bitmap_granularity(bm),
+                                e)) < 0)
             return ret;
         count++;
         dir_size += entry_size(strlen(dirty_bitmap_name(bm)));
     }
-    int ret = check_set(bs, count, dir_size, e);
+    ret = check_set(bs, count, dir_size, e);
     if (ret < 0)
         return ret;
     if (count == 0 && find_ext(s) < 0 && !(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS))

@@ -153,33 +153,11 @@ static int add_references_cb(void *opaque, uint64_t offset, uint64_t len, struct
     return add_references(opaque, offset, len, e);
 }
 
-/* --- metadata overlap (what QEMU's "cached" overlap check covers) --- */
-
-static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
-{
-    return alen && blen && a < b + blen && b < a + alen;
-}
-
 /* Whether writing [offset, offset + len) would hit metadata other than L2
- * tables: the header, an L1 table, the refcount table or a refcount block,
- * the snapshot table. */
+ * tables (overlap.c). */
 static bool overlaps_metadata(const struct check *c, uint64_t offset, uint64_t len)
 {
-    const struct qcow2_state *s = c->s;
-    if (ranges_overlap(offset, len, 0, s->cluster_size) ||
-        ranges_overlap(offset, len, s->l1_offset, (uint64_t)s->l1_size * 8) ||
-        ranges_overlap(offset, len, s->reftable_offset,
-                       (uint64_t)s->reftable_clusters << s->cluster_bits) ||
-        ranges_overlap(offset, len, s->snapshots_offset, s->snapshots_size))
-        return true;
-    for (uint64_t i = 0; i < s->reftable_entries; i++)
-        if (s->reftable[i] && ranges_overlap(offset, len, s->reftable[i], s->cluster_size))
-            return true;
-    for (uint32_t i = 0; i < s->nb_snapshots; i++)
-        if (ranges_overlap(offset, len, s->snapshots[i].l1_offset,
-                           (uint64_t)s->snapshots[i].l1_size * 8))
-            return true;
-    return false;
+    return qcow2_metadata_overlap(c->s, QCOW2_OL_ACTIVE_L2, offset, len) != 0;
 }
 
 /* --- L1 and L2 tables --- */

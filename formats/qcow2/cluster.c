@@ -160,7 +160,7 @@ static int write_l1_entry(struct qcow2_state *s, uint64_t i, struct err *e)
 {
     uint8_t buf[8];
     be64_write(buf, s->l1[i]);
-    return hostfile_pwrite(s->bs->file, s->l1_offset + i * 8, buf, 8, e);
+    return qcow2_pwrite_checked(s, QCOW2_OL_ACTIVE_L1, s->l1_offset + i * 8, buf, 8, e);
 }
 
 /* A new L2 table for L1 entry i (copy of the shared old one, if any):
@@ -308,13 +308,13 @@ int qcow2_grow_l1(struct qcow2_state *s, uint64_t entries, struct err *e)
     uint64_t offset;
     if ((ret = qcow2_alloc_clusters(s, bytes >> s->cluster_bits, &offset, e)) < 0 ||
         (ret = qcow2_flush_metadata(s, e)) < 0 ||
-        (ret = hostfile_pwrite(s->bs->file, offset, buf, bytes, e)) < 0 ||
+        (ret = qcow2_pwrite_checked(s, 0, offset, buf, bytes, e)) < 0 ||
         (ret = hostfile_flush(s->bs->file, e)) < 0)
         goto out;
     uint8_t hdr[12];
     be32_write(hdr, (uint32_t)entries);
     be64_write(hdr + 4, offset);
-    if ((ret = hostfile_pwrite(s->bs->file, 36, hdr, sizeof(hdr), e)) < 0 ||
+    if ((ret = qcow2_pwrite_checked(s, QCOW2_OL_HEADER, 36, hdr, sizeof(hdr), e)) < 0 ||
         (ret = hostfile_flush(s->bs->file, e)) < 0)
         goto out;
     uint64_t old_offset = s->l1_offset, old_bytes = align_up((uint64_t)s->l1_size * 8,

@@ -31,6 +31,7 @@ static void free_state(struct qcow2_state *s)
     qcow2_free_header(s);
     free(s->l1);
     free(s->reftable);
+    free(s->bitmap_tables);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
@@ -293,7 +294,7 @@ static int write_widened(struct qcow2_state *s, uint64_t cstart, uint64_t host, 
         ret = read_buf_locked(s, cstart + b, tmp + (b - wa), wb - b, e);
     if (ret == 0) {
         memcpy(tmp + (a - wa), data, b - a);
-        ret = hostfile_pwrite(s->bs->file, host + wa, tmp, wb - wa, e);
+        ret = qcow2_pwrite_checked(s, 0, host + wa, tmp, wb - wa, e);
     }
     free(tmp);
     return ret;
@@ -316,9 +317,11 @@ static int write_in_cluster(struct qcow2_state *s, uint64_t off, const uint8_t *
     bool compressed = old.entry & QCOW2_OFLAG_COMPRESSED;
     if (!compressed && host && (old.entry & QCOW2_OFLAG_COPIED)) {
         if (range_is_normal(s, old, a, b)) {
-            /* Already ours: plain data write, outside the lock. */
+            /* Already ours: plain data write, outside the lock (the
+             * overlap check needs it). */
+            ret = qcow2_pre_write_check(s, 0, host + a, len, e);
             pthread_mutex_unlock(&s->lock);
-            return hostfile_pwrite(s->bs->file, host + a, data, len, e);
+            return ret < 0 ? ret : hostfile_pwrite(s->bs->file, host + a, data, len, e);
         }
         /* Our cluster, but some subclusters read as zero or fall through. */
         if ((ret = write_widened(s, cstart, host, a, b, data, wa, wb, e)) < 0)
@@ -493,6 +496,11 @@ static int write_cluster_run(struct qcow2_state *s, uint64_t off, uint64_t max,
     int nparts = iov_slice(iov, iovcnt, pos, count << s->cluster_bits, part);
     if (allocate && (ret = qcow2_alloc_clusters(s, count, &host, e)) < 0)
         goto unlock;
+    if ((ret = qcow2_pre_write_check(s, 0, host, count << s->cluster_bits, e)) < 0) {
+        if (allocate)
+            unallocate_clusters(s, host, count);
+        goto unlock;
+    }
     pthread_mutex_unlock(&s->lock);
     ret = hostfile_pwritev(s->bs->file, host, part, nparts, e);
     if (!allocate && (ret < 0 || !update))
@@ -544,10 +552,20 @@ static int write_buf(struct qcow2_state *s, uint64_t off, const void *data, uint
     return write_iov(s, off, &iov, 1, e);
 }
 
+/* Writes stop once one was refused as corrupting (overlap.c). */
+static int refuse_if_corrupt(struct qcow2_state *s, struct err *e)
+{
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_refuse_if_corrupt(s, e);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
 static int qcow2_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *iov,
                          int iovcnt, struct err *e)
 {
-    return write_iov(bs->opaque, off, iov, iovcnt, e);
+    int ret = refuse_if_corrupt(bs->opaque, e);
+    return ret < 0 ? ret : write_iov(bs->opaque, off, iov, iovcnt, e);
 }
 
 /* Write real zeroes (when the metadata cannot express them). */
@@ -646,15 +664,16 @@ static int qcow2_make_empty(struct blockdev *bs, struct err *e)
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t coverage = qcow2_l1_coverage(s);
+    int ret = refuse_if_corrupt(s, e);
+    if (ret < 0)
+        return ret;
     for (uint64_t i = 0; i < s->l1_size; i++) {
         if (!(s->l1[i] & QCOW2_OFFSET_MASK))
             continue;   /* no L2 table: nothing allocated there */
         uint64_t end = min_u64(bs->size, (i + 1) * coverage);
-        for (uint64_t c = i * coverage; c < end; c += s->cluster_size) {
-            int ret = deallocate_cluster(s, c, e);
-            if (ret < 0)
+        for (uint64_t c = i * coverage; c < end; c += s->cluster_size)
+            if ((ret = deallocate_cluster(s, c, e)) < 0)
                 return ret;
-        }
     }
     return 0;
 }
@@ -664,7 +683,7 @@ static int qcow2_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, u
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t end = off + len;
-    int ret = 0;
+    int ret = refuse_if_corrupt(s, e);
     while (off < end && ret == 0) {
         uint64_t cstart = qcow2_cluster_start(s, off);
         uint64_t cend = cstart + s->cluster_size;
@@ -712,13 +731,16 @@ static int qcow2_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct
      * file's data, so QEMU ignores discards there. */
     if (s->version < 3 && has_backing(bs))
         return 0;
+    int ret = refuse_if_corrupt(s, e);
+    if (ret < 0)
+        return ret;
     uint64_t end = off + len;
     uint64_t first = align_up(off, s->cluster_size);
     uint64_t last = end == bs->size ? end : align_down(end, s->cluster_size);
     for (uint64_t c = first; c < last; c += s->cluster_size) {
         struct qcow2_l2e old, l2e = { 0, 0 };
         pthread_mutex_lock(&s->lock);
-        int ret = qcow2_get_l2e(s, c, &old, e);
+        ret = qcow2_get_l2e(s, c, &old, e);
         if (ret == 0) {
             bool allocated = old.entry & (QCOW2_OFFSET_MASK | QCOW2_OFLAG_COMPRESSED);
             if (s->version < 3) {
@@ -781,7 +803,8 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct err *e)
             continue;
         uint8_t zero[8] = { 0 };
         s->l1[i] = 0;
-        if ((ret = hostfile_pwrite(s->bs->file, s->l1_offset + i * 8, zero, 8, e)) < 0 ||
+        if ((ret = qcow2_pwrite_checked(s, QCOW2_OL_ACTIVE_L1, s->l1_offset + i * 8, zero, 8,
+                                        e)) < 0 ||
             (ret = hostfile_flush(s->bs->file, e)) < 0)
             return ret;
         qcow2_cache_forget(&s->l2_cache, l2);
@@ -810,15 +833,17 @@ static int qcow2_truncate(struct blockdev *bs, uint64_t size, struct err *e)
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t tail_end = min_u64(size, align_up(s->size, s->cluster_size));
+    int ret = refuse_if_corrupt(s, e);
+    if (ret < 0)
+        return ret;
     if (size > s->size && tail_end > s->size && !s->nb_snapshots) {
         /* The partial last cluster may hold bytes from before a shrink:
          * the grown part must read as zeroes (QEMU 7.2 leaves them). */
-        int ret = write_zero_buffer(s, s->size, tail_end - s->size, e);
-        if (ret < 0)
+        if ((ret = write_zero_buffer(s, s->size, tail_end - s->size, e)) < 0)
             return ret;
     }
     pthread_mutex_lock(&s->lock);
-    int ret = truncate_locked(s, size, e);
+    ret = truncate_locked(s, size, e);
     pthread_mutex_unlock(&s->lock);
     return ret;
 }
@@ -899,7 +924,7 @@ static int qcow2_pwrite_compressed(struct blockdev *bs, uint64_t off, const void
             pthread_mutex_lock(&s->lock);
             if ((ret = qcow2_get_l2e(s, off, &old, e)) == 0 &&
                 (ret = qcow2_alloc_bytes(s, (uint64_t)clen, &coff, e)) == 0 &&
-                (ret = hostfile_pwrite(bs->file, coff, out, (size_t)clen, e)) == 0 &&
+                (ret = qcow2_pwrite_checked(s, 0, coff, out, (size_t)clen, e)) == 0 &&
                 (ret = qcow2_l2_depends_on_refblocks(s, e)) == 0) {
                 uint64_t sectors = ((coff + (uint64_t)clen - 1) >> 9) - (coff >> 9);
                 l2e.entry = coff | QCOW2_OFLAG_COMPRESSED | (sectors << s->csize_shift);

@@ -113,6 +113,11 @@ enum qcow2_sc_type {
     QCOW2_SC_INVALID,
 };
 
+/* A host byte range. */
+struct qcow2_range {
+    uint64_t offset, len;
+};
+
 /* A header extension that this driver does not interpret; written back
  * unchanged by qcow2_update_header. */
 struct qcow2_ext {
@@ -221,6 +226,11 @@ struct qcow2_state {
     size_t nb_exts;
     struct qcow2_snapshot *snapshots;
     bool header_dirty_written;      /* we set the dirty bit (unused: no lazy mode) */
+
+    /* Write-path integrity (overlap.c). */
+    struct qcow2_range *bitmap_tables;  /* the bitmap tables of the directory in use */
+    size_t nb_bitmap_tables;
+    bool writes_refused;            /* a write hit metadata: the image is corrupt */
 };
 
 /* --- header.c --- */
@@ -279,6 +289,37 @@ int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len, st
 int qcow2_alloc_bytes(struct qcow2_state *s, uint64_t size, uint64_t *offset, struct err *e);
 /* Drop the reference(s) an L2 entry holds (normal, zero-alloc, compressed). */
 int qcow2_free_l2e_clusters(struct qcow2_state *s, uint64_t entry, struct err *e);
+
+/* --- overlap.c --- */
+/* Kinds of metadata (QEMU's QCOW2_OL_*), for the overlap check. */
+#define QCOW2_OL_HEADER             (1u << 0)
+#define QCOW2_OL_ACTIVE_L1          (1u << 1)
+#define QCOW2_OL_ACTIVE_L2          (1u << 2)
+#define QCOW2_OL_REFCOUNT_TABLE     (1u << 3)
+#define QCOW2_OL_REFCOUNT_BLOCK     (1u << 4)
+#define QCOW2_OL_SNAPSHOT_TABLE     (1u << 5)
+#define QCOW2_OL_INACTIVE_L1        (1u << 6)
+#define QCOW2_OL_BITMAP_DIRECTORY   (1u << 7)
+#define QCOW2_OL_BITMAP_TABLE       (1u << 8)
+/* The kind of metadata (one QCOW2_OL_* bit, 0 = none) that host bytes
+ * [off, off + len) overlap, leaving out the kinds in `ignore` (the
+ * structure being written itself).  Lock held. */
+unsigned qcow2_metadata_overlap(const struct qcow2_state *s, unsigned ignore, uint64_t off,
+                                uint64_t len);
+const char *qcow2_overlap_name(unsigned bit);
+/* Before writing [off, off + len): 0, or -EIO when the image was marked
+ * corrupt, or when the range overlaps metadata, which marks it corrupt
+ * (header bit, and every later write refused).  Lock held. */
+int qcow2_pre_write_check(struct qcow2_state *s, unsigned ignore, uint64_t off, uint64_t len,
+                          struct err *e);
+/* hostfile_pwrite after qcow2_pre_write_check. */
+int qcow2_pwrite_checked(struct qcow2_state *s, unsigned ignore, uint64_t off, const void *buf,
+                         size_t len, struct err *e);
+/* -EIO when an earlier write was refused as corrupting. */
+int qcow2_refuse_if_corrupt(const struct qcow2_state *s, struct err *e);
+/* The bitmap tables the header's directory uses (bitmap.c keeps it
+ * current); copied. */
+void qcow2_set_bitmap_tables(struct qcow2_state *s, const struct qcow2_range *tables, size_t n);
 
 /* --- check.c --- */
 /* blockdrv.check: verify refcounts against every reference, L1/L2 entries

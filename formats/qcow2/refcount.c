@@ -214,7 +214,8 @@ static int write_reftable_entry(struct qcow2_state *s, uint64_t rt, struct err *
         return 0;
     uint8_t buf[8];
     be64_write(buf, s->reftable[rt]);
-    return hostfile_pwrite(s->bs->file, s->reftable_offset + rt * 8, buf, 8, e);
+    return qcow2_pwrite_checked(s, QCOW2_OL_REFCOUNT_TABLE, s->reftable_offset + rt * 8, buf, 8,
+                                e);
 }
 
 static int grow_reftable(struct qcow2_state *s, uint64_t min_entries, struct err *e);
@@ -317,8 +318,8 @@ static int grow_reftable(struct qcow2_state *s, uint64_t min_entries, struct err
         goto undo;
     for (uint64_t i = 0; i < entries; i++)
         be64_write(buf + 8 * i, table[i]);
-    ret = hostfile_pwrite(s->bs->file, start << s->cluster_bits, buf,
-                          clusters << s->cluster_bits, e);
+    ret = qcow2_pwrite_checked(s, 0, start << s->cluster_bits, buf, clusters << s->cluster_bits,
+                               e);
     free(buf);
     if (ret == 0)
         ret = hostfile_flush(s->bs->file, e);
@@ -327,7 +328,7 @@ static int grow_reftable(struct qcow2_state *s, uint64_t min_entries, struct err
     uint8_t hdr[12];
     be64_write(hdr, start << s->cluster_bits);
     be32_write(hdr + 8, (uint32_t)clusters);
-    if ((ret = hostfile_pwrite(s->bs->file, 48, hdr, sizeof(hdr), e)) < 0 ||
+    if ((ret = qcow2_pwrite_checked(s, QCOW2_OL_HEADER, 48, hdr, sizeof(hdr), e)) < 0 ||
         (ret = hostfile_flush(s->bs->file, e)) < 0)
         goto undo;
     s->reftable_offset = start << s->cluster_bits;
