@@ -176,8 +176,11 @@ static int check_entry(struct qcow2_state *s, const struct bitmap_entry *en, uin
     return 0;
 }
 
+/* Parse the directory.  `as_qemu` accepts what QEMU accepts but imgtool
+ * cannot load (names with a NUL byte, two bitmaps of the same name), for
+ * check to count the clusters another reader still uses. */
 static int parse_dir(struct qcow2_state *s, struct bitmap_dir *dir, const uint8_t *buf,
-                     uint64_t file_size, struct err *e)
+                     uint64_t file_size, bool as_qemu, struct err *e)
 {
     dir->entries = calloc(dir->count, sizeof(*dir->entries));
     if (!dir->entries)
@@ -210,12 +213,12 @@ static int parse_dir(struct qcow2_state *s, struct bitmap_dir *dir, const uint8_
                            "is not between 1 and %d", s->bs->filename, i, name_size,
                            QCOW2_BITMAP_MAX_NAME_SIZE);
         const char *name = (const char *)p + ENTRY_HEADER_SIZE + extra;
-        if (!dirty_bitmap_name_valid(name, name_size))
+        if (!as_qemu && !dirty_bitmap_name_valid(name, name_size))
             return err_set(e, EINVAL, "%s: bitmap directory entry %" PRIu32 ": the name "
                            "contains a NUL byte", s->bs->filename, i);
         if (!(en->name = strndup(name, name_size)))
             return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
-        for (uint32_t j = 0; j < i; j++)
+        for (uint32_t j = 0; j < i && !as_qemu; j++)
             if (strcmp(dir->entries[j].name, en->name) == 0)
                 return err_set(e, EINVAL, "%s: two bitmaps are named '%s'", s->bs->filename,
                                en->name);
@@ -246,9 +249,11 @@ static void note_tables(struct qcow2_state *s, const struct bitmap_entry *entrie
     free(r);
 }
 
-/* The image's bitmaps extension and directory, validated; dir->valid is
- * false when there are no bitmaps to use.  Lock held. */
-static int read_dir(struct qcow2_state *s, struct bitmap_dir *dir, struct err *e)
+/* The image's bitmaps extension and directory, validated (see parse_dir
+ * for `as_qemu`); dir->valid is false when there are no bitmaps to use.
+ * Lock held. */
+static int read_dir_mode(struct qcow2_state *s, struct bitmap_dir *dir, bool as_qemu,
+                         struct err *e)
 {
     uint64_t file_size;
     int ret = hostfile_size(s->bs->file, &file_size, e);
@@ -260,13 +265,18 @@ static int read_dir(struct qcow2_state *s, struct bitmap_dir *dir, struct err *e
                        s->bs->filename);
     ret = hostfile_pread(s->bs->file, dir->offset, buf, dir->size, e);
     if (ret == 0)
-        ret = parse_dir(s, dir, buf, file_size, e);
+        ret = parse_dir(s, dir, buf, file_size, as_qemu, e);
     free(buf);
     if (ret < 0)
         dir_free(dir);
     else
         note_tables(s, dir->entries, dir->count);
     return ret;
+}
+
+static int read_dir(struct qcow2_state *s, struct bitmap_dir *dir, struct err *e)
+{
+    return read_dir_mode(s, dir, false, e);
 }
 
 /* Check one bitmap table entry (qcow2.txt "Bitmap table"). */
@@ -843,9 +853,11 @@ int qcow2_bitmaps_info(struct qcow2_state *s, struct prop *data, struct err *e)
 int qcow2_bitmaps_for_each_cluster(struct qcow2_state *s,
                                    int (*ref)(void *opaque, uint64_t offset, uint64_t len,
                                               struct err *e),
-                                   void *opaque, struct blk_check_result *res, struct err *e)
+                                   void *opaque, struct blk_check_result *res, bool *incomplete,
+                                   struct err *e)
 {
     struct bitmap_dir dir;
+    *incomplete = false;
     uint64_t file_size;
     int ret = hostfile_size(s->bs->file, &file_size, e);
     if (ret == 0)
@@ -854,18 +866,29 @@ int qcow2_bitmaps_for_each_cluster(struct qcow2_state *s,
         res->corruptions++;
         blk_check_report(res, "ERROR %s", e->msg);
         err_clear(e);
+        *incomplete = true;
         return 0;
     }
     if (ret < 0 || !dir.valid)
         return ret;
     if ((ret = ref(opaque, dir.offset, dir.size, e)) < 0)
         return ret;
-    if ((ret = read_dir(s, &dir, e)) < 0) {
+    if ((ret = read_dir(s, &dir, e)) == -EINVAL || ret == -ENOTSUP) {
+        /* What imgtool cannot load but QEMU reads still counts: another
+         * reader uses those clusters. */
+        struct err strict = *e;
+        err_clear(e);
+        if ((ret = read_dir_mode(s, &dir, true, e)) == 0)
+            blk_check_report(res, "Warning: %s: imgtool cannot load these bitmaps; "
+                             "their clusters are counted as in use", strict.msg);
+    }
+    if (ret < 0) {
         if (ret != -EINVAL && ret != -ENOTSUP)
             return ret;
         res->corruptions++;
         blk_check_report(res, "ERROR %s", e->msg);
         err_clear(e);
+        *incomplete = true;
         return 0;
     }
     for (uint32_t i = 0; ret == 0 && i < dir.count; i++) {

@@ -47,6 +47,7 @@ struct check {
     uint64_t file_size;
     bool rebuild;               /* the refcount structure must be rebuilt */
     bool corruption_signalled;  /* the "Image is corrupt" line was printed */
+    bool bitmaps_incomplete;    /* the bitmaps' clusters could not all be counted */
 };
 
 /* The problem counters of a result (its messages stay as they are). */
@@ -521,7 +522,8 @@ static int calculate_refcounts(struct check *c, unsigned fix, struct err *e)
         (ret = add_references(c, s->reftable_offset,
                               (uint64_t)s->reftable_clusters << s->cluster_bits, e)) < 0)
         return ret;
-    if ((ret = qcow2_bitmaps_for_each_cluster(s, add_references_cb, c, c->res, e)) < 0) {
+    if ((ret = qcow2_bitmaps_for_each_cluster(s, add_references_cb, c, c->res,
+                                              &c->bitmaps_incomplete, e)) < 0) {
         c->res->check_errors++;
         return ret;
     }
@@ -892,6 +894,16 @@ static int check_refcounts(struct check *c, unsigned fix, struct err *e)
     res->total_clusters = div_round_up(s->size, s->cluster_size);
     if ((ret = calculate_refcounts(c, fix, e)) < 0)
         return ret;
+    if (fix && c->bitmaps_incomplete) {
+        /* Clusters that look leaked may be the bitmaps' that could not be
+         * counted: freeing them, or rebuilding the refcounts without them,
+         * would let new data overwrite what another reader still uses. */
+        blk_check_report(res, "ERROR not repairing: the bitmaps extension cannot be read, "
+                         "so the clusters it references are unknown; nothing is freed and "
+                         "no refcount is changed");
+        res->check_errors++;
+        fix = 0;
+    }
     struct counters before_compare = save_counters(res);
     uint64_t highest;
     compare_refcounts(c, 0, &highest);
