@@ -18,6 +18,7 @@ const struct command commands[] = {
     { "commit",  cmd_commit,  "write an image's data down into its backing file", "[OPTIONS] FILENAME" },
     { "rebase",  cmd_rebase,  "change the backing file of an image", "[OPTIONS] -b BACKING FILENAME" },
     { "resize",  cmd_resize,  "change the virtual size of an image", "[OPTIONS] FILENAME [+|-]SIZE" },
+    { "measure", cmd_measure, "compute the size a new image needs", "[OPTIONS] [--size SIZE | FILENAME]" },
     { "io",      cmd_io,      "read, write, zero and discard ranges of an image", "[OPTIONS] -c COMMAND... FILENAME" },
     { "bitmap",  cmd_bitmap,  "add, remove, merge, list and dump persistent dirty bitmaps", "(--add | --remove | --clear | --enable | --disable | --merge SOURCE)... [OPTIONS] FILENAME BITMAP, or --list FILENAME, or --dump FILENAME BITMAP" },
     { NULL, NULL, NULL, NULL },

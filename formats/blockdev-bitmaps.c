@@ -17,6 +17,12 @@ bool blk_bitmaps_supported(const struct blockdev *bs)
     return blk_driver_has_bitmaps(bs->drv);
 }
 
+bool blk_bitmaps_storable(struct blockdev *bs)
+{
+    return blk_bitmaps_supported(bs) &&
+           (!bs->drv->bitmaps_persistent || bs->drv->bitmaps_persistent(bs));
+}
+
 void blk_bitmaps_init(struct blockdev *bs)
 {
     pthread_mutex_init(&bs->bitmaps_lock, NULL);

@@ -46,6 +46,9 @@ enum {
 /* True if the format can store persistent bitmaps. */
 bool blk_bitmaps_supported(const struct blockdev *bs);
 bool blk_driver_has_bitmaps(const struct blockdrv *drv);
+/* True if this image, as it is, can hold persistent bitmaps (a qcow2
+ * version 2 image cannot). */
+bool blk_bitmaps_storable(struct blockdev *bs);
 /* Load the image's persistent bitmaps if that was not done at open (read-only
  * opens).  -ENOTSUP naming the format when it has none. */
 int blk_bitmaps_load(struct blockdev *bs, struct err *e);

@@ -217,6 +217,7 @@ static int open_layer(const char *filename, const char *format, unsigned flags, 
     bs->open_flags = flags;
     bs->read_only = !(flags & BLK_OPEN_RDWR);
     blk_bitmaps_init(bs);
+    range_lock_set_init(&bs->requests);
     int ret = hostfile_open(filename, fflags, &bs->file, e);
     if (ret < 0)
         goto fail;
@@ -289,6 +290,7 @@ void blk_close(struct blockdev *bs)
         if (bs->drv && bs->drv->close)
             bs->drv->close(bs);
         hostfile_close(bs->file);
+        range_lock_set_destroy(&bs->requests);
         free(bs->filename);
         free(bs->backing_name);
         free(bs->backing_path);
@@ -384,6 +386,17 @@ static void remove_stale_temporaries(const char *filename)
     if (d)
         closedir(d);
     free(copy);
+}
+
+int blk_measure(const char *format, struct kvopts *opts, struct blockdev *in,
+                struct blk_measure *out, struct err *e)
+{
+    const struct blockdrv *drv = blk_find_driver(format);
+    if (!drv)
+        return unknown_format(format, e);
+    if (!drv->measure)
+        return err_set(e, ENOTSUP, "format '%s' does not support size measurement", format);
+    return drv->measure(opts, in, out, e);
 }
 
 int blk_create_begin(const char *format, const struct blk_create_params *params,
@@ -525,22 +538,55 @@ static int begin_guest_write(struct blockdev *bs, uint64_t off, uint64_t len, st
     return ret;
 }
 
+/* In-flight request tracking (blockdev.h, "Threads"): a request holds its
+ * range, widened to the driver's write alignment (the cluster a write may
+ * allocate, copy on write or free), from before the driver sees it until
+ * the driver is done.  Reads share ranges; anything that changes the disk
+ * has its range to itself. */
+static void request_begin(struct blockdev *bs, struct range_lock *req, uint64_t off,
+                          uint64_t len, bool exclusive)
+{
+    uint64_t a = blk_write_alignment(bs);
+    range_lock_acquire(&bs->requests, req, align_down(off, a), align_up(off + len, a),
+                       exclusive);
+}
+
+static void request_end(struct blockdev *bs, struct range_lock *req)
+{
+    range_lock_release(&bs->requests, req);
+}
+
+void blk_drain(struct blockdev *bs)
+{
+    range_lock_drain(&bs->requests);
+}
+
 int blk_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
                struct err *e)
 {
-    int ret = check_range(bs, off, iov_size(iov, iovcnt), e);
-    if (ret < 0)
+    size_t len = iov_size(iov, iovcnt);
+    int ret = check_range(bs, off, len, e);
+    if (ret < 0 || len == 0)
         return ret;
-    return bs->drv->preadv(bs, off, iov, iovcnt, e);
+    struct range_lock req;
+    request_begin(bs, &req, off, len, false);
+    ret = bs->drv->preadv(bs, off, iov, iovcnt, e);
+    request_end(bs, &req);
+    return ret;
 }
 
 int blk_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
                 struct err *e)
 {
-    int ret = begin_guest_write(bs, off, iov_size(iov, iovcnt), e);
-    if (ret < 0)
+    size_t len = iov_size(iov, iovcnt);
+    int ret = begin_guest_write(bs, off, len, e);
+    if (ret < 0 || len == 0)
         return ret;
-    return bs->drv->pwritev(bs, off, iov, iovcnt, e);
+    struct range_lock req;
+    request_begin(bs, &req, off, len, true);
+    ret = bs->drv->pwritev(bs, off, iov, iovcnt, e);
+    request_end(bs, &req);
+    return ret;
 }
 
 int blk_pread(struct blockdev *bs, uint64_t off, void *buf, size_t len, struct err *e)
@@ -561,7 +607,11 @@ int blk_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned f
     int ret = begin_guest_write(bs, off, len, e);
     if (ret < 0 || len == 0)
         return ret;
-    return bs->drv->write_zeroes(bs, off, len, flags, e);
+    struct range_lock req;
+    request_begin(bs, &req, off, len, true);
+    ret = bs->drv->write_zeroes(bs, off, len, flags, e);
+    request_end(bs, &req);
+    return ret;
 }
 
 int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
@@ -575,7 +625,11 @@ int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
         return 0;   /* discard is a hint: nothing changes, nothing is marked */
     if ((ret = begin_guest_write(bs, off, len, e)) < 0)
         return ret;
-    return bs->drv->discard(bs, off, len, e);
+    struct range_lock req;
+    request_begin(bs, &req, off, len, true);
+    ret = bs->drv->discard(bs, off, len, e);
+    request_end(bs, &req);
+    return ret;
 }
 
 int blk_flush(struct blockdev *bs, struct err *e)
@@ -601,6 +655,7 @@ int blk_truncate(struct blockdev *bs, uint64_t size, struct err *e)
     if ((ret = blk_bitmaps_check_guest_write(bs, e)) < 0 ||
         (ret = blk_bitmaps_check_truncate(bs, e)) < 0)
         return ret;
+    blk_drain(bs);
     if ((ret = bs->drv->truncate(bs, size, e)) < 0)
         return ret;
     return blk_bitmaps_truncate(bs, size, e);
@@ -683,9 +738,13 @@ int blk_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *buf, si
         ret = blk_check_compression(bs->drv, bs->filename, e);
     if (ret < 0)
         return ret;
-    if ((ret = begin_guest_write(bs, off, len, e)) < 0)
+    if ((ret = begin_guest_write(bs, off, len, e)) < 0 || len == 0)
         return ret;
-    return bs->drv->pwrite_compressed(bs, off, buf, len, e);
+    struct range_lock req;
+    request_begin(bs, &req, off, len, true);
+    ret = bs->drv->pwrite_compressed(bs, off, buf, len, e);
+    request_end(bs, &req);
+    return ret;
 }
 
 int blk_check_compression(const struct blockdrv *drv, const char *filename, struct err *e)
@@ -754,6 +813,25 @@ int blk_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
                      struct blk_extent *ext, struct err *e)
 {
     return blk_block_status_above(bs, NULL, off, bytes, ext, e);
+}
+
+int blk_block_status_host(struct blockdev *bs, uint64_t off, uint64_t bytes,
+                          struct blk_extent *ext, struct err *e)
+{
+    int ret = blk_block_status(bs, off, bytes, ext, e);
+    unsigned mask = BLK_STATUS_DATA | BLK_STATUS_ZERO | BLK_STATUS_OFFSET | BLK_STATUS_RECURSE;
+    if (ret < 0 || (ext->flags & mask) != (mask & ~BLK_STATUS_ZERO) || !ext->layer)
+        return ret;
+    bool is_data;
+    uint64_t run;
+    ret = hostfile_data_status(ext->layer->file, ext->host_offset, ext->length, &is_data, &run,
+                               e);
+    if (ret < 0)
+        return ret;
+    ext->length = min_u64(ext->length, run);
+    if (!is_data)
+        ext->flags |= BLK_STATUS_ZERO;
+    return 0;
 }
 
 int blk_read_backing(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,

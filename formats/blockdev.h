@@ -8,12 +8,29 @@
  * Every function that can fail returns a negative errno and fills the
  * caller's `struct err` with a one-line message naming the file.
  *
- * Threads: the copy engine keeps several requests in flight from worker
- * threads, so preadv, pwritev, write_zeroes, discard, block_status and
- * pwrite_compressed may be called concurrently on one blockdev.  Drivers
- * protect their metadata with their own lock and do data I/O outside it
- * where they can; open, close, create, truncate, flush, set_backing and
- * make_empty are never called concurrently with anything else. */
+ * Threads: the copy engine and the NBD server keep several requests in
+ * flight from worker threads, so blk_preadv, blk_pwritev, blk_write_zeroes,
+ * blk_discard, blk_pwrite_compressed, blk_block_status* and blk_flush may be
+ * called concurrently on one blockdev, with any ranges, overlapping or not.
+ * The block layer, not the caller or the driver, makes that safe: every
+ * read and write holds its range, widened to blk_write_alignment (the
+ * cluster: a write may allocate, copy on write or free it), in bs->requests
+ * (formats/rangelock.h) while the driver works on it.  Writes, zero writes,
+ * discards and compressed writes exclude every overlapping request; reads
+ * exclude only those, never each other.  So a driver sees no two requests
+ * on one cluster at once unless both are reads, and may do data I/O outside
+ * its metadata lock: no write lands in a cluster that a concurrent discard
+ * freed, and no read returns a cluster that was freed and reused under it.
+ * Overlapping requests take effect in the order they reach the block layer
+ * (a later request waits for earlier conflicting ones, never the reverse).
+ * Block status takes no range: the driver answers it under its own lock,
+ * from the metadata as it stands.  A flush covers the requests that
+ * completed before it was called; drivers protect their metadata with their
+ * own lock.  open, close, create, truncate, set_backing, make_empty and the
+ * bitmap set changes are never called concurrently with anything else
+ * (truncate drains the requests first, blk_drain).  Drivers must not call
+ * blk_* I/O on their own blockdev (only on their backing file), or a request
+ * would wait for itself. */
 #ifndef IMGTOOL_BLOCKDEV_H
 #define IMGTOOL_BLOCKDEV_H
 
@@ -26,6 +43,7 @@
 #include "file.h"
 #include "options.h"
 #include "props.h"
+#include "rangelock.h"
 #include "util.h"
 
 struct blockdev;
@@ -69,6 +87,9 @@ enum {
     BLK_STATUS_ZERO      = 1 << 1,  /* reads are guaranteed to return zeroes */
     BLK_STATUS_ALLOCATED = 1 << 2,  /* this layer decides the contents (no fall-through) */
     BLK_STATUS_OFFSET    = 1 << 3,  /* host_offset is valid */
+    /* The host range may have holes that read as zeroes: ask the host file
+     * (QEMU's BDRV_BLOCK_RECURSE; see blk_block_status_host). */
+    BLK_STATUS_RECURSE   = 1 << 4,
 };
 
 struct blk_extent {
@@ -95,8 +116,23 @@ struct blk_create_params {
     const char *backing_format;     /* -F, may be NULL (probe) */
 };
 
+/* What a new image needs (qemu-img measure): `required` bytes for the data
+ * of the source (or none) plus all metadata, `fully_allocated` bytes with
+ * every cluster allocated, and (has_bitmaps) `bitmaps` bytes more for the
+ * source's persistent bitmaps when both formats can store them. */
+struct blk_measure {
+    uint64_t required;
+    uint64_t fully_allocated;
+    bool has_bitmaps;
+    uint64_t bitmaps;
+};
+
 struct blockdrv {
     const char *name;
+    /* The -o options of create and of amend, for `-o help` (NULL-terminated
+     * arrays; NULL: none). */
+    const struct blk_option_desc *create_options;
+    const struct blk_option_desc *amend_options;
     /* How sure the driver is that the first bytes of a file are its format:
      * 0 = not mine, 100 = certain.  `len` may be shorter than a sector. */
     int (*probe)(const uint8_t *buf, size_t len);
@@ -160,6 +196,15 @@ struct blockdrv {
     int (*bitmaps_store)(struct blockdev *bs, bool in_use, struct err *e);
     int (*bitmap_check_new)(struct blockdev *bs, const char *name, uint32_t granularity,
                             struct err *e);
+    /* Size a new image of this format made with create options `opts`
+     * (with "size"), or converted from `in` (may be NULL; its size then
+     * wins) with those options, as QEMU's bdrv_measure.  Options the
+     * driver uses are marked (kvopts_get).  NULL: cannot measure. */
+    int (*measure)(struct kvopts *opts, struct blockdev *in, struct blk_measure *out,
+                   struct err *e);
+    /* Can `bs` (open with this driver) store persistent bitmaps as it is
+     * (qcow2: version 3)?  NULL: as bitmaps_load says. */
+    bool (*bitmaps_persistent)(struct blockdev *bs);
 };
 
 struct blockdev {
@@ -186,6 +231,9 @@ struct blockdev {
     bool bitmaps_loaded;        /* the image's persistent bitmaps are attached */
     bool bitmaps_in_use;        /* marked in use on disk: stored again at close */
     bool bitmaps_released;      /* stored for good: no more guest writes */
+    /* The reads and writes in flight, with their cluster-widened ranges
+     * (see "Threads" above). */
+    struct range_lock_set requests;
 };
 
 /* --- Driver table and probing --- */
@@ -193,6 +241,12 @@ const struct blockdrv *blk_find_driver(const char *name);
 /* Names of all drivers, NULL-terminated. */
 const struct blockdrv *const *blk_drivers(void);
 int blk_probe_file(struct hostfile *f, const struct blockdrv **drv, struct err *e);
+
+/* blockdrv.measure of `format` (see struct blk_measure); the options are
+ * all checked (an unknown key is an error).  -ENOTSUP when the format
+ * cannot measure. */
+int blk_measure(const char *format, struct kvopts *opts, struct blockdev *in,
+                struct blk_measure *out, struct err *e);
 
 /* --- Open / close --- */
 /* Open `filename` in format `format` (NULL = probe) and its backing chain. */
@@ -223,6 +277,9 @@ int blk_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned f
                      struct err *e);
 int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e);
 int blk_flush(struct blockdev *bs, struct err *e);
+/* Wait until no read or write is in flight on bs (the caller stops
+ * issuing new ones first: a server that stops, a job that completes). */
+void blk_drain(struct blockdev *bs);
 /* For an image still under its temporary name (blk_create_begin): skip the
  * flushes that order metadata writes, as qemu-img's default cache=unsafe
  * does for every target; a crash then leaves only a temporary file that
@@ -268,6 +325,13 @@ int blk_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
  * image count as allocated (by that layer), as in QEMU. */
 int blk_block_status_above(struct blockdev *bs, const struct blockdev *base, uint64_t off,
                            uint64_t bytes, struct blk_extent *ext, struct err *e);
+
+/* Like blk_block_status, and a data run with BLK_STATUS_RECURSE mapped to a
+ * host file range that is a hole in that file (or past its end) also gets
+ * BLK_STATUS_ZERO, as QEMU refines a format's status with its protocol
+ * layer's (want_zero). */
+int blk_block_status_host(struct blockdev *bs, uint64_t off, uint64_t bytes,
+                          struct blk_extent *ext, struct err *e);
 
 /* Helper for drivers: read `len` bytes at `off` of the backing chain into
  * the iovec (zeroes past the backing file's end or without backing). */

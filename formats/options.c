@@ -151,3 +151,13 @@ int kvopts_check_unused(const struct kvopts *o, const char *format, struct err *
                            o->items[i].key);
     return 0;
 }
+
+int kvopts_check_known(struct kvopts *o, const struct blk_option_desc *desc, struct err *e)
+{
+    for (const struct blk_option_desc *d = desc; d && d->name; d++)
+        kvopts_get(o, d->name);
+    for (size_t i = 0; o && i < o->count; i++)
+        if (!o->items[i].used)
+            return err_set(e, EINVAL, "Invalid parameter '%s'", o->items[i].key);
+    return 0;
+}

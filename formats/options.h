@@ -20,6 +20,18 @@ struct kvopts {
     size_t count;
 };
 
+/* One option a driver accepts in -o, described for `-o help` as QEMU's
+ * QemuOptDesc (type: "str", "size", "num", "bool (on/off)"). */
+struct blk_option_desc {
+    const char *name;
+    const char *type;
+    const char *help;
+};
+/* Mark every key of `desc` (NULL-terminated by name) that `o` holds as
+ * used, then fail naming the first key of `o` not in `desc`: "Invalid
+ * parameter 'KEY'" as QEMU says it. */
+int kvopts_check_known(struct kvopts *o, const struct blk_option_desc *desc, struct err *e);
+
 /* Append the options in `text` (may be called several times, for several
  * -o arguments; later values win). */
 int kvopts_parse(struct kvopts *o, const char *text, struct err *e);

@@ -85,8 +85,38 @@ static int raw_truncate(struct blockdev *bs, uint64_t size, struct err *e)
     return ret;
 }
 
+static const struct blk_option_desc raw_create_options[] = {
+    { "size", "size", "Virtual disk size" },
+    { NULL, NULL, NULL },
+};
+
+/* Every byte of the disk is in the file (QEMU's raw_measure): a source's
+ * size, or the size asked for rounded up to a sector. */
+static int raw_measure(struct kvopts *opts, struct blockdev *in, struct blk_measure *out,
+                       struct err *e)
+{
+    uint64_t size;
+    int ret = kvopts_get_size(opts, "size", 0, &size, e);
+    if (ret < 0)
+        return ret;
+    /* preallocation is the file layer's option in QEMU: accepted, and
+     * changes nothing here. */
+    kvopts_get(opts, "preallocation");
+    if ((ret = kvopts_check_known(opts, raw_create_options, e)) < 0)
+        return ret;
+    if (size > (uint64_t)INT64_MAX)
+        return err_set(e, EINVAL, "Parameter 'size' is too large");
+    out->required = in ? in->size : align_up(size, 512);
+    out->fully_allocated = out->required;
+    out->has_bitmaps = false;
+    out->bitmaps = 0;
+    return 0;
+}
+
 const struct blockdrv blockdrv_raw = {
     .name = "raw",
+    .create_options = raw_create_options,
+    .measure = raw_measure,
     .probe = raw_probe,
     .open = raw_open,
     .create = raw_create,

@@ -64,6 +64,7 @@ static int open_state(struct blockdev *bs, struct qcow2_state **out, struct err 
     pthread_mutex_init(&s->lock, NULL);
     s->bs = bs;
     s->free_cluster_hint = 1;
+    s->metadata_prealloc = -1;
     int ret = qcow2_read_header(s, e);
     if (ret < 0)
         goto fail;
@@ -848,6 +849,29 @@ static int qcow2_truncate(struct blockdev *bs, uint64_t size, struct err *e)
     return ret;
 }
 
+/* QEMU's qcow2_detect_metadata_preallocation: an image whose file has
+ * clearly fewer allocated blocks than it has clusters in use (at least
+ * 10/9, and 2 more) was preallocated, and its data clusters may be holes
+ * that read as zeroes.  Lock held; on error: not preallocated. */
+static bool detect_metadata_preallocation(struct qcow2_state *s)
+{
+    struct err e;
+    uint64_t file_size, allocated;
+    if (hostfile_size(s->bs->file, &file_size, &e) < 0 ||
+        hostfile_allocated_size(s->bs->file, &allocated, &e) < 0)
+        return false;
+    uint64_t real = allocated / s->cluster_size;
+    uint64_t threshold = max_u64(real * 10 / 9, real + 2);
+    uint64_t end = div_round_up(file_size, s->cluster_size), count = 0;
+    for (uint64_t i = 0; i < end && count < threshold; i++) {
+        uint64_t refcount;
+        if (qcow2_get_refcount(s, i, &refcount, &e) < 0)
+            return false;
+        count += refcount != 0;
+    }
+    return count >= threshold;
+}
+
 static int qcow2_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
                               struct blk_extent *ext, struct err *e)
 {
@@ -856,6 +880,8 @@ static int qcow2_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
     uint64_t host, run;
     struct qcow2_l2e l2e;
     pthread_mutex_lock(&s->lock);
+    if (s->metadata_prealloc < 0)
+        s->metadata_prealloc = detect_metadata_preallocation(s);
     int ret = qcow2_map_run(s, off, bytes, &type, &host, &run, &l2e, e);
     pthread_mutex_unlock(&s->lock);
     if (ret < 0)
@@ -882,6 +908,8 @@ static int qcow2_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
         ext->flags = 0;
         break;
     }
+    if (s->metadata_prealloc && type == QCOW2_SC_NORMAL)
+        ext->flags |= BLK_STATUS_RECURSE;
     ext->host_offset = host;
     return 0;
 }
@@ -1175,8 +1203,19 @@ out:
     return ret;
 }
 
+/* Bitmaps need the version 3 header extension. */
+static bool qcow2_bitmaps_persistent(struct blockdev *bs)
+{
+    struct qcow2_state *s = bs->opaque;
+    return s->version >= 3;
+}
+
 const struct blockdrv blockdrv_qcow2 = {
     .name = "qcow2",
+    .create_options = qcow2_create_options,
+    .amend_options = qcow2_amend_options,
+    .measure = qcow2_measure,
+    .bitmaps_persistent = qcow2_bitmaps_persistent,
     .probe = qcow2_probe,
     .open = qcow2_open,
     .close = qcow2_close,

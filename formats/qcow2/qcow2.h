@@ -225,7 +225,10 @@ struct qcow2_state {
     struct qcow2_ext *exts;
     size_t nb_exts;
     struct qcow2_snapshot *snapshots;
-    bool header_dirty_written;      /* we set the dirty bit (unused: no lazy mode) */
+    bool header_dirty_written;
+    /* The image looks preallocated (more clusters counted than the file
+     * has blocks): -1 not yet known; see qcow2_block_status. */
+    int metadata_prealloc;      /* we set the dirty bit (unused: no lazy mode) */
 
     /* Write-path integrity (overlap.c). */
     struct qcow2_range *bitmap_tables;  /* the bitmap tables of the directory in use */
@@ -320,6 +323,15 @@ int qcow2_refuse_if_corrupt(const struct qcow2_state *s, struct err *e);
 /* The bitmap tables the header's directory uses (bitmap.c keeps it
  * current); copied. */
 void qcow2_set_bitmap_tables(struct qcow2_state *s, const struct qcow2_range *tables, size_t n);
+
+/* --- options.c --- */
+extern const struct blk_option_desc qcow2_create_options[];
+extern const struct blk_option_desc qcow2_amend_options[];
+
+/* --- measure.c --- */
+/* blockdrv.measure: as QEMU's qcow2_measure. */
+int qcow2_measure(struct kvopts *opts, struct blockdev *in, struct blk_measure *out,
+                  struct err *e);
 
 /* --- check.c --- */
 /* blockdrv.check: verify refcounts against every reference, L1/L2 entries
