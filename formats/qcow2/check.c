@@ -408,13 +408,47 @@ static int read_reftable(struct check *c, uint64_t **table, struct err *e)
     return 0;
 }
 
+/* The end of the last cluster something references (counted so far). */
+static uint64_t referenced_end(const struct check *c)
+{
+    for (uint64_t i = c->nb_clusters; i > 0; i--)
+        if (refs_get(c, i - 1))
+            return i << c->s->cluster_bits;
+    return 0;
+}
+
+/* How far -r all may grow the file for a refcount block past its end: up
+ * to twice what the image references, or 1 GiB more, whichever is larger
+ * (a truncated image is repaired as QEMU repairs it).  A block further out
+ * covers nothing the image uses, and growing the file for it would cost
+ * disk space and memory for the counts out of all proportion to the image
+ * (QEMU grows a 2 KiB image to 512 GiB and counts 2^30 clusters). */
+#define REPAIR_GROWTH_SLACK (1ull << 30)
+
+static uint64_t growth_limit(const struct check *c)
+{
+    uint64_t need = max_u64(c->file_size, referenced_end(c));
+    return need > UINT64_MAX / 4 ? UINT64_MAX : need + max_u64(need, REPAIR_GROWTH_SLACK);
+}
+
 /* -r all for a refcount block past the end of the file: grow the file so
- * that it is inside (as QEMU does), then count it. */
+ * that it is inside (as QEMU does), then count it; when that would grow the
+ * file far beyond what its references need, rebuild the refcount structure
+ * without the block instead. */
 static int grow_file_for_refblock(struct check *c, uint64_t offset, struct err *e)
 {
     struct qcow2_state *s = c->s;
     struct err te = { 0 };
     int ret;
+    uint64_t limit = growth_limit(c);
+    if (offset > limit || s->cluster_size > limit - offset) {
+        blk_check_report(c->res, "ERROR refcount block at 0x%" PRIx64 " is far past the end "
+                         "of the file (%" PRIu64 " bytes, references up to %" PRIu64 "): not "
+                         "growing the file for it, rebuilding the refcount structure instead",
+                         offset, c->file_size, referenced_end(c));
+        c->rebuild = true;
+        return 0;
+    }
     if (offset > INT64_MAX - s->cluster_size ||
         ((offset + s->cluster_size) >> s->cluster_bits) > INT_MAX)
         ret = err_set(&te, EFBIG, "refcount block offset too large");

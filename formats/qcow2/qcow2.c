@@ -1178,16 +1178,22 @@ static int qcow2_create(struct hostfile *file, const struct blk_create_params *p
     uint8_t *buf = calloc(3, o.cluster_size);
     if (!buf)
         return err_set(e, ENOMEM, "%s: out of memory", p->filename);
-    if ((ret = qcow2_encode_header(&h, buf, e)) < 0)
+    ret = qcow2_encode_header(&h, buf, e);
+    /* From here on the backing file name and format are the ones
+     * open_state reads back from the header, owned by bs. */
+    bs.backing_name = bs.backing_format = NULL;
+    if (ret < 0)
         goto out;
     be64_write(buf + o.cluster_size, 2 * o.cluster_size);
     if ((ret = hostfile_pwrite(file, 0, buf, 3 * o.cluster_size, e)) < 0 ||
         (ret = hostfile_flush(file, e)) < 0)
         goto out;
     struct qcow2_state *s;
-    bs.backing_name = bs.backing_format = NULL;     /* read back from the header */
     if ((ret = open_state(&bs, &s, e)) < 0)
         goto out;
+    /* Nobody else sees the image yet; the lock is taken all the same, as
+     * the functions below expect it. */
+    pthread_mutex_lock(&s->lock);
     ret = qcow2_update_refcount(s, 0, 3 * o.cluster_size, 1, e);
     if (ret == 0 && p->size)
         ret = truncate_locked(s, p->size, e);
@@ -1195,10 +1201,11 @@ static int qcow2_create(struct hostfile *file, const struct blk_create_params *p
         ret = preallocate_metadata(s, e);
     if (ret == 0)
         ret = qcow2_flush_metadata(s, e);
+    pthread_mutex_unlock(&s->lock);
     free_state(s);
-    free(bs.backing_name);
-    free(bs.backing_format);
 out:
+    free(bs.backing_name);      /* also when open_state failed after reading them */
+    free(bs.backing_format);
     free(buf);
     return ret;
 }
