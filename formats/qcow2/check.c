@@ -34,9 +34,6 @@
 
 /* Reserved bits of a refcount table entry (qcow2.txt: bits 0-8). */
 #define REFTABLE_RESERVED       0x1ffull
-/* Subcluster bitmap halves (extended L2). */
-#define L2_BITMAP_ALL_ALLOC     0x00000000ffffffffull
-#define L2_BITMAP_ALL_ZERO      0xffffffff00000000ull
 
 struct check {
     struct qcow2_state *s;
@@ -165,25 +162,12 @@ static bool overlaps_metadata(const struct check *c, uint64_t offset, uint64_t l
 
 static uint64_t l2_entry(const struct qcow2_state *s, const uint8_t *table, uint64_t i)
 {
-    return be64_read(table + i * s->l2_entry_bytes);
+    return qcow2_l2e_read(s, table, i).entry;
 }
 
 static uint64_t l2_bitmap(const struct qcow2_state *s, const uint8_t *table, uint64_t i)
 {
-    return s->extended_l2 ? be64_read(table + i * s->l2_entry_bytes + 8) : 0;
-}
-
-/* QEMU's cluster types (qcow2_get_cluster_type): the zero flag means
- * nothing with extended L2 entries. */
-enum cluster_type { CT_UNALLOCATED, CT_ZERO_PLAIN, CT_ZERO_ALLOC, CT_NORMAL, CT_COMPRESSED };
-
-static enum cluster_type cluster_type(const struct qcow2_state *s, uint64_t entry)
-{
-    if (entry & QCOW2_OFLAG_COMPRESSED)
-        return CT_COMPRESSED;
-    if ((entry & QCOW2_OFLAG_ZERO) && !s->extended_l2)
-        return (entry & QCOW2_OFFSET_MASK) ? CT_ZERO_ALLOC : CT_ZERO_PLAIN;
-    return (entry & QCOW2_OFFSET_MASK) ? CT_NORMAL : CT_UNALLOCATED;
+    return qcow2_l2e_read(s, table, i).bitmap;
 }
 
 /* -r all for a preallocated zero cluster at an unaligned offset: make it a
@@ -197,7 +181,7 @@ static int fix_l2_entry_by_zero(struct check *c, uint64_t l2_offset, uint8_t *ta
     uint8_t *p = table + i * s->l2_entry_bytes;
     if (s->extended_l2) {
         uint64_t bitmap = be64_read(p + 8);
-        bitmap = (bitmap | bitmap << 32) & L2_BITMAP_ALL_ZERO;
+        bitmap = (bitmap | bitmap << 32) & QCOW2_BITMAP_ALL_ZERO;
         be64_write(p, 0);
         be64_write(p + 8, bitmap);
     } else {
@@ -241,7 +225,7 @@ static int check_data_cluster(struct check *c, uint64_t l2_offset, uint8_t *tabl
     }
     if (offset & (s->cluster_size - 1)) {
         c->res->corruptions++;
-        bool has_data = s->extended_l2 ? (bitmap & L2_BITMAP_ALL_ALLOC) != 0
+        bool has_data = s->extended_l2 ? (bitmap & QCOW2_BITMAP_ALL_ALLOC) != 0
                                        : !(entry & QCOW2_OFLAG_ZERO);
         if (has_data) {
             blk_check_report(c->res, "ERROR offset=%" PRIx64 ": Data cluster is not properly "
@@ -285,14 +269,14 @@ static int check_l2(struct check *c, uint64_t l2_offset, bool frag_info, unsigne
     uint64_t next_contiguous = 0;
     for (uint64_t i = 0; i < s->l2_entries && ret == 0; i++) {
         uint64_t entry = l2_entry(s, table, i), bitmap = l2_bitmap(s, table, i);
-        enum cluster_type type = cluster_type(s, entry);
-        if (type != CT_COMPRESSED && (entry & QCOW2_L2_RESERVED)) {
+        enum qcow2_cluster_type type = qcow2_cluster_type(s, entry);
+        if (type != QCOW2_CLUSTER_COMPRESSED && (entry & QCOW2_L2_RESERVED)) {
             blk_check_report(c->res, "ERROR found l2 entry with reserved bits set: %" PRIx64,
                              entry);
             c->res->corruptions++;
         }
         switch (type) {
-        case CT_COMPRESSED: {
+        case QCOW2_CLUSTER_COMPRESSED: {
             if (entry & QCOW2_OFLAG_COPIED) {
                 blk_check_report(c->res, "ERROR: coffset=0x%" PRIx64 ": copied flag must "
                                  "never be set for compressed clusters",
@@ -306,9 +290,9 @@ static int check_l2(struct check *c, uint64_t l2_offset, bool frag_info, unsigne
                 c->res->corruptions++;
                 break;
             }
-            uint64_t coffset = entry & s->coffset_mask;
-            uint64_t sectors = ((entry >> s->csize_shift) & s->csize_mask) + 1;
-            ret = add_references(c, coffset, sectors * 512 - (coffset & 511), e);
+            uint64_t coffset, bytes;
+            qcow2_compressed_range(s, entry, &coffset, &bytes);
+            ret = add_references(c, coffset, bytes, e);
             if (frag_info) {
                 /* Compressed clusters count as fragmented, as in QEMU. */
                 c->res->allocated_clusters++;
@@ -317,15 +301,15 @@ static int check_l2(struct check *c, uint64_t l2_offset, bool frag_info, unsigne
             }
             break;
         }
-        case CT_ZERO_ALLOC:
-        case CT_NORMAL:
+        case QCOW2_CLUSTER_ZERO_ALLOC:
+        case QCOW2_CLUSTER_NORMAL:
             ret = check_data_cluster(c, l2_offset, table, i, frag_info, &next_contiguous, fix,
                                      e);
             break;
-        case CT_ZERO_PLAIN:
+        case QCOW2_CLUSTER_ZERO_PLAIN:
             break;
-        case CT_UNALLOCATED:
-            if (bitmap & L2_BITMAP_ALL_ALLOC) {
+        case QCOW2_CLUSTER_UNALLOCATED:
+            if (bitmap & QCOW2_BITMAP_ALL_ALLOC) {
                 c->res->corruptions++;
                 blk_check_report(c->res, "ERROR: Unallocated cluster has non-zero subcluster "
                                  "allocation map");
@@ -865,8 +849,8 @@ static int check_oflag_copied(struct check *c, unsigned fix, struct err *e)
         uint64_t dirty = 0;
         for (uint64_t j = 0; j < s->l2_entries; j++) {
             uint64_t entry = l2_entry(s, table, j);
-            enum cluster_type type = cluster_type(s, entry);
-            if (type != CT_NORMAL && type != CT_ZERO_ALLOC)
+            enum qcow2_cluster_type type = qcow2_cluster_type(s, entry);
+            if (type != QCOW2_CLUSTER_NORMAL && type != QCOW2_CLUSTER_ZERO_ALLOC)
                 continue;
             if (disk_refcount(c, (entry & QCOW2_OFFSET_MASK) >> s->cluster_bits, &refcount,
                               &ignored) < 0)

@@ -171,9 +171,8 @@ static void iov_copy_in(const struct iovec *iov, int iovcnt, size_t pos, const v
 static int read_compressed_cluster(struct qcow2_state *s, struct qcow2_l2e l2e, uint8_t *out,
                                    struct err *e)
 {
-    uint64_t coff = l2e.entry & s->coffset_mask;
-    uint64_t sectors = ((l2e.entry >> s->csize_shift) & s->csize_mask) + 1;
-    uint64_t csize = sectors * 512 - (coff & 511);
+    uint64_t coff, csize;
+    qcow2_compressed_range(s, l2e.entry, &coff, &csize);
     uint8_t *in = malloc(csize);
     if (!in)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);

@@ -341,6 +341,23 @@ int qcow2_check(struct blockdev *bs, struct blk_check_result *res, unsigned fix,
 
 /* --- cluster.c --- */
 int qcow2_l1_init(struct qcow2_state *s, struct err *e);
+/* What a whole L2 entry is, as QEMU's qcow2_get_cluster_type (the zero
+ * flag means nothing with extended L2 entries: their bitmap says it). */
+enum qcow2_cluster_type {
+    QCOW2_CLUSTER_UNALLOCATED,
+    QCOW2_CLUSTER_ZERO_PLAIN,
+    QCOW2_CLUSTER_ZERO_ALLOC,
+    QCOW2_CLUSTER_NORMAL,
+    QCOW2_CLUSTER_COMPRESSED,
+};
+enum qcow2_cluster_type qcow2_cluster_type(const struct qcow2_state *s, uint64_t entry);
+/* Entry `index` of an L2 table in memory (on-disk byte order). */
+struct qcow2_l2e qcow2_l2e_read(const struct qcow2_state *s, const uint8_t *table,
+                                uint64_t index);
+/* The host bytes a compressed cluster's entry points to: the first byte
+ * and the length up to the end of its last 512-byte sector. */
+void qcow2_compressed_range(const struct qcow2_state *s, uint64_t entry, uint64_t *offset,
+                            uint64_t *bytes);
 enum qcow2_sc_type qcow2_sc_type(const struct qcow2_state *s, struct qcow2_l2e l2e,
                                  unsigned sc);
 uint64_t qcow2_l2e_host_offset(const struct qcow2_state *s, struct qcow2_l2e l2e);

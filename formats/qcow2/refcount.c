@@ -433,9 +433,9 @@ int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len, st
 int qcow2_free_l2e_clusters(struct qcow2_state *s, uint64_t entry, struct err *e)
 {
     if (entry & QCOW2_OFLAG_COMPRESSED) {
-        uint64_t off = entry & s->coffset_mask;
-        uint64_t sectors = ((entry >> s->csize_shift) & s->csize_mask) + 1;
-        return qcow2_free_clusters(s, off & ~511ull, sectors * 512, e);
+        uint64_t off, bytes;
+        qcow2_compressed_range(s, entry, &off, &bytes);
+        return qcow2_free_clusters(s, off, bytes, e);
     }
     uint64_t off = entry & QCOW2_OFFSET_MASK;
     return off ? qcow2_free_clusters(s, off, s->cluster_size, e) : 0;
