@@ -1,7 +1,8 @@
 /* imgtool bitmap: edit an image's persistent dirty bitmaps with qemu-img
  * bitmap's operations (--add, --remove, --clear, --enable, --disable,
  * --merge), all of one call applied as one transaction; plus --list (name,
- * granularity, flags, dirty bytes) and --dump (the dirty extents). */
+ * granularity, flags, dirty bytes), --dump (the dirty extents) and
+ * --last-backup (the backup an export chain's bitmap counts from). */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -10,10 +11,11 @@
 
 #include "cmd/commands.h"
 #include "formats/blockdev-bitmaps.h"
+#include "mirror/chain.h"
 
 enum {
     OP_ADD = 1, OP_REMOVE, OP_CLEAR, OP_ENABLE, OP_DISABLE, OP_MERGE,
-    OPT_LIST, OPT_DUMP,
+    OPT_LIST, OPT_DUMP, OPT_LAST_BACKUP,
 };
 
 struct bitmap_op {
@@ -24,7 +26,7 @@ struct bitmap_op {
 struct bitmap_args {
     struct bitmap_op ops[64];
     int nops;
-    bool list, dump;
+    bool list, dump, last_backup;
 };
 
 static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
@@ -36,6 +38,10 @@ static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
     }
     if (val == OPT_DUMP) {
         a->dump = true;
+        return -1;
+    }
+    if (val == OPT_LAST_BACKUP) {
+        a->last_backup = true;
         return -1;
     }
     if (a->nops == (int)(sizeof(a->ops) / sizeof(a->ops[0])))
@@ -141,6 +147,18 @@ static int dump_bitmap(struct blockdev *bs, const char *name, enum output_mode m
     return 0;
 }
 
+/* --last-backup: the file name export recorded, for the next run's -b. */
+static int print_last_backup(struct blockdev *bs, const char *name, struct err *e)
+{
+    struct dirty_bitmap *bm;
+    char *file = NULL;
+    int ret = blk_bitmap_get(bs, name, &bm, e);
+    if (ret == 0 && (ret = chain_last_backup(bs, name, &file, e)) == 0)
+        printf("%s\n", file);
+    free(file);
+    return ret;
+}
+
 /* The source of --merge: a consistent bitmap of this image, or of -b FILE. */
 static int merge_source(struct blockdev *bs, struct blockdev **src_bs, const char *src_file,
                         const char *src_fmt, const char *name, struct dirty_bitmap **out,
@@ -220,6 +238,8 @@ int cmd_bitmap(const struct command *cmd, int argc, const char **argv)
           "list the bitmaps: name, granularity, flags, dirty bytes", NULL },
         { "dump", '\0', POPT_ARG_NONE, NULL, OPT_DUMP, "print the dirty extents of BITMAP",
           NULL },
+        { "last-backup", '\0', POPT_ARG_NONE, NULL, OPT_LAST_BACKUP,
+          "print the backup (by imgtool export) that BITMAP counts from", NULL },
         { "output", '\0', POPT_ARG_STRING, &output, 0, "with --list/--dump: output format",
           "human|json" },
         { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
@@ -236,9 +256,9 @@ int cmd_bitmap(const struct command *cmd, int argc, const char **argv)
     if (status >= 0 || (status = cmd_parse_output(&cl, output, &mode)) >= 0)
         goto out;
     const char *usage_problem = NULL;
-    if (a.list + a.dump + (a.nops > 0) != 1)
-        usage_problem = "give one of --list, --dump, or operations (--add, --remove, --clear, "
-                        "--enable, --disable, --merge)";
+    if (a.list + a.dump + a.last_backup + (a.nops > 0) != 1)
+        usage_problem = "give one of --list, --dump, --last-backup, or operations (--add, "
+                        "--remove, --clear, --enable, --disable, --merge)";
     else if (cl.nargs != (a.list ? 1 : 2))
         usage_problem = a.list ? "--list takes only FILENAME" : "give FILENAME and BITMAP";
     else if (gran_s && !has_op(&a, OP_ADD))
@@ -250,6 +270,8 @@ int cmd_bitmap(const struct command *cmd, int argc, const char **argv)
     else if (src_fmt && !src_file)
         usage_problem = "-F (source format) needs -b";
     else if (output && a.nops)
+        usage_problem = "--output goes with --list or --dump";
+    else if (output && a.last_backup)
         usage_problem = "--output goes with --list or --dump";
     else if (force_share && a.nops)
         usage_problem = "-U goes with --list or --dump (changes need the image to itself)";
@@ -267,11 +289,12 @@ int cmd_bitmap(const struct command *cmd, int argc, const char **argv)
     }
     const char *filename = cl.args[0], *name = cl.nargs > 1 ? cl.args[1] : NULL;
     status = EXIT_ERROR;
-    if (a.list || a.dump) {
+    if (a.list || a.dump || a.last_backup) {
         unsigned flags = BLK_OPEN_NO_BACKING | (force_share ? BLK_OPEN_FORCE_SHARE : 0);
         if (blk_open(filename, format, flags, &bs, &e) < 0 || blk_bitmaps_load(bs, &e) < 0)
             goto fail;
-        if ((a.list ? list_bitmaps(bs, mode, &e) : dump_bitmap(bs, name, mode, &e)) < 0)
+        if ((a.list ? list_bitmaps(bs, mode, &e) : a.dump ? dump_bitmap(bs, name, mode, &e)
+             : print_last_backup(bs, name, &e)) < 0)
             goto fail;
         status = EXIT_OK;
         goto out;

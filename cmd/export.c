@@ -101,7 +101,7 @@ int cmd_export(const struct command *cmd, int argc, const char **argv)
 {
     char *sync_s = NULL, *bitmap = NULL, *since = NULL, *checkpoint = NULL, *backing = NULL;
     char *backing_fmt = NULL, *src_fmt = NULL, *mode_s = NULL, *output = NULL, *speed_s = NULL;
-    int compress = 0, progress = 0, quiet = 0;
+    int compress = 0, progress = 0, quiet = 0, force = 0;
     struct export_cli c = { 0 };
     struct poptOption options[] = {
         { "sync", 's', POPT_ARG_STRING, &sync_s, 0,
@@ -123,6 +123,8 @@ int cmd_export(const struct command *cmd, int argc, const char **argv)
           "qcow2 options of the backup, e.g. cluster_size=64k,compression_type=zstd",
           "OPT=VAL,..." },
         { "compress", 'c', POPT_ARG_NONE, &compress, 0, "write compressed clusters", NULL },
+        { "force", '\0', POPT_ARG_NONE, &force, 0,
+          "accept a --backing that is not the backup the bitmap counts from", NULL },
         { "mode", 'm', POPT_ARG_STRING, &mode_s, 0,
           "relative-paths (default) or absolute-paths for the backing file name", "MODE" },
         { "speed", '\0', POPT_ARG_STRING, &speed_s, 0, "rate limit in bytes per second",
@@ -146,6 +148,8 @@ int cmd_export(const struct command *cmd, int argc, const char **argv)
         .target_mode = MIRROR_TARGET_RELATIVE_PATHS,
         .checkpoint = checkpoint, .exclusive = true, .compress = compress,
     };
+    struct chain_params chain = { .checkpoint = checkpoint, .force = force };
+    p.chain = &chain;
     const char *sync_name = sync_s ? sync_s : "full";
     if (!strcmp(sync_name, "full")) {
         /* The copy of the whole disk resets (or starts) the tracking. */
@@ -153,6 +157,9 @@ int cmd_export(const struct command *cmd, int argc, const char **argv)
         p.bitmap = bitmap;
         p.bitmap_create = true;
         p.bitmap_mode = MIRROR_BITMAP_ON_SUCCESS;
+        chain.kind = CHAIN_FULL;
+        chain.bitmap = bitmap;
+        chain.resyncs_bitmap = true;
         if (since || backing) {
             status = cmd_usage_error(&cl, "a full backup takes no --since or --backing");
             goto out;
@@ -175,6 +182,9 @@ int cmd_export(const struct command *cmd, int argc, const char **argv)
          * differential backups and checkpoints keep counting from their
          * start. */
         p.bitmap_mode = incremental && bitmap ? MIRROR_BITMAP_ON_SUCCESS : MIRROR_BITMAP_NEVER;
+        chain.kind = incremental ? CHAIN_INCREMENTAL : CHAIN_DIFFERENTIAL;
+        chain.bitmap = p.bitmap;
+        chain.resyncs_bitmap = p.bitmap_mode == MIRROR_BITMAP_ON_SUCCESS;
         p.target_backing = backing;
         p.target_backing_format = backing_fmt;
     } else {

@@ -692,6 +692,23 @@ int blk_set_backing(struct blockdev *bs, const char *name, const char *format,
     return bs->drv->set_backing(bs, name, format, e);
 }
 
+const void *blk_record_get(struct blockdev *bs, size_t *len)
+{
+    *len = 0;
+    return bs->drv->record_get ? bs->drv->record_get(bs, len) : NULL;
+}
+
+int blk_record_set(struct blockdev *bs, const void *data, size_t len, struct err *e)
+{
+    int ret = check_writable(bs, e);
+    if (ret < 0)
+        return ret;
+    if (!bs->drv->record_set)
+        return err_set(e, ENOTSUP, "%s: format '%s' cannot keep a backup record",
+                       bs->filename, bs->drv->name);
+    return bs->drv->record_set(bs, data, len, e);
+}
+
 int blk_check(struct blockdev *bs, struct blk_check_result *res, unsigned fix, struct err *e)
 {
     if (!bs->drv->check)

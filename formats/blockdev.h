@@ -196,6 +196,15 @@ struct blockdrv {
     int (*bitmaps_store)(struct blockdev *bs, bool in_use, struct err *e);
     int (*bitmap_check_new)(struct blockdev *bs, const char *name, uint32_t granularity,
                             struct err *e);
+    /* imgtool's own record (the backup chain record of mirror/chain.h):
+     * bytes the format keeps in the image where other tools that rewrite
+     * the image keep them too (qcow2: a compatible header extension).
+     * record_get returns them (NULL and *len 0: none), valid until the next
+     * record_set or close; record_set replaces them (len 0: removes) and
+     * makes the change durable before returning, or fails leaving the old
+     * record.  NULL: the format has no place for one. */
+    const void *(*record_get)(struct blockdev *bs, size_t *len);
+    int (*record_set)(struct blockdev *bs, const void *data, size_t len, struct err *e);
     /* Size a new image of this format made with create options `opts`
      * (with "size"), or converted from `in` (may be NULL; its size then
      * wins) with those options, as QEMU's bdrv_measure.  Options the
@@ -298,6 +307,12 @@ int blk_make_empty(struct blockdev *bs, struct err *e);
  * touched.  -ENOTSUP naming the format when it cannot. */
 int blk_set_backing(struct blockdev *bs, const char *name, const char *format,
                     struct err *e);
+/* The image's imgtool record (blockdrv.record_get): NULL, *len 0 when it
+ * has none or its format cannot keep one. */
+const void *blk_record_get(struct blockdev *bs, size_t *len);
+/* Replace it (len 0: remove), durably; -ENOTSUP naming the format when it
+ * has no place for one, -EROFS on a read-only open. */
+int blk_record_set(struct blockdev *bs, const void *data, size_t len, struct err *e);
 /* Run the driver's check; -ENOTSUP when the format has none. */
 int blk_check(struct blockdev *bs, struct blk_check_result *res, unsigned fix, struct err *e);
 /* Add a problem description to res->messages (printf-style). */

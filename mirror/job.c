@@ -25,6 +25,8 @@ struct mirror_job {
     uint64_t total, done;
     struct copy_stats stats;
     const struct mirror_set_options *opts;
+    struct chain_state chain;       /* export's backup record */
+    bool forget_chain;              /* a forced job clears an export chain's bitmap */
 };
 
 int mirror_parse_sync(const char *s, enum mirror_sync *sync, bool *incremental)
@@ -299,6 +301,11 @@ static int prepare_bitmap(struct mirror_job *job, struct err *e)
     }
     if (!job->bitmap)
         return blk_bitmap_get(job->src, p->bitmap, &job->bitmap, e);
+    if (!p->chain && p->bitmap_mode != MIRROR_BITMAP_NEVER) {
+        if ((ret = chain_check_consumer(job->src, p->bitmap, p->force_bitmap, e)) < 0)
+            return ret;
+        job->forget_chain = p->force_bitmap;
+    }
     if (dirty_bitmap_inconsistent(job->bitmap))
         return err_set(e, EINVAL, "%s: bitmap '%s' is inconsistent (the image was not closed "
                        "cleanly while it recorded writes): remove it, take a full copy and "
@@ -347,6 +354,9 @@ static int prepare(struct mirror_job *job, struct err *e)
                            (unsigned long long)job->explicit_backing->size, p->source,
                            (unsigned long long)job->src->size);
     }
+    if (p->chain && (ret = chain_check(&job->chain, p->chain, job->src,
+                                       job->explicit_backing, p->target, e)) < 0)
+        return ret;
     enum mirror_target_mode mode = p->target_mode;
     if (mode == MIRROR_TARGET_AUTO)
         mode = access(p->target, F_OK) == 0 ? MIRROR_TARGET_EXISTING
@@ -361,6 +371,8 @@ static int prepare(struct mirror_job *job, struct err *e)
             return err_set(e, EEXIST, "%s: exists; use --mode=existing to write into it, "
                            "or remove it", p->target);
         ret = create_target(job, e);
+        if (ret == 0 && p->chain)
+            ret = chain_mark_target(&job->chain, job->dst, e);
     }
     if (ret < 0)
         return ret;
@@ -475,6 +487,12 @@ static int finish_bitmap(struct mirror_job *job, bool success, struct err *e)
     }
     if (!changed)
         return 0;   /* as it was on disk */
+    /* The record first: a crash before the store leaves more dirty bits
+     * than the record needs, never fewer. */
+    if (success && p->chain && (ret = chain_mark_source(&job->chain, job->src, e)) < 0)
+        return ret;
+    if (success && job->forget_chain && (ret = chain_forget(job->src, p->bitmap, e)) < 0)
+        return ret;
     ret = blk_bitmaps_store(job->src, e);
     if (ret < 0)
         err_prefix(e, "%s: the bitmaps were not updated (a later run copies their ranges "
@@ -498,6 +516,7 @@ static void close_job(struct mirror_job *job, bool success)
     job->explicit_backing = NULL;
     free(job->ranges);
     job->ranges = NULL;
+    chain_state_free(&job->chain);
 }
 
 int mirror_run_set(const struct mirror_params *params, int n,

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "formats/blockdev.h"
+#include "mirror/chain.h"
 #include "mirror/copy.h"
 
 enum mirror_sync {
@@ -57,6 +58,11 @@ struct mirror_params {
      * size) instead of what the sync mode implies: export's diff images
      * backed by the previous backup. */
     const char *target_backing, *target_backing_format;
+    /* export: the backup chain record to check and write (mirror/chain.h);
+     * NULL for other jobs, which are then refused a bitmap that tracks an
+     * export chain unless force_bitmap is set. */
+    const struct chain_params *chain;
+    bool force_bitmap;
     bool compress;                          /* write compressed clusters */
     enum mirror_target_mode target_mode;
     enum copy_error_action on_source_error, on_target_error;

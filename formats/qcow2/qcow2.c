@@ -1242,4 +1242,6 @@ const struct blockdrv blockdrv_qcow2 = {
     .bitmaps_load = qcow2_bitmaps_load,
     .bitmaps_store = qcow2_bitmaps_store,
     .bitmap_check_new = qcow2_bitmap_check_new,
+    .record_get = qcow2_record_get,
+    .record_set = qcow2_record_set,
 };

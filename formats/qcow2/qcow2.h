@@ -68,6 +68,8 @@
 #define QCOW2_EXT_BITMAPS           0x23852875u
 #define QCOW2_EXT_CRYPTO            0x0537be77u
 #define QCOW2_EXT_DATA_FILE         0x44415441u
+/* imgtool's backup chain record (formats/qcow2/record.c); "imgr" */
+#define QCOW2_EXT_IMGTOOL_RECORD    0x696d6772u
 
 /* Feature bits. */
 #define QCOW2_INCOMPAT_DIRTY        (1ull << 0)
@@ -243,6 +245,9 @@ int qcow2_read_header(struct qcow2_state *s, struct err *e);
 /* Rewrite the header cluster from s (fields, extensions kept, backing
  * name) and flush it.  Lock held or single-threaded. */
 int qcow2_update_header(struct qcow2_state *s, struct err *e);
+/* blockdrv.record_get / record_set (record.c). */
+const void *qcow2_record_get(struct blockdev *bs, size_t *len);
+int qcow2_record_set(struct blockdev *bs, const void *data, size_t len, struct err *e);
 /* Write one 64-bit header field at byte `offset` (size, incompatible
  * features, ...) once all metadata is stable, and flush it. */
 int qcow2_write_header_u64(struct qcow2_state *s, uint64_t offset, uint64_t value,
