@@ -7,7 +7,7 @@
 # that refuses to grow the file.
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io valgrind python3
-if nm -u "$IMGTOOL" 2>/dev/null | grep -q __asan_init; then
+if nm "$IMGTOOL" 2>/dev/null | grep -q __asan_init; then
     skip "imgtool is built with AddressSanitizer (valgrind cannot run it)"
 fi
 
