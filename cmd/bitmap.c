@@ -309,6 +309,13 @@ int cmd_bitmap(const struct command *cmd, int argc, const char **argv)
                   src_fmt, &e) < 0)
             goto fail;
     }
+    /* A bitmap added, removed or cleared no longer counts from the backup
+     * export recorded for it: drop that record first, so that the next
+     * incremental backup is refused rather than incomplete, even after a
+     * crash before the store. */
+    if ((has_op(&a, OP_ADD) || has_op(&a, OP_REMOVE) || has_op(&a, OP_CLEAR)) &&
+        chain_forget(bs, name, &e) < 0)
+        goto fail;
     if (blk_bitmaps_store(bs, &e) < 0)
         goto fail;
     status = EXIT_OK;

@@ -154,6 +154,7 @@ int cmd_mirror(const struct command *cmd, int argc, const char **argv)
     char *base = NULL, *mode_s = NULL, *output = NULL, *speed_s = NULL, *buf_size_s = NULL;
     char *src_err_s = NULL, *dst_err_s = NULL;
     int max_in_flight = 0, progress = 0, quiet = 0, force_share = 0, target_is_zero = 0;
+    int force = 0;
     struct mirror_cli c = { 0 };
     struct poptOption options[] = {
         { "sync", 's', POPT_ARG_STRING, &sync_s, 0,
@@ -162,6 +163,9 @@ int cmd_mirror(const struct command *cmd, int argc, const char **argv)
           "--sync=bitmap|incremental", "NAME" },
         { "bitmap-mode", '\0', POPT_ARG_STRING, &bitmap_mode_s, 0,
           "when to clear the bitmap: on-success, always, never", "MODE" },
+        { "force", '\0', POPT_ARG_NONE, &force, 0,
+          "clear a bitmap that an export chain counts on (its next incremental is then "
+          "refused)", NULL },
         { "base", 'b', POPT_ARG_STRING, &base, 0,
           "copy only what lies above this image of the chain; it becomes the target's "
           "backing file", "IMAGE" },
@@ -254,6 +258,7 @@ int cmd_mirror(const struct command *cmd, int argc, const char **argv)
     proto.target_opts = &c.opts;
     proto.base = base;
     proto.bitmap = bitmap;
+    proto.force_bitmap = force;
     proto.force_share = force_share;
     proto.target_is_zero = target_is_zero;
     if ((status = parse_pairs(&cl, &proto, &jobs, &njobs, &strings)) >= 0)

@@ -254,7 +254,10 @@ static int init_backup_entry(struct chain_state *st, struct blockdev *src, const
     b->backup_kind = p->kind;
     b->size = src->size;
     b->bitmap = strdup(p->bitmap ? p->bitmap : "");
+    /* A source that is no local file (an NBD URI) keeps its name. */
     b->file = absolute_name(src->filename);
+    if (!b->file)
+        b->file = strdup(src->filename);
     st->target_file = absolute_name(target);
     if (!b->bitmap || !b->file || !st->target_file)
         return err_errno(e, errno ? errno : ENOMEM, "%s: cannot resolve its name", target);
@@ -278,8 +281,11 @@ int chain_check(struct chain_state *st, const struct chain_params *p, struct blo
         ((ret = blk_bitmaps_load(src, e)) < 0 || (ret = blk_bitmap_get(src, p->bitmap, &bm, e)) < 0))
         return ret;
     ret = chain_record_load(src, &st->disk, e);
-    if (ret < 0 && p->force) {
-        chain_record_free(&st->disk);   /* --force starts a new record */
+    if (ret < 0 && (p->force || p->kind == CHAIN_FULL)) {
+        /* A damaged record is replaced by a new one: --force, or a full
+         * backup, which needs no predecessor (the other bitmaps' entries
+         * go with it, so their next incremental backups are refused). */
+        chain_record_free(&st->disk);
         ret = 0;
     }
     if (ret < 0 || (ret = init_backup_entry(st, src, target, e)) < 0 || !prev)
