@@ -59,8 +59,11 @@ static bool has_op(const struct bitmap_args *a, int kind)
 }
 
 /* The bitmap's flags as qemu-img info names them. */
-static void add_flags(struct prop *flags, const struct dirty_bitmap *bm)
+static void add_flags(struct prop *flags, const struct dirty_bitmap *bm, bool remote)
 {
+    /* An NBD export's bitmap: what the server's context says, read-only. */
+    if (remote)
+        prop_add_string(flags, NULL, "server");
     if (dirty_bitmap_inconsistent(bm))
         prop_add_string(flags, NULL, "in-use");
     if (dirty_bitmap_enabled(bm))
@@ -74,14 +77,14 @@ static int list_bitmaps(struct blockdev *bs, enum output_mode mode, struct err *
         return err_set(e, ENOMEM, "out of memory");
     for (size_t i = 0; i < blk_bitmap_count(bs); i++) {
         const struct dirty_bitmap *bm = blk_bitmap_at(bs, i);
-        if (!dirty_bitmap_persistent(bm))
+        if (!dirty_bitmap_persistent(bm) && !blk_bitmaps_remote(bs))
             continue;
         struct prop *o = prop_add_object(list, NULL);
         if (!o)
             break;
         prop_add_string(o, "name", dirty_bitmap_name(bm));
         prop_add_uint(o, "granularity", dirty_bitmap_granularity(bm));
-        add_flags(prop_add_array(o, "flags"), bm);
+        add_flags(prop_add_array(o, "flags"), bm, blk_bitmaps_remote(bs));
         if (!dirty_bitmap_inconsistent(bm))
             prop_add_uint(o, "dirty-bytes", dirty_bitmap_count(bm));
     }
@@ -170,7 +173,7 @@ static int merge_source(struct blockdev *bs, struct blockdev **src_bs, const cha
         a.st_dev == b.st_dev && a.st_ino == b.st_ino)
         src_file = NULL;    /* -b names the image itself (it is locked by us) */
     if (src_file && !*src_bs) {
-        ret = blk_open(src_file, src_fmt, BLK_OPEN_NO_BACKING, src_bs, e);
+        ret = blk_open(src_file, src_fmt, BLK_OPEN_NO_BACKING, cmd_open_opts(), src_bs, e);
         if (ret < 0 || (ret = blk_bitmaps_load(*src_bs, e)) < 0)
             return ret;
     }
@@ -291,7 +294,7 @@ int cmd_bitmap(const struct command *cmd, int argc, const char **argv)
     status = EXIT_ERROR;
     if (a.list || a.dump || a.last_backup) {
         unsigned flags = BLK_OPEN_NO_BACKING | (force_share ? BLK_OPEN_FORCE_SHARE : 0);
-        if (blk_open(filename, format, flags, &bs, &e) < 0 || blk_bitmaps_load(bs, &e) < 0)
+        if (blk_open(filename, format, flags, cmd_open_opts(), &bs, &e) < 0 || blk_bitmaps_load(bs, &e) < 0)
             goto fail;
         if ((a.list ? list_bitmaps(bs, mode, &e) : a.dump ? dump_bitmap(bs, name, mode, &e)
              : print_last_backup(bs, name, &e)) < 0)
@@ -299,9 +302,14 @@ int cmd_bitmap(const struct command *cmd, int argc, const char **argv)
         status = EXIT_OK;
         goto out;
     }
+    if (blk_name_is_network(filename)) {
+        err_set(&e, EROFS, "%s: the server's bitmaps are its own: imgtool never changes them "
+                "(use the server's tools, e.g. QMP block-dirty-bitmap-add)", filename);
+        goto fail;
+    }
     /* The operations change only the bitmaps in memory; one store at the
      * end makes all of them land, or none if any fails (or we crash). */
-    if (blk_open(filename, format, BLK_OPEN_RDWR | BLK_OPEN_BITMAPS_ONLY | BLK_OPEN_NO_BACKING,
+    if (blk_open(filename, format, BLK_OPEN_RDWR | BLK_OPEN_BITMAPS_ONLY | BLK_OPEN_NO_BACKING, cmd_open_opts(),
                  &bs, &e) < 0 || blk_bitmaps_load(bs, &e) < 0)
         goto fail;
     for (int i = 0; i < a.nops; i++) {

@@ -221,7 +221,7 @@ int cmd_check(const struct command *cmd, int argc, const char **argv)
     unsigned flags = (backing_chain ? 0 : BLK_OPEN_NO_BACKING) | BLK_OPEN_CHECK |
                      cmd_open_flags(o.fix, force_share, cache, &e, &ret);
     status = CHECK_FAILED;
-    if (ret < 0 || blk_open(cl.args[0], format, flags, &bs, &e) < 0)
+    if (ret < 0 || blk_open(cl.args[0], format, flags, cmd_open_opts(), &bs, &e) < 0)
         goto fail;
     if (o.mode == OUTPUT_JSON && !(o.json = prop_new_array())) {
         err_set(&e, ENOMEM, "out of memory");

@@ -88,6 +88,16 @@ void progress_init(struct progress *p, bool requested, uint64_t total);
 void progress_update(struct progress *p, uint64_t done);
 void progress_finish(struct progress *p);
 
+/* Settings for every image a command opens, from the environment:
+ * IMGTOOL_L2_CACHE_SIZE (qcow2 L2 cache bytes), IMGTOOL_FAULT_AFTER_WRITES
+ * (crash-test hook), IMGTOOL_NBD_TIMEOUT (seconds).  cmd_env_init reads
+ * them once, before the command runs; it prints an error and returns
+ * false for a bad value. */
+bool cmd_env_init(void);
+const struct blk_open_opts *cmd_open_opts(void);
+/* The same with --connections=N for NBD sources and targets. */
+const struct blk_open_opts *cmd_open_opts_connections(unsigned n);
+
 /* Open flags for common options. */
 unsigned cmd_open_flags(bool writable, bool force_share, const char *cache, struct err *e,
                         int *ret);

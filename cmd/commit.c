@@ -149,7 +149,7 @@ int cmd_commit(const struct command *cmd, int argc, const char **argv)
     int ret;
     unsigned flags = cmd_open_flags(empty, false, cache, &e, &ret);
     status = EXIT_ERROR;
-    if (ret < 0 || blk_open(name, format, flags, &top, &e) < 0)
+    if (ret < 0 || blk_open(name, format, flags, cmd_open_opts(), &top, &e) < 0)
         goto fail;
     if (!top->backing) {
         err_set(&e, EINVAL, "%s: image does not have a backing file", name);

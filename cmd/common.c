@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -280,4 +281,57 @@ void progress_finish(struct progress *p)
         return;
     progress_update(p, p->total);
     fputc('\n', stderr);
+}
+
+/* The process's open settings (cmd_env_init fills them from the
+ * environment; the libraries only see them as open options). */
+static struct fault_injection fault_hook = { .limit = -1 };
+static struct blk_open_opts env_opts;
+static struct blk_open_opts conn_opts;
+
+static bool env_number(const char *name, long min, long max, long *out)
+{
+    const char *v = getenv(name);
+    if (!v || !*v)
+        return true;
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno || *end || n < min || n > max) {
+        cmd_error("%s='%s' is not a number from %ld to %ld", name, v, min, max);
+        return false;
+    }
+    *out = n;
+    return true;
+}
+
+bool cmd_env_init(void)
+{
+    const char *l2 = getenv("IMGTOOL_L2_CACHE_SIZE");
+    if (l2 && *l2 && (parse_size(l2, &env_opts.l2_cache_bytes) < 0 ||
+                      env_opts.l2_cache_bytes == 0)) {
+        cmd_error("IMGTOOL_L2_CACHE_SIZE='%s' is not a size (use e.g. 4M)", l2);
+        return false;
+    }
+    long limit = -1, timeout = 0;
+    if (!env_number("IMGTOOL_FAULT_AFTER_WRITES", 0, LONG_MAX, &limit) ||
+        !env_number("IMGTOOL_NBD_TIMEOUT", 1, 86400, &timeout))
+        return false;
+    fault_hook.limit = limit;
+    if (limit >= 0)
+        env_opts.transport.fault = &fault_hook;
+    env_opts.transport.nbd_timeout = (unsigned)timeout;
+    return true;
+}
+
+const struct blk_open_opts *cmd_open_opts(void)
+{
+    return &env_opts;
+}
+
+const struct blk_open_opts *cmd_open_opts_connections(unsigned n)
+{
+    conn_opts = env_opts;
+    conn_opts.transport.nbd_connections = n;
+    return &conn_opts;
 }

@@ -131,8 +131,8 @@ int cmd_compare(const struct command *cmd, int argc, const char **argv)
     status = CMP_ERROR;
     int ret;
     unsigned flags = cmd_open_flags(false, force_share, cache, &e, &ret);
-    if (ret < 0 || blk_open(cl.args[0], fmt1, flags, &a.bs, &e) < 0 ||
-        blk_open(cl.args[1], fmt2, flags, &b.bs, &e) < 0)
+    if (ret < 0 || blk_open(cl.args[0], fmt1, flags, cmd_open_opts(), &a.bs, &e) < 0 ||
+        blk_open(cl.args[1], fmt2, flags, cmd_open_opts(), &b.bs, &e) < 0)
         goto fail;
     /* Aligned for -T none (O_DIRECT). */
     if (posix_memalign((void **)&a.buf, 4096, CMP_CHUNK) ||

@@ -40,7 +40,7 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     char *buf_size_s = NULL;
     int no_create = 0, progress = 0, quiet = 0, force_share = 0, target_is_zero = 0;
     int compress = 0, out_of_order = 0, max_in_flight = COPY_DEFAULT_IN_FLIGHT;
-    int copy_bitmaps = 0, skip_broken = 0;
+    int copy_bitmaps = 0, skip_broken = 0, connections = 1;
     struct convert_args a = { 0 };
     struct poptOption options[] = {
         { "format", 'f', POPT_ARG_STRING, &src_fmt, 0, "source format (default: probe)",
@@ -63,6 +63,8 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
           "write compressed clusters (qcow2: -o compression_type=zlib|zstd)", NULL },
         { NULL, 'W', POPT_ARG_NONE, &out_of_order, 0,
           "write out of order (always done; accepted for qemu-img compatibility)", NULL },
+        { "connections", '\0', POPT_ARG_INT, &connections, 0,
+          "NBD connections per URI when the server allows several (default 1)", "N" },
         { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
           "read the source even if another process is writing it", NULL },
         { "progress", 'p', POPT_ARG_NONE, &progress, 0, "show a progress bar on a terminal",
@@ -102,12 +104,17 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
         status = cmd_usage_error(&cl, "-o cannot be used with -n (the target exists)");
         goto out;
     }
+    if (connections < 1 || connections > 16) {
+        status = cmd_usage_error(&cl, "--connections must be from 1 to 16");
+        goto out;
+    }
+    const struct blk_open_opts *oo = cmd_open_opts_connections((unsigned)connections);
     src_name = cl.args[0];
     dst_name = cl.args[1];
     int ret;
     unsigned sflags = cmd_open_flags(false, force_share, src_cache, &e, &ret);
     status = EXIT_ERROR;
-    if (ret < 0 || blk_open(src_name, src_fmt, sflags, &src, &e) < 0)
+    if (ret < 0 || blk_open(src_name, src_fmt, sflags, oo, &src, &e) < 0)
         goto fail;
     if (copy_bitmaps && blk_bitmaps_check_copy(src, skip_broken, &e) < 0)
         goto fail;
@@ -129,13 +136,16 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     if (!no_create) {
         struct blk_create_params p = {
             .filename = dst_name, .size = src->size, .opts = &a.opts,
+            .open_opts = cmd_open_opts(),
         };
         if (blk_create_begin(dst_fmt ? dst_fmt : "raw", &p, &tmp_path, &e) < 0)
             goto fail;
         open_name = tmp_path;
     }
-    if (blk_open(open_name, no_create ? dst_fmt : (dst_fmt ? dst_fmt : "raw"), dflags, &dst,
+    if (blk_open(open_name, no_create ? dst_fmt : (dst_fmt ? dst_fmt : "raw"), dflags, oo, &dst,
                  &e) < 0)
+        goto fail;
+    if (blk_check_distinct(dst, src, &e) < 0)
         goto fail;
     if (tmp_path)
         blk_defer_flushes(dst, true);   /* nobody sees it until the rename */

@@ -56,6 +56,7 @@ int cmd_create(const struct command *cmd, int argc, const char **argv)
         .opts = &a.opts,
         .backing_file = backing && backing[0] ? backing : NULL,
         .backing_format = backing_fmt,
+        .open_opts = cmd_open_opts(),
     };
     const char *size_opt = kvopts_get(&a.opts, "size");
     const char *size_arg = cl.nargs > 1 ? cl.args[1] : size_opt;

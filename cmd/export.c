@@ -52,7 +52,7 @@ static struct prop *chain_of(const char *backup)
     struct prop *chain = prop_new_array();
     struct blockdev *bs;
     struct err e = { 0 };
-    if (chain && blk_open(backup, "qcow2", BLK_OPEN_FORCE_SHARE, &bs, &e) == 0) {
+    if (chain && blk_open(backup, "qcow2", BLK_OPEN_FORCE_SHARE, cmd_open_opts(), &bs, &e) == 0) {
         for (struct blockdev *l = bs; l; l = l->backing)
             prop_add_string(chain, NULL, l->filename);
         blk_close(bs);
@@ -61,8 +61,12 @@ static struct prop *chain_of(const char *backup)
 }
 
 static void print_summary(const struct mirror_params *p, const char *sync_name,
-                          const struct copy_stats *st, double secs, enum output_mode mode)
+                          const struct copy_stats *st, double secs, enum output_mode mode,
+                          bool remote)
 {
+    /* A server's bitmap is never changed: say so, as the operator might
+     * expect the next incremental to start from this one. */
+    bool server_bitmap = remote && p->bitmap;
     if (mode == OUTPUT_HUMAN) {
         char human[32];
         format_size_human(st->bytes_written + st->bytes_zeroed, human, sizeof(human));
@@ -70,6 +74,9 @@ static void print_summary(const struct mirror_params *p, const char *sync_name,
                human, secs);
         if (p->target_backing)
             printf(", backed by %s", p->target_backing);
+        if (server_bitmap)
+            printf("; the server's bitmap '%s' is left unchanged (the server manages it)",
+                   p->bitmap);
         printf("\n");
         return;
     }
@@ -81,6 +88,8 @@ static void print_summary(const struct mirror_params *p, const char *sync_name,
         prop_add_string(o, "bitmap", p->bitmap);
     if (p->checkpoint)
         prop_add_string(o, "checkpoint", p->checkpoint);
+    if (server_bitmap)
+        prop_add_bool(o, "server-bitmap-unchanged", true);
     cmd_add_copy_stats(o, st);
     prop_add_uint(o, "milliseconds", (uint64_t)(secs * 1000));
     struct prop *chain = chain_of(p->target);
@@ -191,6 +200,12 @@ int cmd_export(const struct command *cmd, int argc, const char **argv)
         status = cmd_usage_error(&cl, "--sync must be full, incremental or differential");
         goto out;
     }
+    /* Pull mode: the bitmap is the server's, read and left as it is. */
+    bool remote = blk_name_is_network(p.source);
+    if (remote && p.sync == MIRROR_SYNC_BITMAP) {
+        p.bitmap_mode = MIRROR_BITMAP_NEVER;
+        chain.resyncs_bitmap = false;
+    }
     if (mode_s) {
         if (!strcmp(mode_s, "absolute-paths")) {
             p.target_mode = MIRROR_TARGET_ABSOLUTE_PATHS;
@@ -214,7 +229,8 @@ int cmd_export(const struct command *cmd, int argc, const char **argv)
     c.want_bar = progress && !quiet && mode == OUTPUT_HUMAN;
     install_cancel_handlers();
     struct mirror_set_options so = { .event = on_event, .opaque = &c,
-                                     .cancel = &cancel_requested };
+                                     .cancel = &cancel_requested,
+                                     .open_opts = cmd_open_opts() };
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     int ret = mirror_run_set(&p, 1, &so, &e);
@@ -234,7 +250,7 @@ int cmd_export(const struct command *cmd, int argc, const char **argv)
     } else {
         double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
         if (!quiet || mode == OUTPUT_JSON)
-            print_summary(&p, sync_name, &c.stats, secs, mode);
+            print_summary(&p, sync_name, &c.stats, secs, mode, remote);
         status = EXIT_OK;
     }
 out:

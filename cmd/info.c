@@ -93,7 +93,11 @@ static void print_human(const struct prop *info)
     printf("file format: %s\n", prop_string(info, "format"));
     format_size_human(prop_uint(info, "virtual-size"), human, sizeof(human));
     printf("virtual size: %s (%" PRIu64 " bytes)\n", human, prop_uint(info, "virtual-size"));
-    format_size_human(prop_uint(info, "actual-size"), human, sizeof(human));
+    /* An NBD export does not say what it occupies: qemu-img's words. */
+    if (prop_get(info, "actual-size"))
+        format_size_human(prop_uint(info, "actual-size"), human, sizeof(human));
+    else
+        snprintf(human, sizeof(human), "unavailable");
     printf("disk size: %s\n", human);
     if (prop_get(info, "cluster-size"))
         printf("cluster_size: %" PRIu64 "\n", prop_uint(info, "cluster-size"));
@@ -146,7 +150,7 @@ int cmd_info(const struct command *cmd, int argc, const char **argv)
     unsigned flags = (force_share ? BLK_OPEN_FORCE_SHARE : 0) |
                      (backing_chain ? 0 : BLK_OPEN_NO_BACKING);
     status = EXIT_ERROR;
-    if (blk_open(cl.args[0], format, flags, &bs, &e) < 0)
+    if (blk_open(cl.args[0], format, flags, cmd_open_opts(), &bs, &e) < 0)
         goto fail;
     list = prop_new_array();
     for (struct blockdev *layer = bs; layer; layer = backing_chain ? layer->backing : NULL) {

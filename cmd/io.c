@@ -279,7 +279,7 @@ int cmd_io(const struct command *cmd, int argc, const char **argv)
     int ret;
     unsigned flags = cmd_open_flags(writes, force_share, nocache ? "none" : cache, &e, &ret);
     status = EXIT_ERROR;
-    if (ret < 0 || blk_open(cl.args[0], format, flags, &st.bs, &e) < 0) {
+    if (ret < 0 || blk_open(cl.args[0], format, flags, cmd_open_opts(), &st.bs, &e) < 0) {
         cmd_print_err(&e);
         goto out;
     }

@@ -74,6 +74,8 @@ int main(int argc, char **argv)
     if (!strcmp(name, "help") || !strcmp(name, "--help") || !strcmp(name, "-h"))
         return run_help(argc - 1, args + 1);
     const struct command *c = command_find(name);
+    if (c && !cmd_env_init())
+        return EXIT_ERROR;
     if (!c) {
         cmd_error("unknown command '%s'", name);
         fprintf(stderr, "Try 'imgtool help' for the list of commands.\n");

@@ -37,7 +37,7 @@ static void print_entry(const struct map_entry *m, enum output_mode mode, bool f
     if (!m->data || !m->has_offset)
         return;
     printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", m->start, m->length,
-           m->offset, m->layer->filename);
+           m->offset, m->layer->file->name);
 }
 
 int cmd_map(const struct command *cmd, int argc, const char **argv)
@@ -66,7 +66,7 @@ int cmd_map(const struct command *cmd, int argc, const char **argv)
     if (max_s && (status = cmd_parse_size_arg(&cl, "max length", max_s, &max_len)) >= 0)
         goto out;
     status = EXIT_ERROR;
-    if (blk_open(cl.args[0], format, force_share ? BLK_OPEN_FORCE_SHARE : 0, &bs, &e) < 0)
+    if (blk_open(cl.args[0], format, force_share ? BLK_OPEN_FORCE_SHARE : 0, cmd_open_opts(), &bs, &e) < 0)
         goto fail;
     uint64_t end = start < bs->size ? start + min_u64(max_len, bs->size - start) : start;
     if (mode == OUTPUT_HUMAN)

@@ -93,8 +93,8 @@ int cmd_measure(const struct command *cmd, int argc, const char **argv)
         if (kvopts_set(&a.opts, "size", buf, &a.e) < 0)
             goto fail;
     }
-    if (cl.nargs && blk_open(cl.args[0], format, force_share ? BLK_OPEN_FORCE_SHARE : 0, &bs,
-                             &a.e) < 0)
+    if (cl.nargs && blk_open(cl.args[0], format, force_share ? BLK_OPEN_FORCE_SHARE : 0,
+                             cmd_open_opts(), &bs, &a.e) < 0)
         goto fail;
     struct blk_measure m;
     if (blk_measure(out_fmt ? out_fmt : "raw", &a.opts, bs, &m, &a.e) < 0)

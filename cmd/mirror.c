@@ -104,8 +104,12 @@ static void on_event(void *opaque, const struct mirror_event *ev)
             char human[32];
             format_size_human(ev->stats->bytes_written + ev->stats->bytes_zeroed, human,
                               sizeof(human));
-            printf("%s -> %s: %s written (sync=%s)\n", ev->job->source, ev->job->target, human,
+            printf("%s -> %s: %s written (sync=%s)", ev->job->source, ev->job->target, human,
                    mirror_sync_name(ev->job->sync));
+            if (ev->job->bitmap && blk_name_is_network(ev->job->source))
+                printf("; the server's bitmap '%s' is left unchanged (the server manages it)",
+                       ev->job->bitmap);
+            printf("\n");
         }
         break;
     default:
@@ -114,10 +118,22 @@ static void on_event(void *opaque, const struct mirror_event *ev)
 }
 
 /* SOURCE TARGET, or one SOURCE=TARGET per argument. */
+/* The '=' between SOURCE and TARGET of a pair; the one of an NBD URI's
+ * "?socket=" is not it (nbd+unix:///?socket=/run/vm.sock=backup.qcow2). */
+static char *pair_separator(char *s)
+{
+    for (char *eq = strchr(s, '='); eq; eq = strchr(eq + 1, '=')) {
+        if (eq - s >= 7 && strncmp(eq - 7, "?socket", 7) == 0)
+            continue;
+        return eq;
+    }
+    return NULL;
+}
+
 static int parse_pairs(struct cmdline *cl, const struct mirror_params *proto,
                        struct mirror_params **out, int *n, char ***strings)
 {
-    int pairs = cl->nargs == 2 && !strchr(cl->args[0], '=') ? 1 : cl->nargs;
+    int pairs = cl->nargs == 2 && !pair_separator((char *)cl->args[0]) ? 1 : cl->nargs;
     struct mirror_params *jobs = calloc((size_t)pairs, sizeof(*jobs));
     char **s = calloc((size_t)pairs + 1, sizeof(*s));
     if (!jobs || !s) {
@@ -137,7 +153,7 @@ static int parse_pairs(struct cmdline *cl, const struct mirror_params *proto,
             continue;
         }
         char *eq;
-        if (!(s[i] = strdup(cl->args[i])) || !(eq = strchr(s[i], '=')) || eq == s[i] ||
+        if (!(s[i] = strdup(cl->args[i])) || !(eq = pair_separator(s[i])) || eq == s[i] ||
             !eq[1])
             return cmd_usage_error(cl, "'%s': give SOURCE TARGET, or SOURCE=TARGET pairs",
                                    cl->args[i]);
@@ -208,7 +224,9 @@ int cmd_mirror(const struct command *cmd, int argc, const char **argv)
         status = cmd_usage_error(&cl, "--sync must be full, top, none, bitmap or incremental");
         goto out;
     }
-    proto.bitmap_mode = MIRROR_BITMAP_ON_SUCCESS;
+    /* A URI's bitmap is the server's: read, never cleared (see job.c). */
+    proto.bitmap_mode = cl.nargs == 2 && blk_name_is_network(cl.args[0]) && !incremental
+                        ? MIRROR_BITMAP_NEVER : MIRROR_BITMAP_ON_SUCCESS;
     if (bitmap_mode_s) {
         if (mirror_parse_bitmap_mode(bitmap_mode_s, &proto.bitmap_mode) < 0) {
             status = cmd_usage_error(&cl, "--bitmap-mode must be on-success, always or never");
@@ -267,7 +285,8 @@ int cmd_mirror(const struct command *cmd, int argc, const char **argv)
     c.want_bar = progress && !quiet && c.mode == OUTPUT_HUMAN;
     install_cancel_handlers();
     struct mirror_set_options so = { .event = on_event, .opaque = &c,
-                                     .cancel = &cancel_requested };
+                                     .cancel = &cancel_requested,
+                                     .open_opts = cmd_open_opts() };
     int ret = mirror_run_set(jobs, njobs, &so, &e);
     if (c.bar.enabled)
         fputc('\n', stderr);

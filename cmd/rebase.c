@@ -85,12 +85,10 @@ static int open_backing(struct blockdev *image, const char *name, const char *fo
     char *path = blk_resolve_backing_path(image->filename, name);
     if (!path)
         return err_set(e, ENOMEM, "out of memory");
-    struct stat a, b;
     int ret;
-    if (stat(path, &a) == 0 && fstat(image->file->fd, &b) == 0 && a.st_dev == b.st_dev &&
-        a.st_ino == b.st_ino)
+    if (blk_is_named(image, path))
         ret = err_set(e, ELOOP, "%s: an image cannot be its own backing file", name);
-    else if ((ret = blk_open(path, format, flags, out, e)) < 0)
+    else if ((ret = blk_open(path, format, flags, cmd_open_opts(), out, e)) < 0)
         err_prefix(e, "%s: cannot open %s backing file: ", image->filename, what);
     free(path);
     return ret;
@@ -199,7 +197,7 @@ int cmd_rebase(const struct command *cmd, int argc, const char **argv)
     unsigned flags = BLK_OPEN_NO_BACKING | cmd_open_flags(true, false, cache, &e, &ret);
     unsigned bflags = ret < 0 ? 0 : cmd_open_flags(false, force_share, src_cache, &e, &bret);
     status = EXIT_ERROR;
-    if (ret < 0 || bret < 0 || blk_open(cl.args[0], format, flags, &image, &e) < 0)
+    if (ret < 0 || bret < 0 || blk_open(cl.args[0], format, flags, cmd_open_opts(), &image, &e) < 0)
         goto fail;
     if (!image->drv->set_backing) {
         err_set(&e, ENOTSUP, "%s: format '%s' has no backing file", image->filename,

@@ -105,8 +105,110 @@ static int load(struct blockdev *bs, bool mark_in_use, struct err *e)
     return 0;
 }
 
+bool blk_bitmaps_remote(const struct blockdev *bs)
+{
+    return !blk_bitmaps_supported(bs) && transport_has_dirty_bitmaps(bs->file);
+}
+
+bool blk_bitmaps_available(const struct blockdev *bs)
+{
+    return blk_bitmaps_supported(bs) || blk_bitmaps_remote(bs);
+}
+
+struct dirty_run {
+    uint64_t off, len;
+};
+
+/* The dirty runs of one of the transport's bitmaps, in order. */
+static int remote_runs(struct blockdev *bs, const char *name, struct dirty_run **runs,
+                       size_t *n, struct err *e)
+{
+    size_t cap = 0;
+    *runs = NULL;
+    *n = 0;
+    for (uint64_t off = 0; off < bs->size;) {
+        bool dirty;
+        uint64_t run;
+        int ret = transport_dirty_status(bs->file, name, off, bs->size - off, &dirty, &run, e);
+        if (ret < 0)
+            return ret;
+        if (dirty && *n && (*runs)[*n - 1].off + (*runs)[*n - 1].len == off) {
+            (*runs)[*n - 1].len += run;
+        } else if (dirty) {
+            if (*n == cap) {
+                cap = cap ? cap * 2 : 64;
+                struct dirty_run *r = realloc(*runs, cap * sizeof(*r));
+                if (!r)
+                    return err_set(e, ENOMEM, "%s: out of memory", bs->filename);
+                *runs = r;
+            }
+            (*runs)[(*n)++] = (struct dirty_run){ off, run };
+        }
+        off += run;
+    }
+    return 0;
+}
+
+/* The server does not say a bitmap's granularity: the coarsest power of two
+ * (512 .. 64 KiB) that every run boundary is a multiple of, so that the
+ * bitmap records exactly what the server said. */
+static uint32_t runs_granularity(const struct dirty_run *runs, size_t n, uint64_t size)
+{
+    uint64_t bits = 65536;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t end = runs[i].off + runs[i].len;
+        bits |= runs[i].off | (end == size ? 0 : end);
+    }
+    uint64_t g = bits & -bits;
+    return (uint32_t)(g < 512 ? 512 : g);
+}
+
+static int load_remote_one(struct blockdev *bs, const char *name, struct err *e)
+{
+    struct dirty_run *runs;
+    size_t n;
+    struct dirty_bitmap *bm = NULL;
+    int ret = remote_runs(bs, name, &runs, &n, e);
+    if (ret == 0)
+        ret = dirty_bitmap_new(name, bs->size, runs_granularity(runs, n, bs->size), &bm, e);
+    for (size_t i = 0; ret == 0 && i < n; i++)
+        ret = dirty_bitmap_set(bm, runs[i].off, runs[i].len, e);
+    free(runs);
+    /* The server records the guest's writes; our copy only reads. */
+    if (ret == 0)
+        ret = dirty_bitmap_set_enabled(bm, false, e);
+    if (ret < 0) {
+        dirty_bitmap_free(bm);
+        return ret;
+    }
+    return blk_bitmap_attach(bs, bm, e);
+}
+
+/* An NBD export's bitmaps (qemu:dirty-bitmap:NAME), read once into
+ * in-memory bitmaps that are neither persistent nor recording. */
+static int load_remote(struct blockdev *bs, struct err *e)
+{
+    char **names;
+    size_t n;
+    int ret = transport_dirty_bitmaps(bs->file, &names, &n, e);
+    for (size_t i = 0; i < n; i++) {
+        if (ret == 0)
+            ret = load_remote_one(bs, names[i], e);
+        free(names[i]);
+    }
+    free(names);
+    if (ret < 0) {
+        free_all(bs);
+        return ret;
+    }
+    bs->bitmaps_loaded = true;
+    return 0;
+}
+
 int blk_bitmaps_load(struct blockdev *bs, struct err *e)
 {
+    if (blk_bitmaps_remote(bs))
+        return bs->bitmaps_loaded ? 0 : load_remote(bs, e);
     if (!blk_bitmaps_supported(bs))
         return err_set(e, ENOTSUP, "%s: format '%s' does not support persistent bitmaps",
                        bs->filename, bs->drv->name);
@@ -139,6 +241,9 @@ int blk_bitmap_add(struct blockdev *bs, const char *name, uint32_t granularity, 
         return err_set(e, EINVAL, "%s: bitmap '%s': granularity %u is not a power of two "
                        "between 512 and 2G", bs->filename, name, granularity);
     if (flags & BLK_BITMAP_PERSISTENT) {
+        if (blk_bitmaps_remote(bs))
+            return err_set(e, EROFS, "%s: cannot add bitmap '%s': the server's bitmaps are "
+                           "its own (imgtool never changes them)", bs->filename, name);
         if (!blk_bitmaps_supported(bs))
             return err_set(e, ENOTSUP, "%s: format '%s' does not support persistent bitmaps",
                            bs->filename, bs->drv->name);
@@ -242,6 +347,9 @@ static int store(struct blockdev *bs, bool in_use, struct err *e)
 
 int blk_bitmaps_store(struct blockdev *bs, struct err *e)
 {
+    if (blk_bitmaps_remote(bs))
+        return err_set(e, EROFS, "%s: the server's bitmaps are its own (imgtool never "
+                       "changes them)", bs->filename);
     return store(bs, !(bs->open_flags & BLK_OPEN_BITMAPS_ONLY), e);
 }
 

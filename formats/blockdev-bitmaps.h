@@ -45,6 +45,13 @@ enum {
 
 /* True if the format can store persistent bitmaps. */
 bool blk_bitmaps_supported(const struct blockdev *bs);
+/* True if the bitmaps come from the storage instead (an NBD export's
+ * qemu:dirty-bitmap:NAME contexts): blk_bitmaps_load reads them into
+ * in-memory, disabled, non-persistent bitmaps; they are the server's to
+ * manage, so storing, adding or removing is refused (-EROFS). */
+bool blk_bitmaps_remote(const struct blockdev *bs);
+/* Either of the two: the image has bitmaps to read. */
+bool blk_bitmaps_available(const struct blockdev *bs);
 bool blk_driver_has_bitmaps(const struct blockdrv *drv);
 /* True if this image, as it is, can hold persistent bitmaps (a qcow2
  * version 2 image cannot). */

@@ -50,14 +50,14 @@ static int unknown_format(const char *name, struct err *e)
     return err_set(e, EINVAL, "unknown format '%s' (supported: %s)", name, list);
 }
 
-int blk_probe_file(struct hostfile *f, const struct blockdrv **drv, struct err *e)
+int blk_probe_file(struct transport *f, const struct blockdrv **drv, struct err *e)
 {
     uint8_t buf[4096];
-    int ret = hostfile_pread(f, 0, buf, sizeof(buf), e);
+    int ret = transport_pread(f, 0, buf, sizeof(buf), e);
     if (ret < 0)
         return ret;
     uint64_t size;
-    ret = hostfile_size(f, &size, e);
+    ret = transport_size(f, &size, e);
     if (ret < 0)
         return ret;
     size_t len = size < sizeof(buf) ? (size_t)size : sizeof(buf);
@@ -90,16 +90,40 @@ char *blk_resolve_backing_path(const char *image_path, const char *backing_name)
 
 struct blockdev *blk_chain_find(struct blockdev *bs, const char *path)
 {
-    struct stat want;
-    if (stat(path, &want) < 0)
-        return NULL;
-    for (; bs; bs = bs->backing) {
-        struct stat st;
-        if (fstat(bs->file->fd, &st) == 0 && st.st_dev == want.st_dev &&
-            st.st_ino == want.st_ino)
+    for (; bs; bs = bs->backing)
+        if (transport_is_named(bs->file, path))
             return bs;
-    }
     return NULL;
+}
+
+bool blk_is_named(const struct blockdev *bs, const char *name)
+{
+    return transport_is_named(bs->file, name);
+}
+
+bool blk_same_storage(const struct blockdev *a, const struct blockdev *b)
+{
+    return transport_same(a->file, b->file);
+}
+
+int blk_check_distinct(const struct blockdev *target, const struct blockdev *source,
+                       struct err *e)
+{
+    for (const struct blockdev *l = source; l; l = l->backing)
+        if (blk_same_storage(target, l))
+            return err_set(e, EINVAL, "%s: the target is the source%s (%s)", target->filename,
+                           l == source ? "" : "'s backing file", l->filename);
+    return 0;
+}
+
+bool blk_name_is_network(const char *name)
+{
+    return transport_name_is_uri(name);
+}
+
+bool blk_target_exists(const char *name)
+{
+    return transport_name_is_uri(name) || access(name, F_OK) == 0;
 }
 
 /* Backing chains are bounded so that a hostile chain cannot make us open
@@ -124,7 +148,7 @@ static void chain_layer_init(struct chain_layer *l, const char *filename,
 {
     struct stat st;
     l->filename = filename;
-    l->known = stat(filename, &st) == 0;
+    l->known = !transport_name_is_uri(filename) && stat(filename, &st) == 0;
     l->dev = l->known ? st.st_dev : 0;
     l->ino = l->known ? st.st_ino : 0;
     l->above = above;
@@ -159,7 +183,8 @@ static const struct chain_layer *chain_top(const struct chain_layer *l)
     return l;
 }
 
-static int open_layer(const char *filename, const char *format, unsigned flags, int depth,
+static int open_layer(const char *filename, const char *format, unsigned flags,
+                      const struct blk_open_opts *opts, int depth,
                       const struct chain_layer *above, struct blockdev **out, struct err *e);
 
 static int open_backing(struct blockdev *bs, unsigned flags, int depth,
@@ -183,21 +208,38 @@ static int open_backing(struct blockdev *bs, unsigned flags, int depth,
                        chain_top(self)->filename, same->filename, path);
     }
     unsigned bflags = flags & ~BLK_OPEN_RDWR;
-    int ret = open_layer(bs->backing_path, bs->backing_format, bflags, depth + 1, self,
-                         &bs->backing, e);
+    int ret = open_layer(bs->backing_path, bs->backing_format, bflags, &bs->opts, depth + 1,
+                         self, &bs->backing, e);
     if (ret < 0 && ret != -ELOOP)
         err_prefix(e, "%s: cannot open backing file: ", bs->filename);
     return ret;
 }
 
+/* Network exports hold raw disks: the formats' metadata updates are not
+ * written for a transport that other clients may write at the same time,
+ * and probing a guest-writable disk would be unsafe (QEMU's advice too). */
+static int network_format(const char *filename, const struct blockdrv **drv, struct err *e)
+{
+    if (*drv && strcmp((*drv)->name, "raw") != 0)
+        return err_set(e, ENOTSUP, "%s: format '%s' over NBD is not supported: NBD exports "
+                       "are opened as raw (let the server open the %s image, e.g. "
+                       "qemu-nbd -f %s)", filename, (*drv)->name, (*drv)->name, (*drv)->name);
+    *drv = blk_find_driver("raw");
+    return 0;
+}
+
 /* Open one layer and, below it, its backing chain; `above` lists the
  * layers already open above it. */
-static int open_layer(const char *filename, const char *format, unsigned flags, int depth,
+static int open_layer(const char *filename, const char *format, unsigned flags,
+                      const struct blk_open_opts *opts, int depth,
                       const struct chain_layer *above, struct blockdev **out, struct err *e)
 {
     const struct blockdrv *drv = NULL;
     if (format && !(drv = blk_find_driver(format)))
         return unknown_format(format, e);
+    bool network = transport_name_is_uri(filename);
+    if (network && network_format(filename, &drv, e) < 0)
+        return -ENOTSUP;
 
     unsigned fflags = 0;
     if (flags & BLK_OPEN_RDWR)
@@ -216,9 +258,11 @@ static int open_layer(const char *filename, const char *format, unsigned flags, 
     }
     bs->open_flags = flags;
     bs->read_only = !(flags & BLK_OPEN_RDWR);
+    if (opts)
+        bs->opts = *opts;
     blk_bitmaps_init(bs);
     range_lock_set_init(&bs->requests);
-    int ret = hostfile_open(filename, fflags, &bs->file, e);
+    int ret = transport_open(filename, fflags, &bs->opts.transport, &bs->file, e);
     if (ret < 0)
         goto fail;
     if (!drv && (ret = blk_probe_file(bs->file, &drv, e)) < 0)
@@ -246,9 +290,9 @@ fail:
 }
 
 int blk_open(const char *filename, const char *format, unsigned flags,
-             struct blockdev **out, struct err *e)
+             const struct blk_open_opts *opts, struct blockdev **out, struct err *e)
 {
-    return open_layer(filename, format, flags, 0, NULL, out, e);
+    return open_layer(filename, format, flags, opts, 0, NULL, out, e);
 }
 
 int blk_reopen_writable(struct blockdev *top, struct blockdev *layer, struct blockdev **out,
@@ -262,14 +306,14 @@ int blk_reopen_writable(struct blockdev *top, struct blockdev *layer, struct blo
                        layer ? layer->filename : "(none)", top->filename);
     /* Our own read-only open refuses writers: release its locks for the
      * writable open, and take them back if that fails. */
-    struct hostfile *f = layer->file;
-    bool was_locked = f->locked;
-    unsigned perm = f->perm, shared = f->shared;
+    struct hostfile *f = transport_hostfile(layer->file);
+    bool was_locked = f && f->locked;
+    unsigned perm = f ? f->perm : 0, shared = f ? f->shared : 0;
     if (was_locked)
         hostfile_unlock(f);
     unsigned flags = (layer->open_flags | BLK_OPEN_RDWR) & ~BLK_OPEN_FORCE_SHARE;
     struct blockdev *fresh;
-    int ret = blk_open(layer->filename, layer->drv->name, flags, &fresh, e);
+    int ret = blk_open(layer->filename, layer->drv->name, flags, &layer->opts, &fresh, e);
     if (ret < 0) {
         struct err ignored;
         if (was_locked)
@@ -289,7 +333,7 @@ void blk_close(struct blockdev *bs)
         blk_bitmaps_close(bs);
         if (bs->drv && bs->drv->close)
             bs->drv->close(bs);
-        hostfile_close(bs->file);
+        transport_close(bs->file);
         range_lock_set_destroy(&bs->requests);
         free(bs->filename);
         free(bs->backing_name);
@@ -322,7 +366,7 @@ static int size_from_backing(const struct blk_create_params *p, uint64_t *size, 
         return err_set(e, ENOMEM, "out of memory");
     struct blockdev *b;
     int ret = blk_open(path, p->backing_format, BLK_OPEN_NO_BACKING | BLK_OPEN_FORCE_SHARE,
-                       &b, e);
+                       p->open_opts, &b, e);
     free(path);
     if (ret < 0)
         return ret;
@@ -409,6 +453,9 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
         return err_set(e, ENOTSUP, "format '%s' does not support creating images", format);
     struct blk_create_params p = *params;
     int ret;
+    if (transport_name_is_uri(p.filename))
+        return err_set(e, ENOTSUP, "%s: cannot create an image on an NBD export (write into "
+                       "the existing export instead, e.g. convert -n)", p.filename);
     if (p.size == BLK_SIZE_FROM_BACKING) {
         if (!p.backing_file)
             return err_set(e, EINVAL, "%s: no size given and no backing file to take it from",
@@ -441,7 +488,8 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
         free(tmp);
         return ret;
     }
-    ret = drv->create(f, &p, e);
+    f->fault = p.open_opts ? p.open_opts->transport.fault : NULL;
+    ret = drv->create(&f->tp, &p, e);
     if (ret == 0)
         ret = hostfile_flush(f, e);
     hostfile_close(f);
@@ -641,7 +689,7 @@ int blk_flush(struct blockdev *bs, struct err *e)
 
 void blk_defer_flushes(struct blockdev *bs, bool defer)
 {
-    hostfile_defer_flushes(bs->file, defer);
+    transport_defer_flushes(bs->file, defer);
 }
 
 int blk_truncate(struct blockdev *bs, uint64_t size, struct err *e)
@@ -839,14 +887,13 @@ int blk_block_status_host(struct blockdev *bs, uint64_t off, uint64_t bytes,
     unsigned mask = BLK_STATUS_DATA | BLK_STATUS_ZERO | BLK_STATUS_OFFSET | BLK_STATUS_RECURSE;
     if (ret < 0 || (ext->flags & mask) != (mask & ~BLK_STATUS_ZERO) || !ext->layer)
         return ret;
-    bool is_data;
+    unsigned st;
     uint64_t run;
-    ret = hostfile_data_status(ext->layer->file, ext->host_offset, ext->length, &is_data, &run,
-                               e);
+    ret = transport_data_status(ext->layer->file, ext->host_offset, ext->length, &st, &run, e);
     if (ret < 0)
         return ret;
     ext->length = min_u64(ext->length, run);
-    if (!is_data)
+    if (!(st & TRANSPORT_DATA))
         ext->flags |= BLK_STATUS_ZERO;
     return 0;
 }
@@ -889,16 +936,23 @@ int blk_get_info(struct blockdev *bs, struct prop **out, struct err *e)
     if (!info)
         return err_set(e, ENOMEM, "out of memory");
     uint64_t actual = 0;
-    int ret = hostfile_allocated_size(bs->file, &actual, e);
+    int ret = transport_allocated_size(bs->file, &actual, e);
+    /* An NBD export does not tell: qemu-img omits actual-size then. */
+    bool have_actual = ret == 0;
+    if (ret == -ENOTSUP)
+        ret = 0;
     if (ret < 0)
         goto fail;
-    prop_add_string(info, "filename", bs->filename);
+    /* The transport's name: the path, or the URI in QEMU's spelling. */
+    prop_add_string(info, "filename", bs->file->name);
     prop_add_string(info, "format", bs->drv->name);
     prop_add_uint(info, "virtual-size", bs->size);
-    prop_add_uint(info, "actual-size", actual);
+    if (have_actual)
+        prop_add_uint(info, "actual-size", actual);
     if (bs->drv->get_info && (ret = bs->drv->get_info(bs, info, e)) < 0)
         goto fail;
-    if (!prop_get(info, "dirty-flag"))
+    /* QEMU has no image information for a raw disk over NBD: no flag. */
+    if (!prop_get(info, "dirty-flag") && transport_hostfile(bs->file))
         prop_add_bool(info, "dirty-flag", false);
     if (bs->backing_name && bs->backing_name[0]) {
         prop_add_string(info, "backing-filename", bs->backing_name);

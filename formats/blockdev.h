@@ -42,6 +42,7 @@
 
 #include "file.h"
 #include "options.h"
+#include "transport.h"
 #include "props.h"
 #include "rangelock.h"
 #include "util.h"
@@ -61,6 +62,16 @@ enum {
      * then the one atomic change); guest writes are refused and the bitmaps
      * are not marked in use.  See formats/blockdev-bitmaps.h. */
     BLK_OPEN_BITMAPS_ONLY = 1 << 6,
+};
+
+/* Settings for blk_open that come from the user or the environment (cmd/
+ * fills them; libraries never read the environment).  The pointers must
+ * stay valid while the image is open.  NULL or all-zero: the defaults. */
+struct blk_open_opts {
+    struct transport_opts transport;
+    /* qcow2: bytes of L2 tables to cache, as QEMU's l2-cache-size (4..1024
+     * tables); 0 = the default (QCOW2_L2_CACHE_BYTES, at most 64 tables). */
+    uint64_t l2_cache_bytes;
 };
 
 /* Flags for blockdrv.check (check -r leaks / -r all). */
@@ -114,6 +125,7 @@ struct blk_create_params {
     struct kvopts *opts;            /* -o options; drivers mark the ones they use */
     const char *backing_file;       /* -b, may be NULL */
     const char *backing_format;     /* -F, may be NULL (probe) */
+    const struct blk_open_opts *open_opts;  /* for the new file and the backing file */
 };
 
 /* What a new image needs (qemu-img measure): `required` bytes for the data
@@ -142,7 +154,7 @@ struct blockdrv {
     void (*close)(struct blockdev *bs);
     /* Create a new image (the file may already exist empty; the generic code
      * creates it under a temporary name and renames it into place). */
-    int (*create)(struct hostfile *file, const struct blk_create_params *p, struct err *e);
+    int (*create)(struct transport *file, const struct blk_create_params *p, struct err *e);
     /* Reads are within [0, bs->size); the driver reads through to the
      * backing chain itself (blk_preadv on bs->backing). */
     int (*preadv)(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
@@ -219,9 +231,10 @@ struct blockdrv {
 struct blockdev {
     const struct blockdrv *drv;
     char *filename;             /* as given by the user */
-    struct hostfile *file;      /* the file holding the image */
+    struct transport *file;     /* the file or NBD export holding the image */
     uint64_t size;              /* virtual disk size */
     unsigned open_flags;
+    struct blk_open_opts opts;  /* as given to blk_open (the chain inherits them) */
     bool read_only;
     void *opaque;               /* the driver's private state */
     /* Backing chain: the name stored in the image, the path it resolves to,
@@ -249,7 +262,7 @@ struct blockdev {
 const struct blockdrv *blk_find_driver(const char *name);
 /* Names of all drivers, NULL-terminated. */
 const struct blockdrv *const *blk_drivers(void);
-int blk_probe_file(struct hostfile *f, const struct blockdrv **drv, struct err *e);
+int blk_probe_file(struct transport *f, const struct blockdrv **drv, struct err *e);
 
 /* blockdrv.measure of `format` (see struct blk_measure); the options are
  * all checked (an unknown key is an error).  -ENOTSUP when the format
@@ -258,9 +271,11 @@ int blk_measure(const char *format, struct kvopts *opts, struct blockdev *in,
                 struct blk_measure *out, struct err *e);
 
 /* --- Open / close --- */
-/* Open `filename` in format `format` (NULL = probe) and its backing chain. */
+/* Open `filename` in format `format` (NULL = probe) and its backing chain.
+ * `filename` is a path or an NBD URI (formats/nbd/nbd.h): exports are raw
+ * (no probing, no backing chain, no locks; -f qcow2 is refused). */
 int blk_open(const char *filename, const char *format, unsigned flags,
-             struct blockdev **out, struct err *e);
+             const struct blk_open_opts *opts, struct blockdev **out, struct err *e);
 void blk_close(struct blockdev *bs);
 /* Create an image whole or not at all: written to a temporary file next to
  * the target, flushed, then renamed.  Error messages name the target. */
@@ -357,8 +372,23 @@ int blk_read_backing(struct blockdev *bs, uint64_t off, const struct iovec *iov,
  * names it (QEMU's rule); returns a malloc'ed path or NULL on ENOMEM. */
 char *blk_resolve_backing_path(const char *image_path, const char *backing_name);
 /* The member of bs's open chain (bs itself included) whose file is `path`
- * (the same file, however it is named), or NULL. */
+ * (the same file, however it is named, or the same NBD server and export),
+ * or NULL. */
 struct blockdev *blk_chain_find(struct blockdev *bs, const char *path);
+/* Whether `name` designates bs's own storage (blk_chain_find on bs alone). */
+bool blk_is_named(const struct blockdev *bs, const char *name);
+/* Whether two open images are the same storage (file or export). */
+bool blk_same_storage(const struct blockdev *a, const struct blockdev *b);
+/* -EINVAL naming the target when it is `source` or one of its backing
+ * files: the same file, or the same NBD server and export (where no lock
+ * tells). */
+int blk_check_distinct(const struct blockdev *target, const struct blockdev *source,
+                       struct err *e);
+/* Whether `name` is a network URI (an NBD export), not a path. */
+bool blk_name_is_network(const char *name);
+/* Whether a target name exists: a file that exists, or any NBD URI (an
+ * export can only be written into, never created). */
+bool blk_target_exists(const char *name);
 /* Reopen `layer`, a backing file in top's open chain, read-write (commit
  * writes into it), as a writable blk_open would: its dirty bitmaps are
  * loaded and marked in use, and it takes the write locks.  Its own backing

@@ -43,6 +43,8 @@ int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struc
         close(fd);
         return err_set(e, ENOMEM, "%s: out of memory", path);
     }
+    f->tp.ops = &file_transport_ops;
+    f->tp.name = f->path;
     f->fd = fd;
     f->fd_buffered = -1;
     if (flags & HOSTFILE_DIRECT) {
@@ -248,28 +250,19 @@ int hostfile_preadv(struct hostfile *f, uint64_t off, const struct iovec *iov, i
     return 0;
 }
 
-/* Test hook for crash tests (tests/t2*-bitmap*.sh): with
- * IMGTOOL_FAULT_AFTER_WRITES=N in the environment the process kills itself
- * (SIGKILL) instead of issuing its write number N + 1, so that a test can
- * interrupt a command at each of its writes in turn, without timing. */
-static void fault_injection_point(void)
+/* The crash-test hook (transport.h, struct fault_injection): kill the
+ * process instead of issuing the write after the limit. */
+static void fault_injection_point(struct hostfile *f)
 {
-    static long limit = -2;     /* -2: environment not read yet; -1: off */
-    static long writes;
-    long l = __atomic_load_n(&limit, __ATOMIC_RELAXED);
-    if (l == -2) {
-        const char *v = getenv("IMGTOOL_FAULT_AFTER_WRITES");
-        l = v && *v ? strtol(v, NULL, 10) : -1;
-        __atomic_store_n(&limit, l, __ATOMIC_RELAXED);
-    }
-    if (l >= 0 && __atomic_fetch_add(&writes, 1, __ATOMIC_RELAXED) >= l)
+    struct fault_injection *fi = f->fault;
+    if (fi && fi->limit >= 0 && atomic_fetch_add(&fi->writes, 1) >= fi->limit)
         raise(SIGKILL);
 }
 
 int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, int iovcnt,
                      struct err *e)
 {
-    fault_injection_point();
+    fault_injection_point(f);
     int fd = fd_for(f, off, iov, iovcnt);
     struct iovec cur[IOV_BATCH];
     size_t skip = 0;
@@ -427,3 +420,104 @@ int hostfile_data_status(struct hostfile *f, uint64_t off, uint64_t bytes, bool 
     *run = (uint64_t)hole > off ? min_u64((uint64_t)hole - off, bytes) : bytes;
     return 0;
 }
+
+/* --- The file transport (transport.h) --- */
+
+static struct hostfile *to_file(struct transport *t)
+{
+    return (struct hostfile *)t;    /* tp is the first member */
+}
+
+static int file_tp_preadv(struct transport *t, uint64_t off, const struct iovec *iov,
+                          int iovcnt, struct err *e)
+{
+    return hostfile_preadv(to_file(t), off, iov, iovcnt, e);
+}
+
+static int file_tp_pwritev(struct transport *t, uint64_t off, const struct iovec *iov,
+                           int iovcnt, struct err *e)
+{
+    return hostfile_pwritev(to_file(t), off, iov, iovcnt, e);
+}
+
+static int file_tp_flush(struct transport *t, struct err *e)
+{
+    return hostfile_flush(to_file(t), e);
+}
+
+static int file_tp_size(struct transport *t, uint64_t *size, struct err *e)
+{
+    return hostfile_size(to_file(t), size, e);
+}
+
+static int file_tp_allocated_size(struct transport *t, uint64_t *size, struct err *e)
+{
+    return hostfile_allocated_size(to_file(t), size, e);
+}
+
+static int file_tp_truncate(struct transport *t, uint64_t size, struct err *e)
+{
+    return hostfile_truncate(to_file(t), size, e);
+}
+
+static int file_tp_write_zeroes(struct transport *t, uint64_t off, uint64_t len,
+                                unsigned flags, struct err *e)
+{
+    return hostfile_write_zeroes(to_file(t), off, len, flags & TRANSPORT_ZERO_MAY_UNMAP, e);
+}
+
+static int file_tp_discard(struct transport *t, uint64_t off, uint64_t len, struct err *e)
+{
+    return hostfile_discard(to_file(t), off, len, e);
+}
+
+static int file_tp_data_status(struct transport *t, uint64_t off, uint64_t bytes,
+                               unsigned *flags, uint64_t *run, struct err *e)
+{
+    bool is_data;
+    int ret = hostfile_data_status(to_file(t), off, bytes, &is_data, run, e);
+    if (ret == 0)
+        *flags = is_data ? TRANSPORT_DATA : TRANSPORT_ZERO;
+    return ret;
+}
+
+static void file_tp_defer_flushes(struct transport *t, bool defer)
+{
+    hostfile_defer_flushes(to_file(t), defer);
+}
+
+static bool file_tp_is_named(struct transport *t, const char *name)
+{
+    struct stat a, b;
+    return stat(name, &a) == 0 && fstat(to_file(t)->fd, &b) == 0 && a.st_dev == b.st_dev &&
+           a.st_ino == b.st_ino;
+}
+
+static bool file_tp_same(struct transport *a, struct transport *b)
+{
+    struct stat sa, sb;
+    return fstat(to_file(a)->fd, &sa) == 0 && fstat(to_file(b)->fd, &sb) == 0 &&
+           sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+static void file_tp_close(struct transport *t)
+{
+    hostfile_close(to_file(t));
+}
+
+const struct transport_ops file_transport_ops = {
+    .name = "file",
+    .preadv = file_tp_preadv,
+    .pwritev = file_tp_pwritev,
+    .flush = file_tp_flush,
+    .size = file_tp_size,
+    .allocated_size = file_tp_allocated_size,
+    .truncate = file_tp_truncate,
+    .write_zeroes = file_tp_write_zeroes,
+    .discard = file_tp_discard,
+    .data_status = file_tp_data_status,
+    .defer_flushes = file_tp_defer_flushes,
+    .is_named = file_tp_is_named,
+    .same = file_tp_same,
+    .close = file_tp_close,
+};

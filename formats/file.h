@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "transport.h"
 #include "util.h"
 
 /* Alignment of buffers, offsets and lengths that O_DIRECT requests use. */
@@ -33,6 +34,7 @@ enum {
 };
 
 struct hostfile {
+    struct transport tp;    /* first: the transport vtable (file_transport_ops) */
     int fd;
     /* With O_DIRECT: a second, buffered descriptor for requests that are
      * not aligned to DIRECT_ALIGN (O_DIRECT would refuse them). */
@@ -48,7 +50,11 @@ struct hostfile {
      * metadata writes are skipped (a crash leaves nothing anyone opens);
      * the final flush comes after hostfile_defer_flushes(f, false). */
     bool flush_deferred;
+    struct fault_injection *fault;  /* test hook (transport.h), or NULL */
 };
+
+/* The transport vtable of host files (transport.h). */
+extern const struct transport_ops file_transport_ops;
 
 int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struct err *e);
 void hostfile_close(struct hostfile *f);

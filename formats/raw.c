@@ -1,5 +1,6 @@
-/* The raw format: the image file is the disk, byte for byte.  Block status
- * comes from the file system's holes (SEEK_DATA/SEEK_HOLE). */
+/* The raw format: the image file (or NBD export) is the disk, byte for
+ * byte.  Block status comes from the transport: the file system's holes
+ * (SEEK_DATA/SEEK_HOLE) or the server's base:allocation context. */
 #include <errno.h>
 #include <string.h>
 
@@ -14,10 +15,10 @@ static int raw_probe(const uint8_t *buf, size_t len)
 
 static int raw_open(struct blockdev *bs, struct err *e)
 {
-    return hostfile_size(bs->file, &bs->size, e);
+    return transport_size(bs->file, &bs->size, e);
 }
 
-static int raw_create(struct hostfile *file, const struct blk_create_params *p,
+static int raw_create(struct transport *file, const struct blk_create_params *p,
                       struct err *e)
 {
     if (p->backing_file)
@@ -31,32 +32,33 @@ static int raw_create(struct hostfile *file, const struct blk_create_params *p,
     int ret = kvopts_check_unused(p->opts, "raw", e);
     if (ret < 0)
         return ret;
-    return hostfile_truncate(file, p->size, e);
+    return transport_truncate(file, p->size, e);
 }
 
 static int raw_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
                       struct err *e)
 {
-    return hostfile_preadv(bs->file, off, iov, iovcnt, e);
+    return transport_preadv(bs->file, off, iov, iovcnt, e);
 }
 
 static int raw_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *iov,
                        int iovcnt, struct err *e)
 {
-    return hostfile_pwritev(bs->file, off, iov, iovcnt, e);
+    return transport_pwritev(bs->file, off, iov, iovcnt, e);
 }
 
 static int raw_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
                             struct blk_extent *ext, struct err *e)
 {
-    bool is_data;
+    unsigned st;
     uint64_t run;
-    int ret = hostfile_data_status(bs->file, off, bytes, &is_data, &run, e);
+    int ret = transport_data_status(bs->file, off, bytes, &st, &run, e);
     if (ret < 0)
         return ret;
     ext->length = run;
     ext->flags = BLK_STATUS_ALLOCATED | BLK_STATUS_OFFSET |
-                 (is_data ? BLK_STATUS_DATA : BLK_STATUS_ZERO);
+                 (st & TRANSPORT_DATA ? BLK_STATUS_DATA : 0) |
+                 (st & TRANSPORT_ZERO ? BLK_STATUS_ZERO : 0);
     ext->host_offset = off;
     return 0;
 }
@@ -64,22 +66,23 @@ static int raw_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
 static int raw_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned flags,
                             struct err *e)
 {
-    return hostfile_write_zeroes(bs->file, off, len, flags & BLK_ZERO_MAY_UNMAP, e);
+    return transport_write_zeroes(bs->file, off, len,
+                                  flags & BLK_ZERO_MAY_UNMAP ? TRANSPORT_ZERO_MAY_UNMAP : 0, e);
 }
 
 static int raw_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
 {
-    return hostfile_discard(bs->file, off, len, e);
+    return transport_discard(bs->file, off, len, e);
 }
 
 static int raw_flush(struct blockdev *bs, struct err *e)
 {
-    return hostfile_flush(bs->file, e);
+    return transport_flush(bs->file, e);
 }
 
 static int raw_truncate(struct blockdev *bs, uint64_t size, struct err *e)
 {
-    int ret = hostfile_truncate(bs->file, size, e);
+    int ret = transport_truncate(bs->file, size, e);
     if (ret == 0)
         bs->size = size;
     return ret;

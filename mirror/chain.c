@@ -189,6 +189,8 @@ int chain_record_store(struct blockdev *bs, const struct chain_record *r, struct
 /* Absolute name of a file that may not exist yet (its directory does). */
 static char *absolute_name(const char *path)
 {
+    if (blk_name_is_network(path))
+        return strdup(path);    /* a URI names the disk wherever we run */
     char *copy = strdup(path), *base_copy = strdup(path);
     char *dir = copy ? realpath(dirname(copy), NULL) : NULL, *out = NULL;
     if (dir && base_copy) {

@@ -107,27 +107,20 @@ static void emit(struct mirror_job *job, enum mirror_event_type type, const char
     job->opts->event(job->opts->opaque, &ev);
 }
 
-static bool same_file(const struct blockdev *layer, const struct stat *st)
-{
-    struct stat lst;
-    return fstat(layer->file->fd, &lst) == 0 && lst.st_dev == st->st_dev &&
-           lst.st_ino == st->st_ino;
-}
-
 /* The layer of the source's chain that is the file `path`. */
 static int find_chain_layer(struct blockdev *src, const char *path,
                             const struct blockdev **out, struct err *e)
 {
     struct stat st;
-    if (stat(path, &st) < 0)
+    if (!transport_name_is_uri(path) && stat(path, &st) < 0)
         return err_errno(e, errno, "%s: cannot use as base", path);
     for (const struct blockdev *l = src->backing; l; l = l->backing) {
-        if (same_file(l, &st)) {
+        if (blk_is_named(l, path)) {
             *out = l;
             return 0;
         }
     }
-    if (same_file(src, &st))
+    if (blk_is_named(src, path))
         return err_set(e, EINVAL, "%s: the base cannot be the source itself", path);
     return err_set(e, EINVAL, "%s: not in the backing chain of %s (see imgtool info "
                    "--backing-chain)", path, src->filename);
@@ -221,13 +214,14 @@ static int create_target(struct mirror_job *job, struct err *e)
         .filename = p->target, .size = job->src->size, .opts = p->target_opts,
         .backing_file = backing_name,
         .backing_format = backing ? backing->drv->name : NULL,
+        .open_opts = job->opts->open_opts,
     };
     const char *fmt = p->target_format ? p->target_format : job->src->drv->name;
     ret = blk_create_begin(fmt, &cp, &job->tmp_path, e);
     free(backing_name);
     if (ret < 0)
         return ret;
-    ret = blk_open(job->tmp_path, fmt, BLK_OPEN_RDWR, &job->dst, e);
+    ret = blk_open(job->tmp_path, fmt, BLK_OPEN_RDWR, job->opts->open_opts, &job->dst, e);
     if (ret < 0) {
         err_prefix(e, "%s: ", p->target);
         return ret;
@@ -239,8 +233,8 @@ static int create_target(struct mirror_job *job, struct err *e)
 static int open_existing_target(struct mirror_job *job, struct err *e)
 {
     const struct mirror_params *p = job->p;
-    int ret = blk_open(p->target, p->target_format, BLK_OPEN_RDWR, &job->dst, e);
-    if (ret < 0)
+    int ret = blk_open(p->target, p->target_format, BLK_OPEN_RDWR, job->opts->open_opts, &job->dst, e);
+    if (ret < 0 || (ret = blk_check_distinct(job->dst, job->src, e)) < 0)
         return ret;
     if (job->dst->size != job->src->size)
         return err_set(e, EINVAL, "%s: target size %llu differs from source size %llu "
@@ -286,7 +280,7 @@ static int collect_ranges(struct mirror_job *job, struct err *e)
 static int prepare_bitmap(struct mirror_job *job, struct err *e)
 {
     const struct mirror_params *p = job->p;
-    int ret = blk_bitmaps_supported(job->src) ? blk_bitmaps_load(job->src, e)
+    int ret = blk_bitmaps_available(job->src) ? blk_bitmaps_load(job->src, e)
               : err_set(e, ENOTSUP, "%s: format '%s' has no persistent bitmaps, so "
                         "--sync=bitmap cannot be used", p->source, job->src->drv->name);
     if (ret < 0)
@@ -318,20 +312,47 @@ static int prepare_bitmap(struct mirror_job *job, struct err *e)
     return p->sync == MIRROR_SYNC_BITMAP ? collect_ranges(job, e) : 0;
 }
 
+/* The bitmaps of an NBD export are the server's (QEMU's pull-mode backup
+ * and qemu-nbd -B manage them): a job reads them and changes nothing, so
+ * whatever would clear, create or add one is refused. */
+static int check_remote_source(const struct mirror_params *p, struct err *e)
+{
+    if (!blk_name_is_network(p->source))
+        return 0;
+    if (p->checkpoint)
+        return err_set(e, EROFS, "%s: --checkpoint would add a bitmap on the server, and "
+                       "imgtool never changes the server's bitmaps (create checkpoints there, "
+                       "e.g. virsh checkpoint-create or QMP block-dirty-bitmap-add)", p->source);
+    if (p->bitmap && p->bitmap_create)
+        return err_set(e, EROFS, "%s: bitmap '%s' would be created or reset on the server, and "
+                       "imgtool never changes the server's bitmaps (start it there; copy "
+                       "without --bitmap)", p->source, p->bitmap);
+    if (p->bitmap && p->bitmap_mode != MIRROR_BITMAP_NEVER)
+        return err_set(e, EROFS, "%s: bitmap '%s' is the server's and imgtool never changes "
+                       "it, so its bits cannot be cleared (use --bitmap-mode=never)", p->source,
+                       p->bitmap);
+    return 0;
+}
+
 static int prepare(struct mirror_job *job, struct err *e)
 {
     const struct mirror_params *p = job->p;
+    int ret = check_remote_source(p, e);
+    if (ret < 0)
+        return ret;
     /* A job that clears bits of the source's bitmap changes the image's
      * bitmaps (and nothing else): BITMAPS_ONLY makes that one atomic
-     * store, without marking the bitmaps in use. */
-    bool edits_bitmap = (p->bitmap && p->bitmap_mode != MIRROR_BITMAP_NEVER) ||
-                        p->checkpoint || p->exclusive;
+     * store, without marking the bitmaps in use.  A network source has
+     * neither bitmaps we may change nor locks. */
+    bool edits_bitmap = !blk_name_is_network(p->source) &&
+                        ((p->bitmap && p->bitmap_mode != MIRROR_BITMAP_NEVER) ||
+                         p->checkpoint || p->exclusive);
     if (edits_bitmap && p->force_share)
         return err_set(e, EINVAL, "%s: -U cannot be used when the job clears bits of the "
                        "bitmap (use --bitmap-mode=never)", p->source);
     unsigned sflags = (p->force_share ? BLK_OPEN_FORCE_SHARE : 0) |
                       (edits_bitmap ? BLK_OPEN_RDWR | BLK_OPEN_BITMAPS_ONLY : 0);
-    int ret = blk_open(p->source, p->source_format, sflags, &job->src, e);
+    ret = blk_open(p->source, p->source_format, sflags, job->opts->open_opts, &job->src, e);
     if (ret < 0)
         return ret;
     if (p->base) {
@@ -345,7 +366,7 @@ static int prepare(struct mirror_job *job, struct err *e)
     }
     if (p->target_backing) {
         ret = blk_open(p->target_backing, p->target_backing_format,
-                       BLK_OPEN_NO_BACKING, &job->explicit_backing, e);
+                       BLK_OPEN_NO_BACKING, job->opts->open_opts, &job->explicit_backing, e);
         if (ret < 0)
             return ret;
         if (job->explicit_backing->size != job->src->size)
@@ -359,7 +380,7 @@ static int prepare(struct mirror_job *job, struct err *e)
         return ret;
     enum mirror_target_mode mode = p->target_mode;
     if (mode == MIRROR_TARGET_AUTO)
-        mode = access(p->target, F_OK) == 0 ? MIRROR_TARGET_EXISTING
+        mode = blk_target_exists(p->target) ? MIRROR_TARGET_EXISTING
                                             : MIRROR_TARGET_ABSOLUTE_PATHS;
     if (mode == MIRROR_TARGET_EXISTING) {
         if (p->target_opts && p->target_opts->count)
@@ -367,7 +388,7 @@ static int prepare(struct mirror_job *job, struct err *e)
                            p->target);
         ret = open_existing_target(job, e);
     } else {
-        if (access(p->target, F_OK) == 0 && p->target_mode != MIRROR_TARGET_AUTO)
+        if (blk_target_exists(p->target) && p->target_mode != MIRROR_TARGET_AUTO)
             return err_set(e, EEXIST, "%s: exists; use --mode=existing to write into it, "
                            "or remove it", p->target);
         ret = create_target(job, e);

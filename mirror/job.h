@@ -95,6 +95,8 @@ struct mirror_set_options {
     void (*event)(void *opaque, const struct mirror_event *ev);
     void *opaque;
     volatile sig_atomic_t *cancel;
+    /* Settings for every image the jobs open (NULL: the defaults). */
+    const struct blk_open_opts *open_opts;
 };
 
 /* Run `n` jobs as one set: targets are prepared (new ones under temporary

@@ -27,5 +27,5 @@ big=$(preads 1M)        # 256 tables
 expect_eq "$((small - big))" 200 "L2 table reads saved by the larger cache"
 
 expect_status 1 env IMGTOOL_L2_CACHE_SIZE=lots "$IMGTOOL" info img.qcow2
-expect_eq "$(err)" "imgtool: img.qcow2: IMGTOOL_L2_CACHE_SIZE='lots' is not a size (use e.g. 4M)"
+expect_eq "$(err)" "imgtool: IMGTOOL_L2_CACHE_SIZE='lots' is not a size (use e.g. 4M)"
 passed

@@ -256,14 +256,14 @@ static int read_dir_mode(struct qcow2_state *s, struct bitmap_dir *dir, bool as_
                          struct err *e)
 {
     uint64_t file_size;
-    int ret = hostfile_size(s->bs->file, &file_size, e);
+    int ret = transport_size(s->bs->file, &file_size, e);
     if (ret < 0 || (ret = read_ext(s, file_size, dir, e)) < 0 || !dir->valid)
         return ret;
     uint8_t *buf = malloc(dir->size);
     if (!buf)
         return err_set(e, ENOMEM, "%s: out of memory for the bitmap directory",
                        s->bs->filename);
-    ret = hostfile_pread(s->bs->file, dir->offset, buf, dir->size, e);
+    ret = transport_pread(s->bs->file, dir->offset, buf, dir->size, e);
     if (ret == 0)
         ret = parse_dir(s, dir, buf, file_size, as_qemu, e);
     free(buf);
@@ -300,7 +300,7 @@ static int read_table(struct qcow2_state *s, const struct bitmap_entry *en, uint
     uint64_t *t = malloc((size_t)en->table_size * 8);
     if (!t)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
-    int ret = hostfile_pread(s->bs->file, en->table_offset, t, (size_t)en->table_size * 8, e);
+    int ret = transport_pread(s->bs->file, en->table_offset, t, (size_t)en->table_size * 8, e);
     if (ret < 0) {
         free(t);
         return ret;
@@ -334,7 +334,7 @@ static int load_data(struct qcow2_state *s, const struct bitmap_entry *en, struc
         if ((ret = check_table_entry(s, en, i, v, file_size, e)) < 0)
             break;
         if (data) {
-            ret = hostfile_pread(s->bs->file, data, buf, s->cluster_size, e);
+            ret = transport_pread(s->bs->file, data, buf, s->cluster_size, e);
             if (ret == 0)
                 hbitmap_deserialize_part(hb, buf, off, len);
         } else if (v & TABLE_ALL_ONES) {
@@ -539,7 +539,7 @@ int qcow2_bitmaps_load(struct blockdev *bs, bool mark_in_use, struct err *e)
     struct bitmap_dir dir;
     uint64_t file_size;
     pthread_mutex_lock(&s->lock);
-    int ret = hostfile_size(bs->file, &file_size, e);
+    int ret = transport_size(bs->file, &file_size, e);
     if (ret == 0)
         ret = read_dir(s, &dir, e);
     if (ret < 0)
@@ -750,7 +750,7 @@ static int write_set(struct blockdev *bs, struct bitmap_dir *old, bool in_use,
     if (ret < 0) {
         uint64_t file_size = 0;
         struct err ignored = { 0 };
-        hostfile_size(bs->file, &file_size, &ignored);
+        transport_size(bs->file, &file_size, &ignored);
         for (uint32_t i = 0; i < *count; i++)
             if (entries[i].written)
                 free_bitmap_clusters(s, &entries[i], file_size);
@@ -794,7 +794,7 @@ static int store_locked(struct blockdev *bs, bool in_use, struct err *e)
         ret = err_set(e, ENOMEM, "%s: out of memory", bs->filename);
         goto out;
     }
-    if ((ret = hostfile_size(bs->file, &file_size, e)) < 0 ||
+    if ((ret = transport_size(bs->file, &file_size, e)) < 0 ||
         (ret = write_set(bs, &old, in_use, entries, &count, e)) < 0)
         goto out;
     bool header_tried;
@@ -859,7 +859,7 @@ int qcow2_bitmaps_for_each_cluster(struct qcow2_state *s,
     struct bitmap_dir dir;
     *incomplete = false;
     uint64_t file_size;
-    int ret = hostfile_size(s->bs->file, &file_size, e);
+    int ret = transport_size(s->bs->file, &file_size, e);
     if (ret == 0)
         ret = read_ext(s, file_size, &dir, e);
     if (ret == -EINVAL) {

@@ -79,7 +79,7 @@ static int flush_dependency(struct qcow2_state *s, struct qcow2_cache *c, struct
     struct qcow2_cache *other = c->is_l2 ? &s->rb_cache : &s->l2_cache;
     int ret = write_dirty(s, other, e);
     if (ret == 0)
-        ret = hostfile_flush(s->bs->file, e);
+        ret = transport_flush(s->bs->file, e);
     if (ret == 0)
         *flag = false;
     return ret;
@@ -100,7 +100,7 @@ int qcow2_l2_depends_on_refblocks(struct qcow2_state *s, struct err *e)
     if (s->refblocks_need_l2) {
         int ret = qcow2_cache_flush(s, &s->l2_cache, e);
         if (ret == 0)
-            ret = hostfile_flush(s->bs->file, e);
+            ret = transport_flush(s->bs->file, e);
         if (ret < 0)
             return ret;
         s->refblocks_need_l2 = false;
@@ -114,7 +114,7 @@ int qcow2_refblocks_depend_on_l2(struct qcow2_state *s, struct err *e)
     if (s->l2_needs_refblocks) {
         int ret = qcow2_cache_flush(s, &s->rb_cache, e);
         if (ret == 0)
-            ret = hostfile_flush(s->bs->file, e);
+            ret = transport_flush(s->bs->file, e);
         if (ret < 0)
             return ret;
         s->l2_needs_refblocks = false;
@@ -131,7 +131,7 @@ int qcow2_flush_metadata(struct qcow2_state *s, struct err *e)
     if (ret == 0)
         ret = qcow2_cache_flush(s, &s->rb_cache, e);
     if (ret == 0)
-        ret = hostfile_flush(s->bs->file, e);
+        ret = transport_flush(s->bs->file, e);
     if (ret == 0) {
         s->l2_needs_refblocks = s->refblocks_need_l2 = false;
         /* Every reference dropped so far is on disk: freed clusters may be
@@ -182,7 +182,7 @@ int qcow2_cache_get(struct qcow2_state *s, struct qcow2_cache *c, uint64_t offse
         memset(victim->data, 0, s->cluster_size);
         victim->dirty = true;
     } else {
-        int ret = hostfile_pread(s->bs->file, offset, victim->data, s->cluster_size, e);
+        int ret = transport_pread(s->bs->file, offset, victim->data, s->cluster_size, e);
         if (ret < 0)
             return ret;
     }

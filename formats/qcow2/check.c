@@ -195,9 +195,9 @@ static int fix_l2_entry_by_zero(struct check *c, uint64_t l2_offset, uint8_t *ta
                        s->bs->filename, l2_offset);
     }
     struct err we = { 0 };
-    int ret = hostfile_pwrite(s->bs->file, at, p, s->l2_entry_bytes, &we);
+    int ret = transport_pwrite(s->bs->file, at, p, s->l2_entry_bytes, &we);
     if (ret == 0)
-        ret = hostfile_flush(s->bs->file, &we);
+        ret = transport_flush(s->bs->file, &we);
     if (ret < 0) {
         blk_check_report(c->res, "ERROR: Failed to overwrite L2 table entry: %s",
                          strerror(-ret));
@@ -260,7 +260,7 @@ static int check_l2(struct check *c, uint64_t l2_offset, bool frag_info, unsigne
         c->res->check_errors++;
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
     }
-    int ret = hostfile_pread(s->bs->file, l2_offset, table, s->cluster_size, e);
+    int ret = transport_pread(s->bs->file, l2_offset, table, s->cluster_size, e);
     if (ret < 0) {
         blk_check_report(c->res, "ERROR: I/O error in check_refcounts_l2");
         c->res->check_errors++;
@@ -342,7 +342,7 @@ static int check_l1(struct check *c, uint64_t l1_offset, uint32_t l1_size, bool 
         c->res->check_errors++;
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
     }
-    if ((ret = hostfile_pread(s->bs->file, l1_offset, l1, bytes, e)) < 0) {
+    if ((ret = transport_pread(s->bs->file, l1_offset, l1, bytes, e)) < 0) {
         blk_check_report(c->res, "ERROR: I/O error in check_refcounts_l1");
         c->res->check_errors++;
         goto out;
@@ -381,7 +381,7 @@ static int read_reftable(struct check *c, uint64_t **table, struct err *e)
     uint64_t *t = malloc(bytes);
     if (!t)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
-    int ret = hostfile_pread(s->bs->file, s->reftable_offset, t, bytes, e);
+    int ret = transport_pread(s->bs->file, s->reftable_offset, t, bytes, e);
     if (ret < 0) {
         free(t);
         return ret;
@@ -437,7 +437,7 @@ static int grow_file_for_refblock(struct check *c, uint64_t offset, struct err *
         ((offset + s->cluster_size) >> s->cluster_bits) > INT_MAX)
         ret = err_set(&te, EFBIG, "refcount block offset too large");
     else
-        ret = hostfile_truncate(s->bs->file, offset + s->cluster_size, &te);
+        ret = transport_truncate(s->bs->file, offset + s->cluster_size, &te);
     if (ret == 0) {
         c->file_size = offset + s->cluster_size;
         ret = refs_resize(c, c->file_size >> s->cluster_bits, &te);
@@ -509,7 +509,7 @@ static int check_refblocks(struct check *c, unsigned fix, struct err *e)
 static int calculate_refcounts(struct check *c, unsigned fix, struct err *e)
 {
     struct qcow2_state *s = c->s;
-    int ret = hostfile_size(s->bs->file, &c->file_size, e);
+    int ret = transport_size(s->bs->file, &c->file_size, e);
     if (ret < 0) {
         c->res->check_errors++;
         return ret;
@@ -604,7 +604,7 @@ static int set_disk_refcount(struct check *c, uint64_t cluster, uint64_t from, u
         from = from < to ? from + step : from - step;
     }
     if (to == 0)
-        return hostfile_discard(s->bs->file, cluster << s->cluster_bits, s->cluster_size, e);
+        return transport_discard(s->bs->file, cluster << s->cluster_bits, s->cluster_size, e);
     return 0;
 }
 
@@ -723,7 +723,7 @@ static int write_refblocks(struct check *c, uint64_t first, uint64_t end,
             }
             rt->entries[index] = offset;
         }
-        ret = hostfile_pwrite(s->bs->file, offset, c->refs + index * s->cluster_size,
+        ret = transport_pwrite(s->bs->file, offset, c->refs + index * s->cluster_size,
                               s->cluster_size, e);
         if (ret < 0)
             return ret;
@@ -769,10 +769,10 @@ static int rebuild_refcount_structure(struct check *c, struct err *e)
     uint8_t hdr[12];
     be64_write(hdr, offset);
     be32_write(hdr + 8, (uint32_t)clusters);
-    if ((ret = hostfile_pwrite(s->bs->file, offset, buf, clusters << s->cluster_bits, e)) < 0 ||
-        (ret = hostfile_flush(s->bs->file, e)) < 0 ||
-        (ret = hostfile_pwrite(s->bs->file, 48, hdr, sizeof(hdr), e)) < 0 ||
-        (ret = hostfile_flush(s->bs->file, e)) < 0)
+    if ((ret = transport_pwrite(s->bs->file, offset, buf, clusters << s->cluster_bits, e)) < 0 ||
+        (ret = transport_flush(s->bs->file, e)) < 0 ||
+        (ret = transport_pwrite(s->bs->file, 48, hdr, sizeof(hdr), e)) < 0 ||
+        (ret = transport_flush(s->bs->file, e)) < 0)
         goto out;
     /* The header points at the new structure: forget the old one. */
     for (size_t i = 0; i < s->rb_cache.count; i++)
@@ -831,7 +831,7 @@ static int check_oflag_copied(struct check *c, unsigned fix, struct err *e)
                 uint64_t fixed = refcount == 1 ? l1e | QCOW2_OFLAG_COPIED
                                                : l1e & ~QCOW2_OFLAG_COPIED;
                 be64_write(buf, fixed);
-                if ((ret = hostfile_pwrite(s->bs->file, s->l1_offset + 8ull * i, buf, 8,
+                if ((ret = transport_pwrite(s->bs->file, s->l1_offset + 8ull * i, buf, 8,
                                            e)) < 0) {
                     c->res->check_errors++;
                     goto out;
@@ -841,7 +841,7 @@ static int check_oflag_copied(struct check *c, unsigned fix, struct err *e)
                 c->res->corruptions_fixed++;
             }
         }
-        if ((ret = hostfile_pread(s->bs->file, l2_offset, table, s->cluster_size, e)) < 0) {
+        if ((ret = transport_pread(s->bs->file, l2_offset, table, s->cluster_size, e)) < 0) {
             blk_check_report(c->res, "ERROR: Could not read L2 table: %s", strerror(-ret));
             c->res->check_errors++;
             goto out;
@@ -878,7 +878,7 @@ static int check_oflag_copied(struct check *c, unsigned fix, struct err *e)
                           s->bs->filename, l2_offset);
             goto out;
         }
-        if ((ret = hostfile_pwrite(s->bs->file, l2_offset, table, s->cluster_size, e)) < 0) {
+        if ((ret = transport_pwrite(s->bs->file, l2_offset, table, s->cluster_size, e)) < 0) {
             blk_check_report(c->res, "ERROR: Could not write L2 table: %s", strerror(-ret));
             c->res->check_errors++;
             goto out;
@@ -888,7 +888,7 @@ static int check_oflag_copied(struct check *c, unsigned fix, struct err *e)
         c->res->corruptions_fixed += dirty;
     }
     if (repair)
-        ret = hostfile_flush(s->bs->file, e);
+        ret = transport_flush(s->bs->file, e);
 out:
     free(table);
     return ret;
@@ -902,7 +902,7 @@ static int check_refcounts(struct check *c, unsigned fix, struct err *e)
     struct qcow2_state *s = c->s;
     struct blk_check_result *res = c->res;
     uint64_t file_size;
-    int ret = hostfile_size(s->bs->file, &file_size, e);
+    int ret = transport_size(s->bs->file, &file_size, e);
     if (ret == 0)
         ret = refs_resize(c, div_round_up(file_size, s->cluster_size), e);
     if (ret < 0) {

@@ -10,14 +10,14 @@
 int qcow2_l1_init(struct qcow2_state *s, struct err *e)
 {
     uint64_t file_size;
-    int ret = hostfile_size(s->bs->file, &file_size, e);
+    int ret = transport_size(s->bs->file, &file_size, e);
     if (ret < 0)
         return ret;
     s->l1 = calloc(s->l1_size ? s->l1_size : 1, sizeof(uint64_t));
     if (!s->l1)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
     if (s->l1_size &&
-        (ret = hostfile_pread(s->bs->file, s->l1_offset, s->l1, (size_t)s->l1_size * 8, e)) < 0)
+        (ret = transport_pread(s->bs->file, s->l1_offset, s->l1, (size_t)s->l1_size * 8, e)) < 0)
         return ret;
     /* check (BLK_OPEN_CHECK) validates the entries itself, as qemu-img
      * check does, and never reads guest data through them. */
@@ -211,7 +211,7 @@ static int allocate_l2_table(struct qcow2_state *s, uint64_t i, uint8_t **table,
     if (copy)
         memcpy(*table, copy, s->cluster_size);
     if ((ret = qcow2_cache_flush(s, &s->l2_cache, e)) < 0 ||
-        (ret = hostfile_flush(s->bs->file, e)) < 0)
+        (ret = transport_flush(s->bs->file, e)) < 0)
         goto out;
     s->l1[i] = n | QCOW2_OFLAG_COPIED;
     if ((ret = write_l1_entry(s, i, e)) < 0)
@@ -219,7 +219,7 @@ static int allocate_l2_table(struct qcow2_state *s, uint64_t i, uint8_t **table,
     if (old) {
         /* The L1 entry must be stable before the old table loses a
          * reference (it stays in use by a snapshot). */
-        if ((ret = hostfile_flush(s->bs->file, e)) == 0)
+        if ((ret = transport_flush(s->bs->file, e)) == 0)
             ret = qcow2_free_clusters(s, old, s->cluster_size, e);
         /* The table pointer may be stale if freeing evicted nothing; get
          * it again to be safe. */
@@ -333,13 +333,13 @@ int qcow2_grow_l1(struct qcow2_state *s, uint64_t entries, struct err *e)
     if ((ret = qcow2_alloc_clusters(s, bytes >> s->cluster_bits, &offset, e)) < 0 ||
         (ret = qcow2_flush_metadata(s, e)) < 0 ||
         (ret = qcow2_pwrite_checked(s, 0, offset, buf, bytes, e)) < 0 ||
-        (ret = hostfile_flush(s->bs->file, e)) < 0)
+        (ret = transport_flush(s->bs->file, e)) < 0)
         goto out;
     uint8_t hdr[12];
     be32_write(hdr, (uint32_t)entries);
     be64_write(hdr + 4, offset);
     if ((ret = qcow2_pwrite_checked(s, QCOW2_OL_HEADER, 36, hdr, sizeof(hdr), e)) < 0 ||
-        (ret = hostfile_flush(s->bs->file, e)) < 0)
+        (ret = transport_flush(s->bs->file, e)) < 0)
         goto out;
     uint64_t old_offset = s->l1_offset, old_bytes = align_up((uint64_t)s->l1_size * 8,
                                                              s->cluster_size);

@@ -194,7 +194,7 @@ static int read_snapshots(struct qcow2_state *s, uint64_t file_size, struct err 
         if (off > file_size || file_size - off < sizeof(h))
             return err_set(e, EINVAL, "%s: snapshot table entry %u is past the end of "
                            "the file", s->bs->filename, i);
-        if ((ret = hostfile_pread(s->bs->file, off, h, sizeof(h), e)) < 0)
+        if ((ret = transport_pread(s->bs->file, off, h, sizeof(h), e)) < 0)
             return ret;
         sn->l1_offset = be64_read(h);
         sn->l1_size = be32_read(h + 8);
@@ -208,7 +208,7 @@ static int read_snapshots(struct qcow2_state *s, uint64_t file_size, struct err 
             return err_set(e, EINVAL, "%s: snapshot %u: extra data too large (%u bytes)",
                            s->bs->filename, i, extra_len);
         off += sizeof(h);
-        if (extra_len && (ret = hostfile_pread(s->bs->file, off,
+        if (extra_len && (ret = transport_pread(s->bs->file, off,
                                                extra, extra_len < 24 ? extra_len : 24, e)) < 0)
             return ret;
         if (extra_len >= 8)
@@ -222,8 +222,8 @@ static int read_snapshots(struct qcow2_state *s, uint64_t file_size, struct err 
         if (off + id_len + name_len > file_size)
             return err_set(e, EINVAL, "%s: snapshot table entry %u is past the end of "
                            "the file", s->bs->filename, i);
-        if ((ret = hostfile_pread(s->bs->file, off, sn->id, id_len, e)) < 0 ||
-            (ret = hostfile_pread(s->bs->file, off + id_len, sn->name, name_len, e)) < 0)
+        if ((ret = transport_pread(s->bs->file, off, sn->id, id_len, e)) < 0 ||
+            (ret = transport_pread(s->bs->file, off + id_len, sn->name, name_len, e)) < 0)
             return ret;
         /* As QEMU counts it: up to the last name, without its padding. */
         s->snapshots_size = off + id_len + name_len - s->snapshots_offset;
@@ -245,14 +245,14 @@ int qcow2_read_header(struct qcow2_state *s, struct err *e)
 {
     struct blockdev *bs = s->bs;
     uint64_t file_size;
-    int ret = hostfile_size(bs->file, &file_size, e);
+    int ret = transport_size(bs->file, &file_size, e);
     if (ret < 0)
         return ret;
     uint8_t h[QCOW2_V3_HEADER_LENGTH + 8] = { 0 };
     if (file_size < QCOW2_V2_HEADER_LENGTH)
         return err_set(e, EINVAL, "%s: file too small for a qcow2 header (%llu bytes)",
                        bs->filename, (unsigned long long)file_size);
-    if ((ret = hostfile_pread(bs->file, 0, h, sizeof(h), e)) < 0)
+    if ((ret = transport_pread(bs->file, 0, h, sizeof(h), e)) < 0)
         return ret;
     if (be32_read(h) != QCOW2_MAGIC)
         return err_set(e, EINVAL, "%s: not a qcow2 image (bad magic)", bs->filename);
@@ -321,7 +321,7 @@ int qcow2_read_header(struct qcow2_state *s, struct err *e)
     uint8_t *cluster0 = calloc(1, s->cluster_size);
     if (!cluster0)
         return err_set(e, ENOMEM, "%s: out of memory", bs->filename);
-    if ((ret = hostfile_pread(bs->file, 0, cluster0, s->cluster_size, e)) < 0)
+    if ((ret = transport_pread(bs->file, 0, cluster0, s->cluster_size, e)) < 0)
         goto out;
     if (s->version == 3 && s->header_length > QCOW2_V3_HEADER_LENGTH)
         s->compression_type = cluster0[104];
@@ -519,7 +519,7 @@ int qcow2_write_header_u64(struct qcow2_state *s, uint64_t offset, uint64_t valu
     if (ret == 0)
         ret = qcow2_pwrite_checked(s, QCOW2_OL_HEADER, offset, buf, 8, e);
     if (ret == 0)
-        ret = hostfile_flush(s->bs->file, e);
+        ret = transport_flush(s->bs->file, e);
     return ret;
 }
 
@@ -532,7 +532,7 @@ int qcow2_update_header(struct qcow2_state *s, struct err *e)
     if (ret == 0)
         ret = qcow2_pwrite_checked(s, QCOW2_OL_HEADER, 0, buf, s->cluster_size, e);
     if (ret == 0)
-        ret = hostfile_flush(s->bs->file, e);
+        ret = transport_flush(s->bs->file, e);
     free(buf);
     return ret;
 }

@@ -136,8 +136,8 @@ static void mark_corrupt(struct qcow2_state *s)
     uint8_t buf[8];
     struct err ignored = { 0 };
     be64_write(buf, s->incompatible | QCOW2_INCOMPAT_CORRUPT);
-    if (hostfile_pwrite(s->bs->file, 72, buf, 8, &ignored) == 0 &&
-        hostfile_flush(s->bs->file, &ignored) == 0)
+    if (transport_pwrite(s->bs->file, 72, buf, 8, &ignored) == 0 &&
+        transport_flush(s->bs->file, &ignored) == 0)
         s->incompatible |= QCOW2_INCOMPAT_CORRUPT;
 }
 
@@ -169,7 +169,7 @@ int qcow2_pwrite_checked(struct qcow2_state *s, unsigned ignore, uint64_t off, c
                          size_t len, struct err *e)
 {
     int ret = qcow2_pre_write_check(s, ignore, off, len, e);
-    return ret < 0 ? ret : hostfile_pwrite(s->bs->file, off, buf, len, e);
+    return ret < 0 ? ret : transport_pwrite(s->bs->file, off, buf, len, e);
 }
 
 void qcow2_set_bitmap_tables(struct qcow2_state *s, const struct qcow2_range *tables, size_t n)

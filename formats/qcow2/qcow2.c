@@ -10,7 +10,7 @@
 #include "formats/qcow2/qcow2-bitmap.h"
 
 #define QCOW2_L2_CACHE_BYTES    (8u << 20)  /* default L2 cache size */
-#define QCOW2_L2_CACHE_MAX      64  /* tables, unless IMGTOOL_L2_CACHE_SIZE says more */
+#define QCOW2_L2_CACHE_MAX      64  /* tables, unless l2_cache_bytes says more */
 #define QCOW2_L2_CACHE_LIMIT    1024    /* tables at most: the cache is searched linearly */
 #define QCOW2_RB_CACHE_ENTRIES  8
 
@@ -37,18 +37,16 @@ static void free_state(struct qcow2_state *s)
 }
 
 /* How many L2 tables to cache: QCOW2_L2_CACHE_BYTES' worth (4..64 tables),
- * or what the environment variable IMGTOOL_L2_CACHE_SIZE asks for (bytes,
- * with the usual suffixes; 4..1024 tables), as QEMU's l2-cache-size option
- * sizes its cache.  Each cached table covers cluster_size / 8 clusters. */
+ * or what the l2_cache_bytes open option asks for (4..1024 tables), as
+ * QEMU's l2-cache-size option sizes its cache.  Each cached table covers
+ * cluster_size / 8 clusters. */
 static int l2_cache_tables(struct blockdev *bs, uint32_t cluster_size, size_t *count,
                            struct err *e)
 {
-    const char *env = getenv("IMGTOOL_L2_CACHE_SIZE");
+    (void)e;
     uint64_t bytes = QCOW2_L2_CACHE_BYTES, max = QCOW2_L2_CACHE_MAX;
-    if (env && *env) {
-        if (parse_size(env, &bytes) < 0)
-            return err_set(e, EINVAL, "%s: IMGTOOL_L2_CACHE_SIZE='%s' is not a size (use e.g. "
-                           "4M)", bs->filename, env);
+    if (bs->opts.l2_cache_bytes) {
+        bytes = bs->opts.l2_cache_bytes;
         max = QCOW2_L2_CACHE_LIMIT;
     }
     uint64_t n = bytes / cluster_size;
@@ -176,7 +174,7 @@ static int read_compressed_cluster(struct qcow2_state *s, struct qcow2_l2e l2e, 
     uint8_t *in = malloc(csize);
     if (!in)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
-    int ret = hostfile_pread(s->bs->file, coff, in, csize, e);
+    int ret = transport_pread(s->bs->file, coff, in, csize, e);
     if (ret == 0) {
         ret = qcow2_decompress(s->compression_type, in, csize, out, s->cluster_size, e);
         if (ret < 0)
@@ -213,7 +211,7 @@ static int read_range(struct qcow2_state *s, uint64_t off, const struct iovec *i
         int n = iov_slice(iov, iovcnt, done, run, part);
         switch (type) {
         case QCOW2_SC_NORMAL:
-            ret = hostfile_preadv(s->bs->file, host, part, n, e);
+            ret = transport_preadv(s->bs->file, host, part, n, e);
             break;
         case QCOW2_SC_ZERO_PLAIN:
         case QCOW2_SC_ZERO_ALLOC:
@@ -321,7 +319,7 @@ static int write_in_cluster(struct qcow2_state *s, uint64_t off, const uint8_t *
              * overlap check needs it). */
             ret = qcow2_pre_write_check(s, 0, host + a, len, e);
             pthread_mutex_unlock(&s->lock);
-            return ret < 0 ? ret : hostfile_pwrite(s->bs->file, host + a, data, len, e);
+            return ret < 0 ? ret : transport_pwrite(s->bs->file, host + a, data, len, e);
         }
         /* Our cluster, but some subclusters read as zero or fall through. */
         if ((ret = write_widened(s, cstart, host, a, b, data, wa, wb, e)) < 0)
@@ -502,7 +500,7 @@ static int write_cluster_run(struct qcow2_state *s, uint64_t off, uint64_t max,
         goto unlock;
     }
     pthread_mutex_unlock(&s->lock);
-    ret = hostfile_pwritev(s->bs->file, host, part, nparts, e);
+    ret = transport_pwritev(s->bs->file, host, part, nparts, e);
     if (!allocate && (ret < 0 || !update))
         return ret;
     pthread_mutex_lock(&s->lock);
@@ -805,7 +803,7 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct err *e)
         s->l1[i] = 0;
         if ((ret = qcow2_pwrite_checked(s, QCOW2_OL_ACTIVE_L1, s->l1_offset + i * 8, zero, 8,
                                         e)) < 0 ||
-            (ret = hostfile_flush(s->bs->file, e)) < 0)
+            (ret = transport_flush(s->bs->file, e)) < 0)
             return ret;
         qcow2_cache_forget(&s->l2_cache, l2);
         if ((ret = qcow2_free_clusters(s, l2, s->cluster_size, e)) < 0)
@@ -856,8 +854,8 @@ static bool detect_metadata_preallocation(struct qcow2_state *s)
 {
     struct err e;
     uint64_t file_size, allocated;
-    if (hostfile_size(s->bs->file, &file_size, &e) < 0 ||
-        hostfile_allocated_size(s->bs->file, &allocated, &e) < 0)
+    if (transport_size(s->bs->file, &file_size, &e) < 0 ||
+        transport_allocated_size(s->bs->file, &allocated, &e) < 0)
         return false;
     uint64_t real = allocated / s->cluster_size;
     uint64_t threshold = max_u64(real * 10 / 9, real + 2);
@@ -1140,13 +1138,13 @@ static int preallocate_metadata(struct qcow2_state *s, struct err *e)
     int ret = qcow2_flush_metadata(s, e);
     uint64_t file_size;
     if (ret == 0)
-        ret = hostfile_size(s->bs->file, &file_size, e);
+        ret = transport_size(s->bs->file, &file_size, e);
     if (ret == 0 && file_size < end_of_data)
-        ret = hostfile_truncate(s->bs->file, end_of_data, e);
+        ret = transport_truncate(s->bs->file, end_of_data, e);
     return ret;
 }
 
-static int qcow2_create(struct hostfile *file, const struct blk_create_params *p,
+static int qcow2_create(struct transport *file, const struct blk_create_params *p,
                         struct err *e)
 {
     struct create_opts o;
@@ -1184,8 +1182,8 @@ static int qcow2_create(struct hostfile *file, const struct blk_create_params *p
     if (ret < 0)
         goto out;
     be64_write(buf + o.cluster_size, 2 * o.cluster_size);
-    if ((ret = hostfile_pwrite(file, 0, buf, 3 * o.cluster_size, e)) < 0 ||
-        (ret = hostfile_flush(file, e)) < 0)
+    if ((ret = transport_pwrite(file, 0, buf, 3 * o.cluster_size, e)) < 0 ||
+        (ret = transport_flush(file, e)) < 0)
         goto out;
     struct qcow2_state *s;
     if ((ret = open_state(&bs, &s, e)) < 0)

@@ -39,7 +39,7 @@ void qcow2_refcount_entry_set(uint8_t *block, uint64_t i, uint32_t order, uint64
 int qcow2_refcount_init(struct qcow2_state *s, struct err *e)
 {
     uint64_t file_size;
-    int ret = hostfile_size(s->bs->file, &file_size, e);
+    int ret = transport_size(s->bs->file, &file_size, e);
     if (ret < 0)
         return ret;
     uint64_t bytes = (uint64_t)s->reftable_clusters << s->cluster_bits;
@@ -47,7 +47,7 @@ int qcow2_refcount_init(struct qcow2_state *s, struct err *e)
     s->reftable = malloc(bytes);
     if (!s->reftable)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
-    if ((ret = hostfile_pread(s->bs->file, s->reftable_offset, s->reftable, bytes, e)) < 0)
+    if ((ret = transport_pread(s->bs->file, s->reftable_offset, s->reftable, bytes, e)) < 0)
         return ret;
     /* check (BLK_OPEN_CHECK) reports bad entries itself; the functions
      * below refuse to use an unaligned refcount block. */
@@ -258,7 +258,7 @@ static int ensure_refblock(struct qcow2_state *s, uint64_t rt, struct err *e)
         qcow2_refcount_entry_set(block, b & ((1ull << s->rb_bits) - 1), s->refcount_order,
                                  1);
     if ((ret = qcow2_cache_flush(s, &s->rb_cache, e)) < 0 ||
-        (ret = hostfile_flush(s->bs->file, e)) < 0)
+        (ret = transport_flush(s->bs->file, e)) < 0)
         return ret;
     s->reftable[rt] = b_offset;
     return write_reftable_entry(s, rt, e);
@@ -322,14 +322,14 @@ static int grow_reftable(struct qcow2_state *s, uint64_t min_entries, struct err
                                e);
     free(buf);
     if (ret == 0)
-        ret = hostfile_flush(s->bs->file, e);
+        ret = transport_flush(s->bs->file, e);
     if (ret < 0)
         goto undo;
     uint8_t hdr[12];
     be64_write(hdr, start << s->cluster_bits);
     be32_write(hdr + 8, (uint32_t)clusters);
     if ((ret = qcow2_pwrite_checked(s, QCOW2_OL_HEADER, 48, hdr, sizeof(hdr), e)) < 0 ||
-        (ret = hostfile_flush(s->bs->file, e)) < 0)
+        (ret = transport_flush(s->bs->file, e)) < 0)
         goto undo;
     s->reftable_offset = start << s->cluster_bits;
     s->reftable_clusters = (uint32_t)clusters;

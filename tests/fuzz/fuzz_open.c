@@ -69,7 +69,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct blockdev *bs = NULL;
     struct err e = { 0 };
     /* No backing files: a fuzzed name must not open files of the host. */
-    if (blk_open(path, NULL, BLK_OPEN_NO_LOCK | BLK_OPEN_NO_BACKING | BLK_OPEN_CHECK, &bs,
+    if (blk_open(path, NULL, BLK_OPEN_NO_LOCK | BLK_OPEN_NO_BACKING | BLK_OPEN_CHECK, NULL, &bs,
                  &e) == 0) {
         exercise(bs);
         blk_close(bs);

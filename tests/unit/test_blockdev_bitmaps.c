@@ -29,7 +29,7 @@ static struct blockdev *open_raw(unsigned flags)
 {
     struct blockdev *bs = NULL;
     struct err e = { 0 };
-    CU_ASSERT_EQUAL_FATAL(blk_open(path, "raw", flags | BLK_OPEN_NO_LOCK, &bs, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(blk_open(path, "raw", flags | BLK_OPEN_NO_LOCK, NULL, &bs, &e), 0);
     return bs;
 }
 

@@ -75,7 +75,7 @@ static struct blockdev *open_raw(const char *name, bool rw)
     path_of(path, sizeof(path), name);
     struct blockdev *bs = NULL;
     struct err e = { 0 };
-    int ret = blk_open(path, "raw", (rw ? BLK_OPEN_RDWR : 0) | BLK_OPEN_NO_LOCK, &bs, &e);
+    int ret = blk_open(path, "raw", (rw ? BLK_OPEN_RDWR : 0) | BLK_OPEN_NO_LOCK, NULL, &bs, &e);
     if (ret < 0)
         fprintf(stderr, "%s\n", e.msg);
     CU_ASSERT_FATAL(ret == 0);

@@ -87,7 +87,7 @@ static struct blockdev *open_image(unsigned flags)
 {
     struct blockdev *bs = NULL;
     struct err e = { 0 };
-    CU_ASSERT_EQUAL_FATAL(blk_open(path, "qcow2", flags | BLK_OPEN_NO_LOCK, &bs, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(blk_open(path, "qcow2", flags | BLK_OPEN_NO_LOCK, NULL, &bs, &e), 0);
     return bs;
 }
 

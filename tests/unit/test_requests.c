@@ -339,7 +339,7 @@ static void hammer_image(const char *format, const char *opts_text)
     CU_ASSERT_EQUAL_FATAL(blk_create(format, &p, &e), 0);
     kvopts_free(&opts);
     struct blockdev *bs = NULL;
-    CU_ASSERT_EQUAL_FATAL(blk_open(path, format, BLK_OPEN_RDWR | BLK_OPEN_NO_LOCK, &bs, &e), 0);
+    CU_ASSERT_EQUAL_FATAL(blk_open(path, format, BLK_OPEN_RDWR | BLK_OPEN_NO_LOCK, NULL, &bs, &e), 0);
     /* No fdatasync between metadata writes: the requests then run as fast
      * as the page cache allows, and their windows for racing are not
      * hidden behind flushes taken under the driver's lock. */
