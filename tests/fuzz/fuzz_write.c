@@ -69,7 +69,7 @@ static void write_path(const char *path)
     uint8_t *buf = malloc(CHUNK);
     if (!buf)
         return;
-    if (blk_open(path, NULL, base_flags | BLK_OPEN_RDWR, &bs, &e) == 0) {
+    if (blk_open(path, NULL, base_flags | BLK_OPEN_RDWR, NULL, &bs, &e) == 0) {
         write_some(bs, buf);
         bitmaps_some(bs);
         /* A small truncate in each direction. */
@@ -85,7 +85,8 @@ static void repair(const char *path)
 {
     struct blockdev *bs = NULL;
     struct err e = { 0 };
-    if (blk_open(path, NULL, base_flags | BLK_OPEN_RDWR | BLK_OPEN_CHECK, &bs, &e) == 0) {
+    if (blk_open(path, NULL, base_flags | BLK_OPEN_RDWR | BLK_OPEN_CHECK, NULL, &bs,
+                 &e) == 0) {
         struct blk_check_result res = { 0 };
         blk_check(bs, &res, BLK_CHECK_FIX_LEAKS | BLK_CHECK_FIX_ERRORS, &e);
         blk_check_result_free(&res);

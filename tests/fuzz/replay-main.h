@@ -1,9 +1,15 @@
-/* The replay program of a fuzz target (built with -DFUZZ_REPLAY by make
- * check): runs LLVMFuzzerTestOneInput on each file named on its command
- * line, so that the corpus stays covered by the ordinary test suite.
- * Included at the end of each target. */
+/* The replay main() shared by every fuzz target in tests/fuzz: with
+ * FUZZ_REPLAY, make check builds each target as a program that runs every
+ * file named on its command line through LLVMFuzzerTestOneInput, so that
+ * the corpora stay covered by the ordinary test suite.  Include it last. */
+#ifndef IMGTOOL_FUZZ_REPLAY_MAIN_H
+#define IMGTOOL_FUZZ_REPLAY_MAIN_H
+
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int main(int argc, char **argv)
 {
@@ -34,3 +40,5 @@ int main(int argc, char **argv)
     }
     return 0;
 }
+
+#endif
