@@ -88,6 +88,12 @@ void progress_init(struct progress *p, bool requested, uint64_t total);
 void progress_update(struct progress *p, uint64_t done);
 void progress_finish(struct progress *p);
 
+/* The snapshot table of an image (the "snapshots" array of blk_get_info)
+ * as qemu-img prints it (info, snapshot -l). */
+void cmd_print_snapshots(const struct prop *snaps);
+/* `-o help`: the caption line, then the options as qemu-img lists them. */
+void cmd_print_option_help(const char *caption, const struct blk_option_desc *desc);
+
 /* Settings for every image a command opens, from the environment:
  * IMGTOOL_L2_CACHE_SIZE (qcow2 L2 cache bytes), IMGTOOL_FAULT_AFTER_WRITES
  * (crash-test hook), IMGTOOL_NBD_TIMEOUT (seconds).  cmd_env_init reads

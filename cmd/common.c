@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static void print_help(struct cmdline *cl, const struct command *cmd)
@@ -281,6 +282,78 @@ void progress_finish(struct progress *p)
         return;
     progress_update(p, p->total);
     fputc('\n', stderr);
+}
+
+static uint64_t snap_uint(const struct prop *o, const char *key)
+{
+    const struct prop *p = prop_get(o, key);
+    if (!p)
+        return 0;
+    return p->type == PROP_UINT ? p->v.u : (uint64_t)p->v.i;
+}
+
+static const char *snap_string(const struct prop *o, const char *key)
+{
+    const struct prop *p = prop_get(o, key);
+    return p && p->type == PROP_STRING ? p->v.s : NULL;
+}
+
+/* The snapshot table as qemu-img prints it. */
+void cmd_print_snapshots(const struct prop *snaps)
+{
+    printf("Snapshot list:\n%-9s %-16s %8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
+           "VM CLOCK", "ICOUNT");
+    for (const struct prop *s = snaps->first; s; s = s->next) {
+        char vmsize[32], date[32] = "", clock[32], icount[32] = "";
+        format_size_human(snap_uint(s, "vm-state-size"), vmsize, sizeof(vmsize));
+        time_t secs = (time_t)snap_uint(s, "date-sec");
+        struct tm tm;
+        if (localtime_r(&secs, &tm))
+            strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+        uint64_t ns = snap_uint(s, "vm-clock-sec") * 1000000000ULL + snap_uint(s, "vm-clock-nsec");
+        uint64_t ms = ns / 1000000;
+        snprintf(clock, sizeof(clock), "%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64,
+                 ms / 3600000, ms / 60000 % 60, ms / 1000 % 60, ms % 1000);
+        if (prop_get(s, "icount"))
+            snprintf(icount, sizeof(icount), "%" PRIu64, snap_uint(s, "icount"));
+        const char *id = snap_string(s, "id"), *name = snap_string(s, "name");
+        printf("%-9s %-16s %8s%20s%13s%11s\n", id ? id : "", name ? name : "", vmsize, date,
+               clock, icount);
+    }
+}
+
+
+/* One line per option, "  name=<type>" padded to 24 columns, " - help",
+ * sorted, as QEMU's qemu_opts_print_help. */
+static int compare_lines(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+void cmd_print_option_help(const char *caption, const struct blk_option_desc *desc)
+{
+    size_t n = 0;
+    while (desc && desc[n].name)
+        n++;
+    char **lines = calloc(n ? n : 1, sizeof(*lines));
+    printf("%s\n", caption);
+    for (size_t i = 0; lines && i < n; i++) {
+        char head[128];
+        int len = snprintf(head, sizeof(head), "  %s=<%s>", desc[i].name, desc[i].type);
+        size_t size = (size_t)len + 32 + strlen(desc[i].help);
+        if ((lines[i] = malloc(size)))
+            snprintf(lines[i], size, "%s%*s - %s", head, len < 24 ? 24 - len : 0, "",
+                     desc[i].help);
+    }
+    if (lines) {
+        qsort(lines, n, sizeof(*lines), compare_lines);
+        for (size_t i = 0; i < n; i++)
+            if (lines[i])
+                printf("%s\n", lines[i]);
+        for (size_t i = 0; i < n; i++)
+            free(lines[i]);
+    }
+    free(lines);
 }
 
 /* The process's open settings (cmd_env_init fills them from the

@@ -443,6 +443,64 @@ int blk_measure(const char *format, struct kvopts *opts, struct blockdev *in,
     return drv->measure(opts, in, out, e);
 }
 
+static int no_snapshots(struct blockdev *bs, struct err *e)
+{
+    return err_set(e, ENOTSUP, "%s: format '%s' does not support internal snapshots",
+                   bs->filename, bs->drv->name);
+}
+
+int blk_snapshot_create(struct blockdev *bs, const char *name, uint32_t date_sec,
+                        uint32_t date_nsec, struct err *e)
+{
+    if (!bs->drv->snapshot_create)
+        return no_snapshots(bs, e);
+    return bs->drv->snapshot_create(bs, name, date_sec, date_nsec, e);
+}
+
+int blk_snapshot_delete(struct blockdev *bs, const char *name, struct err *e)
+{
+    if (!bs->drv->snapshot_delete)
+        return no_snapshots(bs, e);
+    return bs->drv->snapshot_delete(bs, name, e);
+}
+
+int blk_snapshot_apply(struct blockdev *bs, const char *id_or_name, struct err *e)
+{
+    if (!bs->drv->snapshot_apply)
+        return no_snapshots(bs, e);
+    /* QEMU's bdrv_snapshot_goto: the bitmaps would not match the reverted
+     * disk. */
+    if (bs->nbitmaps)
+        return err_set(e, EBUSY, "%s: Device has active dirty bitmaps", bs->filename);
+    return bs->drv->snapshot_apply(bs, id_or_name, e);
+}
+
+static bool option_listed(const struct blk_option_desc *d, const char *key)
+{
+    for (; d && d->name; d++)
+        if (!strcmp(d->name, key))
+            return true;
+    return false;
+}
+
+int blk_amend(struct blockdev *bs, struct kvopts *opts, const struct blk_progress *progress,
+              struct err *e)
+{
+    if (!bs->drv->amend)
+        return err_set(e, ENOTSUP, "%s: Format driver '%s' does not support option amendment",
+                       bs->filename, bs->drv->name);
+    for (size_t i = 0; i < opts->count; i++) {
+        const char *key = opts->items[i].key;
+        if (option_listed(bs->drv->amend_options, key))
+            continue;
+        if (option_listed(bs->drv->create_options, key))
+            return err_set(e, EINVAL, "%s: Invalid parameter '%s': this option is only "
+                           "supported for image creation", bs->filename, key);
+        return err_set(e, EINVAL, "%s: Invalid parameter '%s'", bs->filename, key);
+    }
+    return bs->drv->amend(bs, opts, progress, e);
+}
+
 int blk_create_begin(const char *format, const struct blk_create_params *params,
                      char **tmp_path, struct err *e)
 {

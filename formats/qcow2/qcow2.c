@@ -814,8 +814,14 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct err *e)
 
 static int truncate_locked(struct qcow2_state *s, uint64_t size, struct err *e)
 {
-    if (s->nb_snapshots)
-        return err_set(e, ENOTSUP, "%s: cannot resize a qcow2 image with internal snapshots",
+    /* Growing only adds clusters the snapshots do not have (the active L1
+     * table is the image's own, snapshots keep their copies and record
+     * their disk size); a v2 snapshot has no disk size, so QEMU refuses. */
+    if (s->nb_snapshots && s->version < 3)
+        return err_set(e, ENOTSUP, "%s: Can't resize a v2 image which has snapshots",
+                       s->bs->filename);
+    if (s->nb_snapshots && size < s->size)
+        return err_set(e, ENOTSUP, "%s: cannot shrink a qcow2 image with internal snapshots",
                        s->bs->filename);
     if (size > (uint64_t)INT64_MAX)
         return err_set(e, EFBIG, "%s: size too large", s->bs->filename);
@@ -834,7 +840,7 @@ static int qcow2_truncate(struct blockdev *bs, uint64_t size, struct err *e)
     int ret = refuse_if_corrupt(s, e);
     if (ret < 0)
         return ret;
-    if (size > s->size && tail_end > s->size && !s->nb_snapshots) {
+    if (size > s->size && tail_end > s->size && (!s->nb_snapshots || s->version >= 3)) {
         /* The partial last cluster may hold bytes from before a shrink:
          * the grown part must read as zeroes (QEMU 7.2 leaves them). */
         if ((ret = write_zero_buffer(s, s->size, tail_end - s->size, e)) < 0)
@@ -1207,6 +1213,44 @@ out:
     return ret;
 }
 
+/* --- internal snapshots (snapshot.c) --- */
+
+static int qcow2_snapshot_create(struct blockdev *bs, const char *name, uint32_t date_sec,
+                                 uint32_t date_nsec, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_snapshot_create_locked(s, name, date_sec, date_nsec, e);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int qcow2_snapshot_delete(struct blockdev *bs, const char *name, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    int i = qcow2_snapshot_find(s, NULL, name);
+    int ret = i < 0 ? err_set(e, ENOENT, "%s: snapshot '%s' not found", bs->filename, name)
+                    : qcow2_snapshot_delete_locked(s, i, e);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* By ID first, then by name, as QEMU's find_snapshot_by_id_or_name. */
+static int qcow2_snapshot_apply(struct blockdev *bs, const char *id_or_name, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    int i = qcow2_snapshot_find(s, id_or_name, NULL);
+    if (i < 0)
+        i = qcow2_snapshot_find(s, NULL, id_or_name);
+    int ret = i < 0 ? err_set(e, ENOENT, "%s: snapshot '%s' not found", bs->filename,
+                              id_or_name)
+                    : qcow2_snapshot_apply_locked(s, i, e);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
 /* Bitmaps need the version 3 header extension. */
 static bool qcow2_bitmaps_persistent(struct blockdev *bs)
 {
@@ -1220,6 +1264,10 @@ const struct blockdrv blockdrv_qcow2 = {
     .amend_options = qcow2_amend_options,
     .measure = qcow2_measure,
     .bitmaps_persistent = qcow2_bitmaps_persistent,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_delete = qcow2_snapshot_delete,
+    .snapshot_apply = qcow2_snapshot_apply,
+    .amend = qcow2_amend,
     .probe = qcow2_probe,
     .open = qcow2_open,
     .close = qcow2_close,
