@@ -17,7 +17,15 @@ enum {
     EXIT_OK = 0,
     EXIT_ERROR = 1,         /* failure, or bad usage */
     EXIT_CANCELLED = 130,   /* interrupted by SIGINT/SIGTERM (128 + SIGINT) */
+    /* Another process holds the image (a lock conflict): EX_TEMPFAIL, "try
+     * again later", for cron wrappers; never for a permanent error. */
+    EXIT_IN_USE = 75,
 };
+
+/* The end of every run (main): with --output=json and a failure, the JSON
+ * error object on stdout; then stdout and stderr are flushed, and a write
+ * error makes a successful run fail.  Returns the exit status. */
+int cmd_finish(int status);
 
 struct command {
     const char *name;

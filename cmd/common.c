@@ -10,6 +10,60 @@
 #include <time.h>
 #include <unistd.h>
 
+/* What --output=json prints when the command fails: the first error
+ * message of the run (cmd_error, cmd_usage_error), as a QMP-style error
+ * object on stdout (imgtool(1), JSON ERRORS).  The one piece of mutable
+ * state in cmd/: it belongs to the process's output, not to a library. */
+static struct {
+    bool json;
+    bool usage;
+    bool have;
+    bool result_printed;    /* a JSON result document went out: it says it all */
+    char desc[2048];
+} run_error;
+
+static void record_error(bool usage, const char *fmt, va_list ap)
+{
+    if (run_error.have)
+        return;
+    vsnprintf(run_error.desc, sizeof(run_error.desc), fmt, ap);
+    run_error.have = true;
+    run_error.usage = usage;
+}
+
+static const char *error_class(int status)
+{
+    if (status == EXIT_IN_USE)
+        return "InUse";
+    if (status == EXIT_CANCELLED)
+        return "Cancelled";
+    return run_error.usage ? "UsageError" : "GenericError";
+}
+
+int cmd_finish(int status)
+{
+    if (status != EXIT_OK && run_error.json && run_error.have && !run_error.result_printed) {
+        printf("{\"error\": {\"class\": \"%s\", \"desc\": ", error_class(status));
+        json_print_string(stdout, run_error.desc);
+        printf("}}\n");
+    }
+    /* A cron job trusts the exit status: output that could not be written
+     * (a full disk, a closed pipe) is a failure, as in GNU's close_stdout;
+     * closing stdout shows a deferred write error too. */
+    errno = 0;
+    bool failed = fflush(stdout) != 0 || ferror(stdout);
+    if (fclose(stdout) != 0)
+        failed = true;
+    if (failed) {
+        cmd_error("write error on standard output: %s", strerror(errno ? errno : EIO));
+        if (status == EXIT_OK)
+            status = EXIT_ERROR;
+    }
+    if ((fflush(stderr) != 0 || ferror(stderr)) && status == EXIT_OK)
+        status = EXIT_ERROR;    /* nowhere left to say so */
+    return status;
+}
+
 static void print_help(struct cmdline *cl, const struct command *cmd)
 {
     printf("imgtool %s - %s\n\n", cmd->name, cmd->summary);
@@ -23,6 +77,9 @@ int cmd_usage_error(struct cmdline *cl, const char *fmt, ...)
     fprintf(stderr, "imgtool %s: ", cl->cmd->name);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    va_start(ap, fmt);
+    record_error(true, fmt, ap);
     va_end(ap);
     fprintf(stderr, "\nTry 'imgtool %s --help' for more information.\n", cl->cmd->name);
     return cl->usage_status;
@@ -118,6 +175,9 @@ void cmd_error(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
+    va_start(ap, fmt);
+    record_error(false, fmt, ap);
+    va_end(ap);
 }
 
 void cmd_warn(const char *fmt, ...)
@@ -143,6 +203,7 @@ int cmd_parse_output(struct cmdline *cl, const char *s, enum output_mode *mode)
     }
     if (!strcmp(s, "json")) {
         *mode = OUTPUT_JSON;
+        run_error.json = true;
         return -1;
     }
     return cmd_usage_error(cl, "--output must be 'human' or 'json', not '%s'", s);
@@ -213,6 +274,8 @@ void json_print_string(FILE *out, const char *s)
 
 void json_print(FILE *out, const struct prop *p, int indent)
 {
+    if (indent == 0 && out == stdout)
+        run_error.result_printed = true;
     switch (p->type) {
     case PROP_STRING: json_print_string(out, p->v.s); return;
     case PROP_INT: fprintf(out, "%" PRId64, p->v.i); return;

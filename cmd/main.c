@@ -62,9 +62,8 @@ static int run_help(int argc, const char **argv)
     return c->run(c, 2, help_argv);
 }
 
-int main(int argc, char **argv)
+static int run(int argc, const char **args)
 {
-    const char **args = (const char **)argv;
     if (argc < 2) {
         print_usage(stderr);
         return EXIT_ERROR;
@@ -85,4 +84,9 @@ int main(int argc, char **argv)
         return EXIT_ERROR;
     }
     return c->run(c, argc - 1, args + 1);
+}
+
+int main(int argc, char **argv)
+{
+    return cmd_finish(run(argc, (const char **)argv));
 }

@@ -256,6 +256,7 @@ struct blockdev {
     unsigned open_flags;
     struct blk_open_opts opts;  /* as given to blk_open (the chain inherits them) */
     bool read_only;
+    bool probed;                /* the format was probed, not given */
     void *opaque;               /* the driver's private state */
     /* Backing chain: the name stored in the image, the path it resolves to,
      * the stored format (or NULL), and the open backing image (or NULL). */
@@ -401,6 +402,10 @@ int blk_block_status_host(struct blockdev *bs, uint64_t off, uint64_t bytes,
 int blk_read_backing(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
                      struct err *e);
 
+/* The name to store in an image header for backing file `name`: a name
+ * that QEMU would read as a protocol (a ':' before any '/', as in
+ * "x:y.qcow2") gets "./" in front.  Returns a malloc'ed string or NULL. */
+char *blk_backing_name_for_header(const char *name);
 /* Resolve a backing file name relative to the directory of the image that
  * names it (QEMU's rule); returns a malloc'ed path or NULL on ENOMEM. */
 char *blk_resolve_backing_path(const char *image_path, const char *backing_name);
@@ -408,6 +413,11 @@ char *blk_resolve_backing_path(const char *image_path, const char *backing_name)
  * (the same file, however it is named, or the same NBD server and export),
  * or NULL. */
 struct blockdev *blk_chain_find(struct blockdev *bs, const char *path);
+/* The backing file (at any depth) of `top` that the user names `name`, as
+ * QEMU's bdrv_find_backing_image: the name stored in the image above it, or
+ * a path that, if relative, is relative to the directory of that image (as
+ * backing file names are), naming the same file.  NULL if none. */
+struct blockdev *blk_chain_find_backing(struct blockdev *top, const char *name);
 /* Whether `name` designates bs's own storage (blk_chain_find on bs alone). */
 bool blk_is_named(const struct blockdev *bs, const char *name);
 /* Whether two open images are the same storage (file or export). */

@@ -833,19 +833,64 @@ static int truncate_locked(struct qcow2_state *s, uint64_t size, struct err *e)
     return ret;
 }
 
+/* QEMU's bdrv_co_truncate zero-fills the grown area when the backing file
+ * would otherwise show through it (BDRV_REQ_ZERO_WRITE): qemu-img resize
+ * and commit into a smaller base.  Opened without its backing file, the
+ * image is assumed to have a large one. */
+static bool grown_area_needs_zeroes(struct blockdev *bs, uint64_t old_size, uint64_t size)
+{
+    return size > old_size && has_backing(bs) &&
+           (!bs->backing || bs->backing->size > old_size);
+}
+
+/* The grown area [old size, size) reads as zeroes before the new size is
+ * written, as QEMU's qcow2_co_truncate with BDRV_REQ_ZERO_WRITE: explicit
+ * zeroes up to the next (sub)cluster boundary, zero clusters (or
+ * subclusters) from there to the end of the last cluster.  A crash leaves
+ * the old size (with zero entries past it, which nothing reads) or the new
+ * one reading zeroes, never the backing file's data. */
+static int zero_grown_area(struct blockdev *bs, uint64_t size, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_grow_l1(s, qcow2_l1_entries_for(s, size), e);
+    pthread_mutex_unlock(&s->lock);
+    uint64_t end = align_up(size, s->cluster_size);
+    if (ret == 0)
+        ret = qcow2_write_zeroes(bs, s->size, end - s->size, 0, e);
+    if (ret == 0)
+        ret = qcow2_flush(bs, e);
+    return ret;
+}
+
+/* The partial last cluster may hold bytes from before a shrink: the grown
+ * part must read as zeroes (QEMU 7.2 leaves them). */
+static int zero_stale_tail(struct qcow2_state *s, uint64_t size, struct err *e)
+{
+    uint64_t tail_end = min_u64(size, align_up(s->size, s->cluster_size));
+    if (size > s->size && tail_end > s->size)
+        return write_zero_buffer(s, s->size, tail_end - s->size, e);
+    return 0;
+}
+
 static int qcow2_truncate(struct blockdev *bs, uint64_t size, struct err *e)
 {
     struct qcow2_state *s = bs->opaque;
-    uint64_t tail_end = min_u64(size, align_up(s->size, s->cluster_size));
+    if (size % 512)
+        return err_set(e, EINVAL, "%s: The new size must be a multiple of 512", bs->filename);
+    bool zero_grown = grown_area_needs_zeroes(bs, s->size, size);
+    if (zero_grown && s->version < 3)
+        return err_set(e, ENOTSUP, "%s: cannot grow a compat=0.10 image over a larger "
+                       "backing file: the new area would show the backing file's data and "
+                       "version 2 has no zero clusters (qemu-img refuses too; use compat=1.1)",
+                       bs->filename);
     int ret = refuse_if_corrupt(s, e);
     if (ret < 0)
         return ret;
-    if (size > s->size && tail_end > s->size && (!s->nb_snapshots || s->version >= 3)) {
-        /* The partial last cluster may hold bytes from before a shrink:
-         * the grown part must read as zeroes (QEMU 7.2 leaves them). */
-        if ((ret = write_zero_buffer(s, s->size, tail_end - s->size, e)) < 0)
-            return ret;
-    }
+    if (!s->nb_snapshots || s->version >= 3)    /* truncate_locked refuses the rest */
+        ret = zero_grown ? zero_grown_area(bs, size, e) : zero_stale_tail(s, size, e);
+    if (ret < 0)
+        return ret;
     pthread_mutex_lock(&s->lock);
     ret = truncate_locked(s, size, e);
     pthread_mutex_unlock(&s->lock);
