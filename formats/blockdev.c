@@ -180,28 +180,91 @@ bool blk_target_exists(const char *name)
     return transport_name_is_uri(name) || access(name, F_OK) == 0;
 }
 
-/* Backing chains are bounded so that a loop or a hostile chain cannot make
- * us open files forever. */
+/* Backing chains are bounded so that a hostile chain cannot make us open
+ * files forever; a loop is found before that, by file identity. */
 #define MAX_CHAIN_DEPTH 256
 
-static int open_layer(const char *filename, const char *format, unsigned flags,
-                      const struct blk_open_opts *opts, int depth, struct blockdev **out,
-                      struct err *e);
+/* The layers opened so far on the way down from the top image, each with
+ * the identity of its file (st_dev, st_ino), so that a backing file that is
+ * one of them is reported as a loop before it is opened: opening it would
+ * clash with our own lock on it, or repeat the chain until the depth limit,
+ * holding every layer's tables in memory. */
+struct chain_layer {
+    const char *filename;
+    dev_t dev;
+    ino_t ino;
+    bool known;                 /* dev/ino were found (not a host file: no identity) */
+    const struct chain_layer *above;
+};
 
-static int open_backing(struct blockdev *bs, unsigned flags, int depth, struct err *e)
+static void chain_layer_init(struct chain_layer *l, const char *filename,
+                             const struct chain_layer *above)
+{
+    struct stat st;
+    l->filename = filename;
+    l->known = !transport_name_is_uri(filename) && stat(filename, &st) == 0;
+    l->dev = l->known ? st.st_dev : 0;
+    l->ino = l->known ? st.st_ino : 0;
+    l->above = above;
+}
+
+/* The layer of the chain (from `chain` up) that `l` is the same file as. */
+static const struct chain_layer *chain_find_same(const struct chain_layer *chain,
+                                                 const struct chain_layer *l)
+{
+    for (; chain && l->known; chain = chain->above)
+        if (chain->known && chain->dev == l->dev && chain->ino == l->ino)
+            return chain;
+    return NULL;
+}
+
+/* "top -> ... -> l" into buf: the chain from the top image down to l. */
+static void chain_describe(const struct chain_layer *l, char *buf, size_t len)
+{
+    if (l->above) {
+        chain_describe(l->above, buf, len);
+        size_t used = strlen(buf);
+        snprintf(buf + used, len - used, " -> %s", l->filename);
+    } else {
+        snprintf(buf, len, "%s", l->filename);
+    }
+}
+
+static const struct chain_layer *chain_top(const struct chain_layer *l)
+{
+    while (l->above)
+        l = l->above;
+    return l;
+}
+
+static int open_layer(const char *filename, const char *format, unsigned flags,
+                      const struct blk_open_opts *opts, int depth,
+                      const struct chain_layer *above, struct blockdev **out, struct err *e);
+
+static int open_backing(struct blockdev *bs, unsigned flags, int depth,
+                        const struct chain_layer *self, struct err *e)
 {
     if (!bs->backing_name || !bs->backing_name[0] || (flags & BLK_OPEN_NO_BACKING))
         return 0;
     if (depth >= MAX_CHAIN_DEPTH)
-        return err_set(e, ELOOP, "%s: backing chain is longer than %d images (a loop?)",
+        return err_set(e, ELOOP, "%s: backing chain is longer than %d images",
                        bs->filename, MAX_CHAIN_DEPTH);
     bs->backing_path = blk_resolve_backing_path(bs->filename, bs->backing_name);
     if (!bs->backing_path)
         return err_set(e, ENOMEM, "%s: out of memory", bs->filename);
+    struct chain_layer next;
+    chain_layer_init(&next, bs->backing_path, self);
+    const struct chain_layer *same = chain_find_same(self, &next);
+    if (same) {
+        char path[512];
+        chain_describe(&next, path, sizeof(path));
+        return err_set(e, ELOOP, "%s: backing chain loops back to %s (%s)",
+                       chain_top(self)->filename, same->filename, path);
+    }
     unsigned bflags = flags & ~BLK_OPEN_RDWR;
     int ret = open_layer(bs->backing_path, bs->backing_format, bflags, &bs->opts, depth + 1,
-                         &bs->backing, e);
-    if (ret < 0)
+                         self, &bs->backing, e);
+    if (ret < 0 && ret != -ELOOP)
         err_prefix(e, "%s: cannot open backing file: ", bs->filename);
     return ret;
 }
@@ -219,9 +282,11 @@ static int network_format(const char *filename, const struct blockdrv **drv, str
     return 0;
 }
 
+/* Open one layer and, below it, its backing chain; `above` lists the
+ * layers already open above it. */
 static int open_layer(const char *filename, const char *format, unsigned flags,
-                      const struct blk_open_opts *opts, int depth, struct blockdev **out,
-                      struct err *e)
+                      const struct blk_open_opts *opts, int depth,
+                      const struct chain_layer *above, struct blockdev **out, struct err *e)
 {
     const struct blockdrv *drv = NULL;
     if (format && !(drv = blk_find_driver(format)))
@@ -264,7 +329,9 @@ static int open_layer(const char *filename, const char *format, unsigned flags,
         bs->drv = NULL;     /* open failed: nothing for close() to release */
         goto fail;
     }
-    ret = open_backing(bs, flags, depth, e);
+    struct chain_layer self;
+    chain_layer_init(&self, bs->filename, above);
+    ret = open_backing(bs, flags, depth, &self, e);
     if (ret < 0)
         goto fail;
     /* Before any guest write, a writable image's bitmaps are loaded and
@@ -281,7 +348,7 @@ fail:
 int blk_open(const char *filename, const char *format, unsigned flags,
              const struct blk_open_opts *opts, struct blockdev **out, struct err *e)
 {
-    return open_layer(filename, format, flags, opts, 0, out, e);
+    return open_layer(filename, format, flags, opts, 0, NULL, out, e);
 }
 
 int blk_reopen_writable(struct blockdev *top, struct blockdev *layer, struct blockdev **out,

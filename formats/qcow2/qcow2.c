@@ -31,6 +31,7 @@ static void free_state(struct qcow2_state *s)
     qcow2_free_header(s);
     free(s->l1);
     free(s->reftable);
+    free(s->bitmap_tables);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
@@ -168,9 +169,8 @@ static void iov_copy_in(const struct iovec *iov, int iovcnt, size_t pos, const v
 static int read_compressed_cluster(struct qcow2_state *s, struct qcow2_l2e l2e, uint8_t *out,
                                    struct err *e)
 {
-    uint64_t coff = l2e.entry & s->coffset_mask;
-    uint64_t sectors = ((l2e.entry >> s->csize_shift) & s->csize_mask) + 1;
-    uint64_t csize = sectors * 512 - (coff & 511);
+    uint64_t coff, csize;
+    qcow2_compressed_range(s, l2e.entry, &coff, &csize);
     uint8_t *in = malloc(csize);
     if (!in)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
@@ -292,7 +292,7 @@ static int write_widened(struct qcow2_state *s, uint64_t cstart, uint64_t host, 
         ret = read_buf_locked(s, cstart + b, tmp + (b - wa), wb - b, e);
     if (ret == 0) {
         memcpy(tmp + (a - wa), data, b - a);
-        ret = transport_pwrite(s->bs->file, host + wa, tmp, wb - wa, e);
+        ret = qcow2_pwrite_checked(s, 0, host + wa, tmp, wb - wa, e);
     }
     free(tmp);
     return ret;
@@ -315,9 +315,11 @@ static int write_in_cluster(struct qcow2_state *s, uint64_t off, const uint8_t *
     bool compressed = old.entry & QCOW2_OFLAG_COMPRESSED;
     if (!compressed && host && (old.entry & QCOW2_OFLAG_COPIED)) {
         if (range_is_normal(s, old, a, b)) {
-            /* Already ours: plain data write, outside the lock. */
+            /* Already ours: plain data write, outside the lock (the
+             * overlap check needs it). */
+            ret = qcow2_pre_write_check(s, 0, host + a, len, e);
             pthread_mutex_unlock(&s->lock);
-            return transport_pwrite(s->bs->file, host + a, data, len, e);
+            return ret < 0 ? ret : transport_pwrite(s->bs->file, host + a, data, len, e);
         }
         /* Our cluster, but some subclusters read as zero or fall through. */
         if ((ret = write_widened(s, cstart, host, a, b, data, wa, wb, e)) < 0)
@@ -492,6 +494,11 @@ static int write_cluster_run(struct qcow2_state *s, uint64_t off, uint64_t max,
     int nparts = iov_slice(iov, iovcnt, pos, count << s->cluster_bits, part);
     if (allocate && (ret = qcow2_alloc_clusters(s, count, &host, e)) < 0)
         goto unlock;
+    if ((ret = qcow2_pre_write_check(s, 0, host, count << s->cluster_bits, e)) < 0) {
+        if (allocate)
+            unallocate_clusters(s, host, count);
+        goto unlock;
+    }
     pthread_mutex_unlock(&s->lock);
     ret = transport_pwritev(s->bs->file, host, part, nparts, e);
     if (!allocate && (ret < 0 || !update))
@@ -543,10 +550,20 @@ static int write_buf(struct qcow2_state *s, uint64_t off, const void *data, uint
     return write_iov(s, off, &iov, 1, e);
 }
 
+/* Writes stop once one was refused as corrupting (overlap.c). */
+static int refuse_if_corrupt(struct qcow2_state *s, struct err *e)
+{
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_refuse_if_corrupt(s, e);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
 static int qcow2_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *iov,
                          int iovcnt, struct err *e)
 {
-    return write_iov(bs->opaque, off, iov, iovcnt, e);
+    int ret = refuse_if_corrupt(bs->opaque, e);
+    return ret < 0 ? ret : write_iov(bs->opaque, off, iov, iovcnt, e);
 }
 
 /* Write real zeroes (when the metadata cannot express them). */
@@ -645,15 +662,16 @@ static int qcow2_make_empty(struct blockdev *bs, struct err *e)
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t coverage = qcow2_l1_coverage(s);
+    int ret = refuse_if_corrupt(s, e);
+    if (ret < 0)
+        return ret;
     for (uint64_t i = 0; i < s->l1_size; i++) {
         if (!(s->l1[i] & QCOW2_OFFSET_MASK))
             continue;   /* no L2 table: nothing allocated there */
         uint64_t end = min_u64(bs->size, (i + 1) * coverage);
-        for (uint64_t c = i * coverage; c < end; c += s->cluster_size) {
-            int ret = deallocate_cluster(s, c, e);
-            if (ret < 0)
+        for (uint64_t c = i * coverage; c < end; c += s->cluster_size)
+            if ((ret = deallocate_cluster(s, c, e)) < 0)
                 return ret;
-        }
     }
     return 0;
 }
@@ -663,7 +681,7 @@ static int qcow2_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, u
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t end = off + len;
-    int ret = 0;
+    int ret = refuse_if_corrupt(s, e);
     while (off < end && ret == 0) {
         uint64_t cstart = qcow2_cluster_start(s, off);
         uint64_t cend = cstart + s->cluster_size;
@@ -711,13 +729,16 @@ static int qcow2_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct
      * file's data, so QEMU ignores discards there. */
     if (s->version < 3 && has_backing(bs))
         return 0;
+    int ret = refuse_if_corrupt(s, e);
+    if (ret < 0)
+        return ret;
     uint64_t end = off + len;
     uint64_t first = align_up(off, s->cluster_size);
     uint64_t last = end == bs->size ? end : align_down(end, s->cluster_size);
     for (uint64_t c = first; c < last; c += s->cluster_size) {
         struct qcow2_l2e old, l2e = { 0, 0 };
         pthread_mutex_lock(&s->lock);
-        int ret = qcow2_get_l2e(s, c, &old, e);
+        ret = qcow2_get_l2e(s, c, &old, e);
         if (ret == 0) {
             bool allocated = old.entry & (QCOW2_OFFSET_MASK | QCOW2_OFLAG_COMPRESSED);
             if (s->version < 3) {
@@ -780,7 +801,8 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct err *e)
             continue;
         uint8_t zero[8] = { 0 };
         s->l1[i] = 0;
-        if ((ret = transport_pwrite(s->bs->file, s->l1_offset + i * 8, zero, 8, e)) < 0 ||
+        if ((ret = qcow2_pwrite_checked(s, QCOW2_OL_ACTIVE_L1, s->l1_offset + i * 8, zero, 8,
+                                        e)) < 0 ||
             (ret = transport_flush(s->bs->file, e)) < 0)
             return ret;
         qcow2_cache_forget(&s->l2_cache, l2);
@@ -862,7 +884,9 @@ static int qcow2_truncate(struct blockdev *bs, uint64_t size, struct err *e)
                        "backing file: the new area would show the backing file's data and "
                        "version 2 has no zero clusters (qemu-img refuses too; use compat=1.1)",
                        bs->filename);
-    int ret = 0;
+    int ret = refuse_if_corrupt(s, e);
+    if (ret < 0)
+        return ret;
     if (!s->nb_snapshots || s->version >= 3)    /* truncate_locked refuses the rest */
         ret = zero_grown ? zero_grown_area(bs, size, e) : zero_stale_tail(s, size, e);
     if (ret < 0)
@@ -976,7 +1000,7 @@ static int qcow2_pwrite_compressed(struct blockdev *bs, uint64_t off, const void
             pthread_mutex_lock(&s->lock);
             if ((ret = qcow2_get_l2e(s, off, &old, e)) == 0 &&
                 (ret = qcow2_alloc_bytes(s, (uint64_t)clen, &coff, e)) == 0 &&
-                (ret = transport_pwrite(bs->file, coff, out, (size_t)clen, e)) == 0 &&
+                (ret = qcow2_pwrite_checked(s, 0, coff, out, (size_t)clen, e)) == 0 &&
                 (ret = qcow2_l2_depends_on_refblocks(s, e)) == 0) {
                 uint64_t sectors = ((coff + (uint64_t)clen - 1) >> 9) - (coff >> 9);
                 l2e.entry = coff | QCOW2_OFLAG_COMPRESSED | (sectors << s->csize_shift);
@@ -1250,16 +1274,22 @@ static int qcow2_create(struct transport *file, const struct blk_create_params *
     uint8_t *buf = calloc(3, o.cluster_size);
     if (!buf)
         return err_set(e, ENOMEM, "%s: out of memory", p->filename);
-    if ((ret = qcow2_encode_header(&h, buf, e)) < 0)
+    ret = qcow2_encode_header(&h, buf, e);
+    /* From here on the backing file name and format are the ones
+     * open_state reads back from the header, owned by bs. */
+    bs.backing_name = bs.backing_format = NULL;
+    if (ret < 0)
         goto out;
     be64_write(buf + o.cluster_size, 2 * o.cluster_size);
     if ((ret = transport_pwrite(file, 0, buf, 3 * o.cluster_size, e)) < 0 ||
         (ret = transport_flush(file, e)) < 0)
         goto out;
     struct qcow2_state *s;
-    bs.backing_name = bs.backing_format = NULL;     /* read back from the header */
     if ((ret = open_state(&bs, &s, e)) < 0)
         goto out;
+    /* Nobody else sees the image yet; the lock is taken all the same, as
+     * the functions below expect it. */
+    pthread_mutex_lock(&s->lock);
     ret = qcow2_update_refcount(s, 0, 3 * o.cluster_size, 1, e);
     if (ret == 0 && p->size)
         ret = truncate_locked(s, p->size, e);
@@ -1267,10 +1297,11 @@ static int qcow2_create(struct transport *file, const struct blk_create_params *
         ret = preallocate(s, o.prealloc, 0, s->size, e);
     if (ret == 0)
         ret = qcow2_flush_metadata(s, e);
+    pthread_mutex_unlock(&s->lock);
     free_state(s);
-    free(bs.backing_name);
-    free(bs.backing_format);
 out:
+    free(bs.backing_name);      /* also when open_state failed after reading them */
+    free(bs.backing_format);
     free(buf);
     return ret;
 }
