@@ -19,6 +19,7 @@ DECLARE_COMMAND(cmd_mirror);
 DECLARE_COMMAND(cmd_export);
 DECLARE_COMMAND(cmd_commit);
 DECLARE_COMMAND(cmd_rebase);
+DECLARE_COMMAND(cmd_serve);
 DECLARE_COMMAND(cmd_measure);
 
 #endif

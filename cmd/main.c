@@ -21,6 +21,7 @@ const struct command commands[] = {
     { "measure", cmd_measure, "compute the size a new image needs", "[OPTIONS] [--size SIZE | FILENAME]" },
     { "io",      cmd_io,      "read, write, zero and discard ranges of an image", "[OPTIONS] -c COMMAND... FILENAME" },
     { "bitmap",  cmd_bitmap,  "add, remove, merge, list and dump persistent dirty bitmaps", "(--add | --remove | --clear | --enable | --disable | --merge SOURCE)... [OPTIONS] FILENAME BITMAP, or --list FILENAME, or --dump FILENAME BITMAP" },
+    { "serve",   cmd_serve,   "export disk images over NBD", "[OPTIONS] IMAGE..." },
     { NULL, NULL, NULL, NULL },
 };
 

@@ -446,7 +446,13 @@ int blk_create_commit(const char *tmp_path, const char *filename, struct err *e)
         unlink(tmp_path);
         return ret;
     }
-    sync_directory_of(filename);
+    /* Until the directory is synced the rename may not survive a power
+     * failure: callers clear dirty bits only after this returned 0. */
+    int ret = sync_directory_of(filename);
+    if (ret < 0)
+        return err_set(e, -ret, "%s: the new image is in place, but syncing its directory "
+                       "failed (%s), so it may not survive a power failure", filename,
+                       strerror(-ret));
     return 0;
 }
 

@@ -283,7 +283,8 @@ int blk_create(const char *format, const struct blk_create_params *p, struct err
 /* The same in steps, for commands that fill the new image before it may
  * appear: begin creates it under a temporary name in the target's
  * directory (returned in *tmp_path, malloc'ed); commit flushes nothing but
- * renames it into place and syncs the directory; abort removes it.  Block
+ * renames it into place and syncs the directory (an error if that sync fails:
+ * the image is then in place but perhaps not durable); abort removes it.  Block
  * devices are written in place (*tmp_path is then the device itself). */
 int blk_create_begin(const char *format, const struct blk_create_params *p, char **tmp_path,
                      struct err *e);

@@ -97,11 +97,14 @@ struct copy_job {
      * of [offset, offset+length) is one range. */
     const struct copy_range *ranges;
     size_t nranges;
-    /* Called when every byte of range `index` (of `ranges`, or 0 for the
-     * whole range) has reached the target, from the thread that called
-     * copy_run, never concurrently, in no particular order.  A job that
-     * fails may have completed some ranges: only those are reported.  May
-     * be NULL. */
+    /* Called when every write of range `index` (of `ranges`, or 0 for the
+     * whole range) has returned, from the thread that called copy_run,
+     * never concurrently, in no particular order.  A job that fails may
+     * have completed some ranges: only those are reported.  Returned is
+     * not durable: the data may still be in caches until blk_flush of the
+     * target, so a caller that clears dirty bits notes the range and
+     * clears them only after that flush succeeded (mirror/job.h).  May be
+     * NULL. */
     void (*range_done)(void *opaque, size_t index);
     /* Rate limit in bytes per second of I/O (data read from the source
      * and zero ranges written to the target; holes skipped by block status

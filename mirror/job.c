@@ -22,6 +22,10 @@ struct mirror_job {
     bool bitmap_changed;            /* ... consumed ranges (always mode) */
     struct copy_range *ranges;      /* ... its dirty extents, widened */
     size_t nranges;
+    /* Always mode, existing target: the ranges (or with none, the whole
+     * disk: entry 0) whose writes have returned.  Their bits are cleared
+     * only once a flush of the target has made them durable. */
+    bool *copied;
     uint64_t total, done;
     struct copy_stats stats;
     const struct mirror_set_options *opts;
@@ -426,20 +430,53 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
     }
 }
 
-/* --bitmap-mode=always: a range has reached the target, its bits go. */
+/* --bitmap-mode=always: every byte of a range has been written to the
+ * target, but perhaps only to its caches (page cache, qcow2's L2 cache):
+ * note it; its bits go in clear_flushed_ranges, after the target's flush. */
 static void on_range_done(void *opaque, size_t index)
 {
     struct mirror_job *job = opaque;
-    if (!job->frozen || job->p->bitmap_mode != MIRROR_BITMAP_ALWAYS)
-        return;
-    /* A new target is removed if the set fails, taking the data with it:
-     * its bits may only go when the whole set succeeds (abdicate). */
-    if (job->tmp_path)
-        return;
-    struct err e = { 0 };
-    if (dirty_bitmap_job_consume_range(job->bitmap, job->ranges[index].offset,
-                                       job->ranges[index].length, &e) == 0)
-        job->bitmap_changed = true;
+    if (job->copied)
+        job->copied[index] = true;
+}
+
+/* Whether the job clears bits as it goes: always mode into an existing
+ * target.  A new target is removed if the set fails, taking the data with
+ * it: its bits may only go when the whole set succeeds (abdicate). */
+static bool clears_as_it_goes(const struct mirror_job *job)
+{
+    return job->frozen && job->p->bitmap_mode == MIRROR_BITMAP_ALWAYS && !job->tmp_path;
+}
+
+/* The target's flush succeeded: the ranges copied so far are durable, so
+ * their bits may go (the rule of mirror/job.h). */
+static void clear_flushed_ranges(struct mirror_job *job)
+{
+    size_t n = job->ranges ? job->nranges : 1;
+    for (size_t i = 0; job->copied && i < n; i++) {
+        struct copy_range r = job->ranges ? job->ranges[i]
+                                          : (struct copy_range){ 0, job->src->size };
+        struct err e = { 0 };
+        if (job->copied[i] &&
+            dirty_bitmap_job_consume_range(job->bitmap, r.offset, r.length, &e) == 0)
+            job->bitmap_changed = true;
+    }
+}
+
+/* After the copy, successful or not: flush the target (qcow2 writes back
+ * its cached L2 and refcount tables, then every file is fdatasync'ed), and
+ * only then clear the bits of what was copied.  A failed copy into a new
+ * target needs no flush: the target is removed. */
+static int flush_target(struct mirror_job *job, int copy_ret, struct err *e)
+{
+    blk_defer_flushes(job->dst, false);
+    if (copy_ret < 0 && job->tmp_path)
+        return copy_ret;
+    struct err fe = { 0 };
+    int ret = blk_flush(job->dst, copy_ret < 0 ? &fe : e);
+    if (ret == 0)
+        clear_flushed_ranges(job);
+    return copy_ret < 0 ? copy_ret : ret;
 }
 
 static int run_copy(struct mirror_job *job, struct err *e)
@@ -448,11 +485,15 @@ static int run_copy(struct mirror_job *job, struct err *e)
         return 0;
     if (job->p->sync == MIRROR_SYNC_BITMAP && !job->nranges)
         return 0;   /* nothing dirty */
-    /* A new target without a backing file reads zeroes everywhere; in
-     * bitmap mode it is a diff image to be rebased later, so its zero
-     * ranges must be allocated zeroes, not holes. */
+    /* In bitmap mode the target is a diff image, to be rebased onto a
+     * full copy later (or read through the backing file it has now): its
+     * zero ranges must be allocated zeroes (qcow2 zero clusters; real
+     * zeroes in a raw file), not holes that would show the backing file's
+     * data, whoever created the target and whatever it reads now (QEMU's
+     * blockdev-backup writes zero clusters there too).  A new target
+     * without a backing file otherwise reads zeroes everywhere. */
     bool new_plain = job->tmp_path && !job->dst->backing;
-    bool diff_image = new_plain && job->p->sync == MIRROR_SYNC_BITMAP;
+    bool diff_image = job->p->sync == MIRROR_SYNC_BITMAP;
     struct copy_job cj = {
         .src = job->src, .base = job->base, .dst = job->dst,
         .offset = 0, .length = job->src->size,
@@ -468,12 +509,12 @@ static int run_copy(struct mirror_job *job, struct err *e)
         .progress = on_progress, .opaque = job,
         .cancel = job->opts->cancel,
     };
+    if (clears_as_it_goes(job) &&
+        !(job->copied = calloc(job->nranges ? job->nranges : 1, sizeof(bool))))
+        return err_set(e, ENOMEM, "out of memory");
     int ret = copy_run(&cj, e);
     job->stats = cj.stats;
-    blk_defer_flushes(job->dst, false);
-    if (ret == 0)
-        ret = blk_flush(job->dst, e);
-    return ret;
+    return flush_target(job, ret, e);
 }
 
 /* End the job's use of the bitmap: on success the copied bits go (the
@@ -537,6 +578,8 @@ static void close_job(struct mirror_job *job, bool success)
     job->explicit_backing = NULL;
     free(job->ranges);
     job->ranges = NULL;
+    free(job->copied);
+    job->copied = NULL;
     chain_state_free(&job->chain);
 }
 

@@ -23,7 +23,7 @@ enum mirror_sync {
 
 enum mirror_bitmap_mode {
     MIRROR_BITMAP_ON_SUCCESS,   /* clear the copied bits only if the job succeeds */
-    MIRROR_BITMAP_ALWAYS,       /* clear bits as their data reaches the target */
+    MIRROR_BITMAP_ALWAYS,       /* clear the bits of what was copied, even on failure */
     MIRROR_BITMAP_NEVER,        /* leave the bitmap alone */
 };
 
@@ -99,7 +99,21 @@ struct mirror_set_options {
     const struct blk_open_opts *open_opts;
 };
 
-/* Run `n` jobs as one set: targets are prepared (new ones under temporary
+/* The rule for every job that clears dirty bits (mirror and export here;
+ * commit, rebase and bitmap operations if they ever do): a bit is cleared
+ * only for data that a flush of the target has made durable, on success
+ * and failure alike.  A returned write may sit in the page cache or in
+ * qcow2's L2/refcount caches; a power failure would lose it while a stored
+ * bitmap no longer marks it.  So ranges whose writes returned are only
+ * noted; after the copy (whatever its outcome) the target is flushed
+ * (blk_flush: cached metadata written, then fdatasync, raw targets too),
+ * then the noted ranges are cleared, and only then is the source's bitmap
+ * stored.  If the flush fails, no bit is cleared.  A new target appears
+ * (rename, directory synced) before its bits are cleared.
+ * tests/t500-powerloss-mirror.sh checks it against every crash state the
+ * power-loss harness (tests/crash/README) derives.
+ *
+ * Run `n` jobs as one set: targets are prepared (new ones under temporary
  * names), then copied one after the other; only when all succeed are new
  * targets renamed into place and bitmaps cleared as their modes say.  On
  * failure or cancellation new targets are removed and every bitmap is left

@@ -6,6 +6,10 @@
 need qemu-img python3
 src=$(cd "$(dirname "$0")" && pwd)
 [ -n "${FUZZ_REPLAY:-}" ] || skip "FUZZ_REPLAY not set (run through make check)"
+# The NBD server's target reads client byte streams, not images: it has
+# its own corpus (t653).
+bins=$(tr ' ' '\n' <<<"$FUZZ_REPLAY" | grep -v 'replay_fuzz_nbd_server$' || true)
+[ -n "$bins" ] || die "no replay program in FUZZ_REPLAY"
 
 mkdir inputs
 cp "$src"/corpus/* inputs/ 2>/dev/null || true
@@ -40,7 +44,7 @@ for i in range(200):
 PY
 count=0
 for f in inputs/*; do
-    for bin in $FUZZ_REPLAY; do
+    for bin in $bins; do
         timeout 20 "$bin" "$f" >/dev/null 2>"$T/replay.err"
         rc=$?
         [ $rc = 0 ] || die "$(basename "$bin") crashed or hung on $(basename "$f") (exit $rc): $(head -c 2000 "$T/replay.err")"

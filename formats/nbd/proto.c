@@ -252,6 +252,29 @@ int nbd_decode_greeting(const uint8_t in[NBD_GREETING_SIZE], uint16_t *flags,
     return 0;
 }
 
+void nbd_encode_client_flags(uint8_t out[4], uint32_t flags)
+{
+    be32_write(out, flags);
+}
+
+int nbd_decode_client_flags(const uint8_t in[4], uint32_t *flags, const char *peer,
+                            struct err *e)
+{
+    *flags = be32_read(in);
+    uint32_t known = NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES;
+    if (*flags & ~known)
+        return err_set(e, EPROTO, "%s: unknown client flags 0x%x", peer, *flags & ~known);
+    return 0;
+}
+
+void nbd_encode_export_name_reply(uint8_t out[NBD_EXPORT_NAME_REPLY_SIZE], uint64_t size,
+                                  uint16_t flags)
+{
+    memset(out, 0, NBD_EXPORT_NAME_REPLY_SIZE);
+    be64_write(out, size);
+    be16_write(out + 8, flags);
+}
+
 void nbd_encode_option(uint8_t out[NBD_OPTION_HEADER_SIZE], uint32_t option, uint32_t length)
 {
     be64_write(out, NBD_OPTS_MAGIC);
@@ -652,6 +675,11 @@ int nbd_decode_offset_hole(const uint8_t *data, uint32_t len, const struct nbd_r
     *hole_off = off - req->offset;
     *hole_len = n;
     return 0;
+}
+
+void nbd_encode_offset_data(uint8_t out[8], uint64_t offset)
+{
+    be64_write(out, offset);
 }
 
 void nbd_encode_offset_hole(uint8_t out[12], uint64_t offset, uint32_t len)

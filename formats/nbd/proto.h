@@ -203,6 +203,20 @@ void nbd_encode_greeting(uint8_t out[NBD_GREETING_SIZE], uint16_t flags);
 int nbd_decode_greeting(const uint8_t in[NBD_GREETING_SIZE], uint16_t *flags,
                         const char *peer, struct err *e);
 
+/* The client's 32-bit flags after the greeting: only NBD_FLAG_C_* are
+ * known, and a server must end the session on any other bit. */
+void nbd_encode_client_flags(uint8_t out[4], uint32_t flags);
+int nbd_decode_client_flags(const uint8_t in[4], uint32_t *flags, const char *peer,
+                            struct err *e);
+
+/* The server's answer to NBD_OPT_EXPORT_NAME: export size, transmission
+ * flags, then 124 zero bytes that a client which set NBD_FLAG_C_NO_ZEROES
+ * does not get (send NBD_EXPORT_NAME_REPLY_SHORT bytes then). */
+#define NBD_EXPORT_NAME_REPLY_SIZE  134
+#define NBD_EXPORT_NAME_REPLY_SHORT 10
+void nbd_encode_export_name_reply(uint8_t out[NBD_EXPORT_NAME_REPLY_SIZE], uint64_t size,
+                                  uint16_t flags);
+
 /* Option request header; data follows (at most NBD_MAX_OPTION_LEN). */
 struct nbd_option {
     uint32_t option;
@@ -322,6 +336,9 @@ void nbd_encode_chunk_header(uint8_t out[NBD_CHUNK_HEADER_SIZE], uint16_t flags,
 int nbd_decode_offset_data(const uint8_t hdr[8], uint32_t chunk_len,
                            const struct nbd_request *req, uint64_t *data_off,
                            uint32_t *data_len, const char *peer, struct err *e);
+/* The 8-byte offset that starts an NBD_REPLY_TYPE_OFFSET_DATA payload
+ * (the data follows it). */
+void nbd_encode_offset_data(uint8_t out[8], uint64_t offset);
 /* NBD_REPLY_TYPE_OFFSET_HOLE: offset + 32-bit size within the request. */
 int nbd_decode_offset_hole(const uint8_t *data, uint32_t len, const struct nbd_request *req,
                            uint64_t *hole_off, uint32_t *hole_len, const char *peer,

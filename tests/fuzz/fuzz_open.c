@@ -79,35 +79,5 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 }
 
 #ifdef FUZZ_REPLAY
-/* Replay: run each file; print the open result so tests can assert the
- * error message of each damaged image. */
-int main(int argc, char **argv)
-{
-    for (int i = 1; i < argc; i++) {
-        FILE *f = fopen(argv[i], "rb");
-        if (!f) {
-            perror(argv[i]);
-            return 2;
-        }
-        size_t cap = 1 << 20, len = 0;
-        uint8_t *data = malloc(cap);
-        size_t n;
-        while (data && (n = fread(data + len, 1, cap - len, f)) > 0) {
-            len += n;
-            if (len == cap) {
-                uint8_t *bigger = realloc(data, cap * 2);
-                if (!bigger)
-                    break;
-                data = bigger;
-                cap *= 2;
-            }
-        }
-        fclose(f);
-        if (!data)
-            return 2;
-        LLVMFuzzerTestOneInput(data, len);
-        free(data);
-    }
-    return 0;
-}
+#include "tests/fuzz/replay-main.h"
 #endif

@@ -23,6 +23,24 @@ static void test_greeting(void)
     CU_ASSERT_EQUAL(nbd_decode_greeting(g, &flags, "srv", &e), -EPROTO);
 }
 
+static void test_client_flags_and_export_name_reply(void)
+{
+    uint8_t f[4], r[NBD_EXPORT_NAME_REPLY_SIZE];
+    uint32_t flags = 0;
+    struct err e = { 0 };
+    nbd_encode_client_flags(f, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+    CU_ASSERT_EQUAL(nbd_decode_client_flags(f, &flags, "c", &e), 0);
+    CU_ASSERT_EQUAL(flags, 3);
+    nbd_encode_client_flags(f, 0x81);
+    CU_ASSERT_EQUAL(nbd_decode_client_flags(f, &flags, "c", &e), -EPROTO);
+    CU_ASSERT_STRING_EQUAL(e.msg, "c: unknown client flags 0x80");
+    memset(r, 0xff, sizeof(r));
+    nbd_encode_export_name_reply(r, 0x123456789, NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY);
+    CU_ASSERT_EQUAL(be64_read(r), 0x123456789);
+    CU_ASSERT_EQUAL(be16_read(r + 8), 3);
+    CU_ASSERT_TRUE(buffer_is_zero(r + 10, 124));
+}
+
 static void test_option_reply(void)
 {
     uint8_t h[NBD_OPTION_REPLY_SIZE];
@@ -212,6 +230,7 @@ static void test_request(void)
 
 UNIT_MAIN("nbd_proto",
           UNIT_TEST(test_greeting),
+          UNIT_TEST(test_client_flags_and_export_name_reply),
           UNIT_TEST(test_option_reply),
           UNIT_TEST(test_go_and_info),
           UNIT_TEST(test_meta),
