@@ -109,6 +109,15 @@ uint64_t dirty_bitmap_count(const struct dirty_bitmap *bm)
     return hbitmap_count(bm->bits);
 }
 
+uint64_t dirty_bitmap_count_granules(const struct dirty_bitmap *bm)
+{
+    uint64_t size = hbitmap_size(bm->bits), gran = hbitmap_granularity(bm->bits);
+    uint64_t count = hbitmap_count(bm->bits), tail = size % gran;
+    if (tail && hbitmap_get(bm->bits, size - 1))
+        count += gran - tail;
+    return count;
+}
+
 bool dirty_bitmap_enabled(const struct dirty_bitmap *bm)
 {
     return bm->successor ? bm->successor_enabled : bm->enabled;

@@ -50,6 +50,9 @@ uint64_t dirty_bitmap_size(const struct dirty_bitmap *bm);
 uint32_t dirty_bitmap_granularity(const struct dirty_bitmap *bm);
 /* Dirty bytes of the bitmap itself (not of its successor). */
 uint64_t dirty_bitmap_count(const struct dirty_bitmap *bm);
+/* The same as QEMU counts them (bdrv_get_dirty_count, the "count" of
+ * query-block): whole granules, a dirty partial last granule included. */
+uint64_t dirty_bitmap_count_granules(const struct dirty_bitmap *bm);
 bool dirty_bitmap_enabled(const struct dirty_bitmap *bm);
 bool dirty_bitmap_frozen(const struct dirty_bitmap *bm);
 bool dirty_bitmap_persistent(const struct dirty_bitmap *bm);

@@ -86,7 +86,7 @@ static int list_bitmaps(struct blockdev *bs, enum output_mode mode, struct err *
         prop_add_uint(o, "granularity", dirty_bitmap_granularity(bm));
         add_flags(prop_add_array(o, "flags"), bm, blk_bitmaps_remote(bs));
         if (!dirty_bitmap_inconsistent(bm))
-            prop_add_uint(o, "dirty-bytes", dirty_bitmap_count(bm));
+            prop_add_uint(o, "dirty-bytes", dirty_bitmap_count_granules(bm));
     }
     if (prop_failed(list)) {
         prop_free(list);

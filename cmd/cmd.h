@@ -17,7 +17,15 @@ enum {
     EXIT_OK = 0,
     EXIT_ERROR = 1,         /* failure, or bad usage */
     EXIT_CANCELLED = 130,   /* interrupted by SIGINT/SIGTERM (128 + SIGINT) */
+    /* Another process holds the image (a lock conflict): EX_TEMPFAIL, "try
+     * again later", for cron wrappers; never for a permanent error. */
+    EXIT_IN_USE = 75,
 };
+
+/* The end of every run (main): with --output=json and a failure, the JSON
+ * error object on stdout; then stdout and stderr are flushed, and a write
+ * error makes a successful run fail.  Returns the exit status. */
+int cmd_finish(int status);
 
 struct command {
     const char *name;
@@ -87,6 +95,12 @@ struct progress {
 void progress_init(struct progress *p, bool requested, uint64_t total);
 void progress_update(struct progress *p, uint64_t done);
 void progress_finish(struct progress *p);
+
+/* The snapshot table of an image (the "snapshots" array of blk_get_info)
+ * as qemu-img prints it (info, snapshot -l). */
+void cmd_print_snapshots(const struct prop *snaps);
+/* `-o help`: the caption line, then the options as qemu-img lists them. */
+void cmd_print_option_help(const char *caption, const struct blk_option_desc *desc);
 
 /* Settings for every image a command opens, from the environment:
  * IMGTOOL_L2_CACHE_SIZE (qcow2 L2 cache bytes), IMGTOOL_FAULT_AFTER_WRITES

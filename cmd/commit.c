@@ -156,7 +156,7 @@ int cmd_commit(const struct command *cmd, int argc, const char **argv)
         goto fail;
     }
     struct blockdev *base = top->backing;
-    if (base_name && !(base = blk_chain_find(top->backing, base_name))) {
+    if (base_name && !(base = blk_chain_find_backing(top, base_name))) {
         err_set(&e, ENOENT, "%s: not found in the backing chain of %s", base_name, name);
         goto fail;
     }

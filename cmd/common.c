@@ -7,7 +7,62 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+
+/* What --output=json prints when the command fails: the first error
+ * message of the run (cmd_error, cmd_usage_error), as a QMP-style error
+ * object on stdout (imgtool(1), JSON ERRORS).  The one piece of mutable
+ * state in cmd/: it belongs to the process's output, not to a library. */
+static struct {
+    bool json;
+    bool usage;
+    bool have;
+    bool result_printed;    /* a JSON result document went out: it says it all */
+    char desc[2048];
+} run_error;
+
+static void record_error(bool usage, const char *fmt, va_list ap)
+{
+    if (run_error.have)
+        return;
+    vsnprintf(run_error.desc, sizeof(run_error.desc), fmt, ap);
+    run_error.have = true;
+    run_error.usage = usage;
+}
+
+static const char *error_class(int status)
+{
+    if (status == EXIT_IN_USE)
+        return "InUse";
+    if (status == EXIT_CANCELLED)
+        return "Cancelled";
+    return run_error.usage ? "UsageError" : "GenericError";
+}
+
+int cmd_finish(int status)
+{
+    if (status != EXIT_OK && run_error.json && run_error.have && !run_error.result_printed) {
+        printf("{\"error\": {\"class\": \"%s\", \"desc\": ", error_class(status));
+        json_print_string(stdout, run_error.desc);
+        printf("}}\n");
+    }
+    /* A cron job trusts the exit status: output that could not be written
+     * (a full disk, a closed pipe) is a failure, as in GNU's close_stdout;
+     * closing stdout shows a deferred write error too. */
+    errno = 0;
+    bool failed = fflush(stdout) != 0 || ferror(stdout);
+    if (fclose(stdout) != 0)
+        failed = true;
+    if (failed) {
+        cmd_error("write error on standard output: %s", strerror(errno ? errno : EIO));
+        if (status == EXIT_OK)
+            status = EXIT_ERROR;
+    }
+    if ((fflush(stderr) != 0 || ferror(stderr)) && status == EXIT_OK)
+        status = EXIT_ERROR;    /* nowhere left to say so */
+    return status;
+}
 
 static void print_help(struct cmdline *cl, const struct command *cmd)
 {
@@ -22,6 +77,9 @@ int cmd_usage_error(struct cmdline *cl, const char *fmt, ...)
     fprintf(stderr, "imgtool %s: ", cl->cmd->name);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    va_start(ap, fmt);
+    record_error(true, fmt, ap);
     va_end(ap);
     fprintf(stderr, "\nTry 'imgtool %s --help' for more information.\n", cl->cmd->name);
     return cl->usage_status;
@@ -117,6 +175,9 @@ void cmd_error(const char *fmt, ...)
     vfprintf(stderr, fmt, ap);
     va_end(ap);
     fputc('\n', stderr);
+    va_start(ap, fmt);
+    record_error(false, fmt, ap);
+    va_end(ap);
 }
 
 void cmd_warn(const char *fmt, ...)
@@ -142,6 +203,7 @@ int cmd_parse_output(struct cmdline *cl, const char *s, enum output_mode *mode)
     }
     if (!strcmp(s, "json")) {
         *mode = OUTPUT_JSON;
+        run_error.json = true;
         return -1;
     }
     return cmd_usage_error(cl, "--output must be 'human' or 'json', not '%s'", s);
@@ -212,6 +274,8 @@ void json_print_string(FILE *out, const char *s)
 
 void json_print(FILE *out, const struct prop *p, int indent)
 {
+    if (indent == 0 && out == stdout)
+        run_error.result_printed = true;
     switch (p->type) {
     case PROP_STRING: json_print_string(out, p->v.s); return;
     case PROP_INT: fprintf(out, "%" PRId64, p->v.i); return;
@@ -281,6 +345,78 @@ void progress_finish(struct progress *p)
         return;
     progress_update(p, p->total);
     fputc('\n', stderr);
+}
+
+static uint64_t snap_uint(const struct prop *o, const char *key)
+{
+    const struct prop *p = prop_get(o, key);
+    if (!p)
+        return 0;
+    return p->type == PROP_UINT ? p->v.u : (uint64_t)p->v.i;
+}
+
+static const char *snap_string(const struct prop *o, const char *key)
+{
+    const struct prop *p = prop_get(o, key);
+    return p && p->type == PROP_STRING ? p->v.s : NULL;
+}
+
+/* The snapshot table as qemu-img prints it. */
+void cmd_print_snapshots(const struct prop *snaps)
+{
+    printf("Snapshot list:\n%-9s %-16s %8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
+           "VM CLOCK", "ICOUNT");
+    for (const struct prop *s = snaps->first; s; s = s->next) {
+        char vmsize[32], date[32] = "", clock[32], icount[32] = "";
+        format_size_human(snap_uint(s, "vm-state-size"), vmsize, sizeof(vmsize));
+        time_t secs = (time_t)snap_uint(s, "date-sec");
+        struct tm tm;
+        if (localtime_r(&secs, &tm))
+            strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
+        uint64_t ns = snap_uint(s, "vm-clock-sec") * 1000000000ULL + snap_uint(s, "vm-clock-nsec");
+        uint64_t ms = ns / 1000000;
+        snprintf(clock, sizeof(clock), "%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64,
+                 ms / 3600000, ms / 60000 % 60, ms / 1000 % 60, ms % 1000);
+        if (prop_get(s, "icount"))
+            snprintf(icount, sizeof(icount), "%" PRIu64, snap_uint(s, "icount"));
+        const char *id = snap_string(s, "id"), *name = snap_string(s, "name");
+        printf("%-9s %-16s %8s%20s%13s%11s\n", id ? id : "", name ? name : "", vmsize, date,
+               clock, icount);
+    }
+}
+
+
+/* One line per option, "  name=<type>" padded to 24 columns, " - help",
+ * sorted, as QEMU's qemu_opts_print_help. */
+static int compare_lines(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+void cmd_print_option_help(const char *caption, const struct blk_option_desc *desc)
+{
+    size_t n = 0;
+    while (desc && desc[n].name)
+        n++;
+    char **lines = calloc(n ? n : 1, sizeof(*lines));
+    printf("%s\n", caption);
+    for (size_t i = 0; lines && i < n; i++) {
+        char head[128];
+        int len = snprintf(head, sizeof(head), "  %s=<%s>", desc[i].name, desc[i].type);
+        size_t size = (size_t)len + 32 + strlen(desc[i].help);
+        if ((lines[i] = malloc(size)))
+            snprintf(lines[i], size, "%s%*s - %s", head, len < 24 ? 24 - len : 0, "",
+                     desc[i].help);
+    }
+    if (lines) {
+        qsort(lines, n, sizeof(*lines), compare_lines);
+        for (size_t i = 0; i < n; i++)
+            if (lines[i])
+                printf("%s\n", lines[i]);
+        for (size_t i = 0; i < n; i++)
+            free(lines[i]);
+    }
+    free(lines);
 }
 
 /* The process's open settings (cmd_env_init fills them from the

@@ -133,9 +133,20 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
                 new_drv->name);
         goto fail;
     }
+    /* -o backing_file=...,backing_fmt=... as in qemu-img convert -B: the new
+     * target is backed by that image, and only what the source's top layer
+     * allocates is copied (the rest is expected to read the same through
+     * the target's backing file); zeroes are written, not skipped. */
+    const char *backing = kvopts_get(&a.opts, "backing_file");
+    const char *backing_fmt = kvopts_get(&a.opts, "backing_fmt");
+    if (backing_fmt && !backing) {
+        err_set(&e, EINVAL, "%s: -o backing_fmt needs -o backing_file", dst_name);
+        goto fail;
+    }
     if (!no_create) {
         struct blk_create_params p = {
             .filename = dst_name, .size = src->size, .opts = &a.opts,
+            .backing_file = backing, .backing_format = backing_fmt,
             .open_opts = cmd_open_opts(),
         };
         if (blk_create_begin(dst_fmt ? dst_fmt : "raw", &p, &tmp_path, &e) < 0)
@@ -159,7 +170,8 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     install_cancel_handlers();
     struct copy_job job = {
         .src = src, .dst = dst, .offset = 0, .length = src->size,
-        .target_is_zero = !no_create || target_is_zero,
+        .base = backing ? src->backing : NULL,
+        .target_is_zero = (!no_create && !backing) || target_is_zero,
         .buf_size = (size_t)buf_size,
         .max_in_flight = (unsigned)max_in_flight,
         .compress = compress,

@@ -30,7 +30,7 @@ int cmd_create(const struct command *cmd, int argc, const char **argv)
         { "options", 'o', POPT_ARG_STRING, NULL, OPT_O,
           "format options, e.g. cluster_size=64k,compression_type=zstd", "OPT=VAL,..." },
         { "backing", 'b', POPT_ARG_STRING, &backing_arg, 0, "backing file", "FILE" },
-        { "backing-format", 'F', POPT_ARG_STRING, &backing_fmt_arg, 0, "backing file format",
+        { "backing-format", 'F', POPT_ARG_STRING, &backing_fmt_arg, 0, "backing file format (required with -b)",
           "FMT" },
         { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
         POPT_TABLEEND
@@ -67,7 +67,9 @@ int cmd_create(const struct command *cmd, int argc, const char **argv)
                                  p.filename);
         goto out;
     }
-    if (!quiet) {
+    /* -b without -F is refused by blk_create, before anything is formatted
+     * (qemu-img prints no "Formatting" line then either). */
+    if (!quiet && (!p.backing_file || p.backing_format)) {
         printf("Formatting '%s', fmt=%s", p.filename, fmt);
         for (size_t i = 0; i < a.opts.count; i++)
             if (strcmp(a.opts.items[i].key, "size"))

@@ -18,10 +18,6 @@
 
 enum { OPT_O = 1 };
 
-/* Exit status when the disk is in use (by a VM, or by another export):
- * EX_TEMPFAIL, "try again later", so that cron wrappers can tell it apart. */
-#define EXIT_IN_USE 75
-
 struct export_cli {
     struct kvopts opts;
     struct err e;

@@ -62,30 +62,6 @@ static uint64_t prop_uint(const struct prop *info, const char *key)
     return p->type == PROP_UINT ? p->v.u : (uint64_t)p->v.i;
 }
 
-/* The snapshot table as qemu-img prints it. */
-static void print_snapshots(const struct prop *snaps)
-{
-    printf("Snapshot list:\n%-9s %-16s %8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",
-           "VM CLOCK", "ICOUNT");
-    for (const struct prop *s = snaps->first; s; s = s->next) {
-        char vmsize[32], date[32] = "", clock[32], icount[32] = "";
-        format_size_human(prop_uint(s, "vm-state-size"), vmsize, sizeof(vmsize));
-        time_t secs = (time_t)prop_uint(s, "date-sec");
-        struct tm tm;
-        if (localtime_r(&secs, &tm))
-            strftime(date, sizeof(date), "%Y-%m-%d %H:%M:%S", &tm);
-        uint64_t ns = prop_uint(s, "vm-clock-sec") * 1000000000ULL + prop_uint(s, "vm-clock-nsec");
-        uint64_t ms = ns / 1000000;
-        snprintf(clock, sizeof(clock), "%02" PRIu64 ":%02" PRIu64 ":%02" PRIu64 ".%03" PRIu64,
-                 ms / 3600000, ms / 60000 % 60, ms / 1000 % 60, ms % 1000);
-        if (prop_get(s, "icount"))
-            snprintf(icount, sizeof(icount), "%" PRIu64, prop_uint(s, "icount"));
-        const char *id = prop_string(s, "id"), *name = prop_string(s, "name");
-        printf("%-9s %-16s %8s%20s%13s%11s\n", id ? id : "", name ? name : "", vmsize, date,
-               clock, icount);
-    }
-}
-
 static void print_human(const struct prop *info)
 {
     char human[32];
@@ -117,7 +93,7 @@ static void print_human(const struct prop *info)
         printf("cleanly shut down: no\n");
     const struct prop *snaps = prop_get(info, "snapshots");
     if (snaps && snaps->first)
-        print_snapshots(snaps);
+        cmd_print_snapshots(snaps);
     const struct prop *spec = prop_get(info, "format-specific");
     const struct prop *data = spec ? prop_get(spec, "data") : NULL;
     if (data && data->first) {

@@ -19,6 +19,8 @@ const struct command commands[] = {
     { "rebase",  cmd_rebase,  "change the backing file of an image", "[OPTIONS] -b BACKING FILENAME" },
     { "resize",  cmd_resize,  "change the virtual size of an image", "[OPTIONS] FILENAME [+|-]SIZE" },
     { "measure", cmd_measure, "compute the size a new image needs", "[OPTIONS] [--size SIZE | FILENAME]" },
+    { "amend",   cmd_amend,   "change the format options of an image", "[OPTIONS] -o OPT=VAL,... FILENAME" },
+    { "snapshot", cmd_snapshot, "list, create, apply and delete internal snapshots", "[OPTIONS] (-l | -c NAME | -a SNAPSHOT | -d NAME) FILENAME" },
     { "io",      cmd_io,      "read, write, zero and discard ranges of an image", "[OPTIONS] -c COMMAND... FILENAME" },
     { "bitmap",  cmd_bitmap,  "add, remove, merge, list and dump persistent dirty bitmaps", "(--add | --remove | --clear | --enable | --disable | --merge SOURCE)... [OPTIONS] FILENAME BITMAP, or --list FILENAME, or --dump FILENAME BITMAP" },
     { "serve",   cmd_serve,   "export disk images over NBD", "[OPTIONS] IMAGE..." },
@@ -60,9 +62,8 @@ static int run_help(int argc, const char **argv)
     return c->run(c, 2, help_argv);
 }
 
-int main(int argc, char **argv)
+static int run(int argc, const char **args)
 {
-    const char **args = (const char **)argv;
     if (argc < 2) {
         print_usage(stderr);
         return EXIT_ERROR;
@@ -83,4 +84,9 @@ int main(int argc, char **argv)
         return EXIT_ERROR;
     }
     return c->run(c, argc - 1, args + 1);
+}
+
+int main(int argc, char **argv)
+{
+    return cmd_finish(run(argc, (const char **)argv));
 }

@@ -274,6 +274,14 @@ int cmd_mirror(const struct command *cmd, int argc, const char **argv)
     proto.source_format = src_fmt;
     proto.target_format = dst_fmt;
     proto.target_opts = &c.opts;
+    /* -o backing_file=...,backing_fmt=... as in qemu-img: the new target is
+     * backed by that image (relative to the target) instead. */
+    proto.target_backing = kvopts_get(&c.opts, "backing_file");
+    proto.target_backing_format = kvopts_get(&c.opts, "backing_fmt");
+    if (proto.target_backing_format && !proto.target_backing) {
+        status = cmd_usage_error(&cl, "-o backing_fmt needs -o backing_file");
+        goto out;
+    }
     proto.base = base;
     proto.bitmap = bitmap;
     proto.force_bitmap = force;

@@ -30,7 +30,9 @@ int cmd_resize(const struct command *cmd, int argc, const char **argv)
     if ((status = cmd_parse_size_arg(&cl, "size", size_arg, &amount)) >= 0)
         goto out;
     status = EXIT_ERROR;
-    if (blk_open(cl.args[0], format, BLK_OPEN_RDWR | BLK_OPEN_NO_BACKING, cmd_open_opts(), &bs, &e) < 0)
+    /* With its backing chain, as qemu-img resize: growing an overlay over a
+     * larger backing file zeroes the new area (formats/qcow2). */
+    if (blk_open(cl.args[0], format, BLK_OPEN_RDWR, cmd_open_opts(), &bs, &e) < 0)
         goto fail;
     uint64_t new_size = amount;
     if (sign > 0) {

@@ -3,11 +3,11 @@
 #include <signal.h>
 #include <string.h>
 
-volatile sig_atomic_t cancel_requested;
+atomic_int cancel_requested;
 
 static void on_signal(int sig)
 {
-    cancel_requested = sig;
+    atomic_store(&cancel_requested, sig);
 }
 
 void install_cancel_handlers(void)
@@ -19,3 +19,6 @@ void install_cancel_handlers(void)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 }
+
+/* A store from a signal handler is only safe on a lock-free atomic. */
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2, "atomic_int must be lock-free");

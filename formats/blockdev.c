@@ -50,9 +50,26 @@ static int unknown_format(const char *name, struct err *e)
     return err_set(e, EINVAL, "unknown format '%s' (supported: %s)", name, list);
 }
 
+/* Probing looks at this many bytes at the start of a file. */
+#define PROBE_LEN 4096
+
+static const struct blockdrv *probe_buffer(const uint8_t *buf, size_t len)
+{
+    const struct blockdrv *drv = NULL;
+    int best = -1;
+    for (const struct blockdrv *const *d = blk_drivers(); *d; d++) {
+        int score = (*d)->probe ? (*d)->probe(buf, len) : 0;
+        if (score > best) {
+            best = score;
+            drv = *d;
+        }
+    }
+    return drv;
+}
+
 int blk_probe_file(struct transport *f, const struct blockdrv **drv, struct err *e)
 {
-    uint8_t buf[4096];
+    uint8_t buf[PROBE_LEN];
     int ret = transport_pread(f, 0, buf, sizeof(buf), e);
     if (ret < 0)
         return ret;
@@ -60,15 +77,37 @@ int blk_probe_file(struct transport *f, const struct blockdrv **drv, struct err 
     ret = transport_size(f, &size, e);
     if (ret < 0)
         return ret;
-    size_t len = size < sizeof(buf) ? (size_t)size : sizeof(buf);
-    int best = -1;
-    for (const struct blockdrv *const *d = blk_drivers(); *d; d++) {
-        int score = (*d)->probe ? (*d)->probe(buf, len) : 0;
-        if (score > best) {
-            best = score;
-            *drv = *d;
-        }
+    *drv = probe_buffer(buf, size < sizeof(buf) ? (size_t)size : sizeof(buf));
+    return 0;
+}
+
+/* A write into the probed area of an image whose format was probed (not
+ * given) must not make it probe as another format: a guest writing a
+ * qcow2 header into its raw disk would otherwise choose, at the next
+ * probing open, which host file the disk reads as its backing file.  QEMU
+ * refuses such writes for probed raw images the same way (EPERM). */
+static int check_probed_header_write(struct blockdev *bs, uint64_t off, const struct iovec *iov,
+                                     int iovcnt, struct err *e)
+{
+    /* Only raw's guest data is the file's first bytes. */
+    if (!bs->probed || bs->drv != &blockdrv_raw || off >= PROBE_LEN)
+        return 0;
+    uint8_t buf[PROBE_LEN];
+    size_t len = (size_t)min_u64(bs->size, PROBE_LEN);
+    int ret = bs->drv->preadv(bs, 0, &(struct iovec){ buf, len }, 1, e);
+    if (ret < 0)
+        return ret;
+    size_t pos = (size_t)off;
+    for (int i = 0; i < iovcnt && pos < len; i++) {
+        size_t n = (size_t)min_u64(iov[i].iov_len, len - pos);
+        memcpy(buf + pos, iov[i].iov_base, n);
+        pos += n;
     }
+    const struct blockdrv *now = probe_buffer(buf, len);
+    if (now != bs->drv)
+        return err_set(e, EPERM, "%s: refusing to write a %s header into an image whose "
+                       "format %s was probed, not given (name the format to allow it)",
+                       bs->filename, now->name, bs->drv->name);
     return 0;
 }
 
@@ -76,7 +115,8 @@ char *blk_resolve_backing_path(const char *image_path, const char *backing_name)
 {
     /* Absolute names and protocol-style names are used as they are;
      * relative ones are relative to the directory of the image. */
-    if (backing_name[0] == '/' || !strchr(image_path, '/'))
+    if (backing_name[0] == '/' || !strchr(image_path, '/') ||
+        transport_name_is_uri(backing_name))
         return strdup(backing_name);
     const char *slash = strrchr(image_path, '/');
     size_t dirlen = (size_t)(slash - image_path) + 1;
@@ -93,6 +133,20 @@ struct blockdev *blk_chain_find(struct blockdev *bs, const char *path)
     for (; bs; bs = bs->backing)
         if (transport_is_named(bs->file, path))
             return bs;
+    return NULL;
+}
+
+struct blockdev *blk_chain_find_backing(struct blockdev *top, const char *name)
+{
+    for (struct blockdev *l = top; l && l->backing; l = l->backing) {
+        if (l->backing_name && !strcmp(l->backing_name, name))
+            return l->backing;
+        char *path = blk_resolve_backing_path(l->filename, name);
+        bool match = path && transport_is_named(l->backing->file, path);
+        free(path);
+        if (match)
+            return l->backing;
+    }
     return NULL;
 }
 
@@ -202,6 +256,7 @@ static int open_layer(const char *filename, const char *format, unsigned flags,
         goto fail;
     if (!drv && (ret = blk_probe_file(bs->file, &drv, e)) < 0)
         goto fail;
+    bs->probed = !format;
     bs->drv = drv;
     ret = drv->open(bs, e);
     if (ret < 0) {
@@ -322,6 +377,22 @@ static int sync_directory_of(const char *path)
     return ret;
 }
 
+/* A replaced image keeps its owner and permissions (qemu-img writes in
+ * place, so they never change there): set on the new inode before any data
+ * is written into it, so that a 0600 image's data is never readable by
+ * others.  The owner first, since chown clears set-id bits; changing it
+ * needs privileges, and without them the new file stays ours. */
+static int keep_owner_and_mode(struct hostfile *f, const struct stat *old, const char *target,
+                               struct err *e)
+{
+    if (fchown(f->fd, old->st_uid, old->st_gid) < 0 && errno != EPERM)
+        return err_errno(e, errno, "%s: cannot keep the owner of the replaced image", target);
+    if (fchmod(f->fd, old->st_mode & 07777) < 0)
+        return err_errno(e, errno, "%s: cannot keep the permissions of the replaced image",
+                         target);
+    return 0;
+}
+
 static bool is_special_file(const char *path)
 {
     struct stat st;
@@ -365,6 +436,50 @@ static void remove_stale_temporaries(const char *filename)
     free(copy);
 }
 
+/* qemu-img 7.2 refuses -b without -F: probing the backing file's format
+ * lets a guest that writes a qcow2 header into its raw disk choose which
+ * host file the image reads.  The detected format is named as a hint. */
+static int refuse_unknown_backing_format(const struct blk_create_params *p, struct err *e)
+{
+    char *path = blk_resolve_backing_path(p->filename, p->backing_file);
+    struct blockdev *b = NULL;
+    struct err ignored = { 0 };
+    if (path)
+        blk_open(path, NULL, BLK_OPEN_NO_BACKING | BLK_OPEN_FORCE_SHARE, p->open_opts, &b,
+                 &ignored);
+    free(path);
+    if (!b)
+        return err_set(e, EINVAL, "%s: Backing file specified without backing format "
+                       "(give it with -F)", p->filename);
+    err_set(e, EINVAL, "%s: Backing file specified without backing format (detected "
+            "format of %s: %s; give it with -F)", p->filename, p->backing_file, b->drv->name);
+    blk_close(b);
+    return -EINVAL;
+}
+
+/* Names of URI-style protocols that imgtool itself opens (none yet but
+ * NBD, which is being added): they keep their ':'. */
+static bool is_protocol_name(const char *name)
+{
+    return !strncmp(name, "nbd:", 4) || !strncmp(name, "nbd+", 4) || !strncmp(name, "nbds:", 5) ||
+           !strncmp(name, "nbds+", 5);
+}
+
+char *blk_backing_name_for_header(const char *name)
+{
+    /* QEMU reads "x:y.qcow2" as protocol "x" (path_has_protocol: a ':'
+     * before any '/'); "./x:y.qcow2" is the same file to everyone. */
+    const char *colon = strchr(name, ':'), *slash = strchr(name, '/');
+    if (!colon || (slash && slash < colon) || is_protocol_name(name))
+        return strdup(name);
+    char *out = malloc(strlen(name) + 3);
+    if (out) {
+        memcpy(out, "./", 2);
+        strcpy(out + 2, name);
+    }
+    return out;
+}
+
 int blk_measure(const char *format, struct kvopts *opts, struct blockdev *in,
                 struct blk_measure *out, struct err *e)
 {
@@ -374,6 +489,64 @@ int blk_measure(const char *format, struct kvopts *opts, struct blockdev *in,
     if (!drv->measure)
         return err_set(e, ENOTSUP, "format '%s' does not support size measurement", format);
     return drv->measure(opts, in, out, e);
+}
+
+static int no_snapshots(struct blockdev *bs, struct err *e)
+{
+    return err_set(e, ENOTSUP, "%s: format '%s' does not support internal snapshots",
+                   bs->filename, bs->drv->name);
+}
+
+int blk_snapshot_create(struct blockdev *bs, const char *name, uint32_t date_sec,
+                        uint32_t date_nsec, struct err *e)
+{
+    if (!bs->drv->snapshot_create)
+        return no_snapshots(bs, e);
+    return bs->drv->snapshot_create(bs, name, date_sec, date_nsec, e);
+}
+
+int blk_snapshot_delete(struct blockdev *bs, const char *name, struct err *e)
+{
+    if (!bs->drv->snapshot_delete)
+        return no_snapshots(bs, e);
+    return bs->drv->snapshot_delete(bs, name, e);
+}
+
+int blk_snapshot_apply(struct blockdev *bs, const char *id_or_name, struct err *e)
+{
+    if (!bs->drv->snapshot_apply)
+        return no_snapshots(bs, e);
+    /* QEMU's bdrv_snapshot_goto: the bitmaps would not match the reverted
+     * disk. */
+    if (bs->nbitmaps)
+        return err_set(e, EBUSY, "%s: Device has active dirty bitmaps", bs->filename);
+    return bs->drv->snapshot_apply(bs, id_or_name, e);
+}
+
+static bool option_listed(const struct blk_option_desc *d, const char *key)
+{
+    for (; d && d->name; d++)
+        if (!strcmp(d->name, key))
+            return true;
+    return false;
+}
+
+int blk_amend(struct blockdev *bs, struct kvopts *opts, const struct blk_progress *progress,
+              struct err *e)
+{
+    if (!bs->drv->amend)
+        return err_set(e, ENOTSUP, "%s: Format driver '%s' does not support option amendment",
+                       bs->filename, bs->drv->name);
+    for (size_t i = 0; i < opts->count; i++) {
+        const char *key = opts->items[i].key;
+        if (option_listed(bs->drv->amend_options, key))
+            continue;
+        if (option_listed(bs->drv->create_options, key))
+            return err_set(e, EINVAL, "%s: Invalid parameter '%s': this option is only "
+                           "supported for image creation", bs->filename, key);
+        return err_set(e, EINVAL, "%s: Invalid parameter '%s'", bs->filename, key);
+    }
+    return bs->drv->amend(bs, opts, progress, e);
 }
 
 int blk_create_begin(const char *format, const struct blk_create_params *params,
@@ -389,6 +562,8 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
     if (transport_name_is_uri(p.filename))
         return err_set(e, ENOTSUP, "%s: cannot create an image on an NBD export (write into "
                        "the existing export instead, e.g. convert -n)", p.filename);
+    if (p.backing_file && !p.backing_format)
+        return refuse_unknown_backing_format(&p, e);
     if (p.size == BLK_SIZE_FROM_BACKING) {
         if (!p.backing_file)
             return err_set(e, EINVAL, "%s: no size given and no backing file to take it from",
@@ -396,9 +571,17 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
         if ((ret = size_from_backing(&p, &p.size, e)) < 0)
             return ret;
     }
+    /* QEMU's drivers round the size of a new image up to whole sectors
+     * (and then see only whole sectors of an image that was not). */
+    if (p.size > UINT64_MAX - 511)
+        return err_set(e, EFBIG, "%s: size %llu is too large", p.filename,
+                       (unsigned long long)p.size);
+    p.size = align_up(p.size, 512);
     bool special = is_special_file(p.filename);
     if (!special && (ret = check_target_not_in_use(p.filename, e)) < 0)
         return ret;
+    struct stat old;
+    bool replacing = !special && stat(p.filename, &old) == 0;
 
     /* Build the image under a temporary name in the same directory (so a
      * relative backing file name resolves the same), to be renamed into
@@ -417,12 +600,20 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
     struct hostfile *f;
     ret = hostfile_open(tmp, HOSTFILE_RDWR | (special ? 0 : HOSTFILE_CREATE), &f, e);
     if (ret < 0) {
-        err_set(e, -ret, "%s: cannot create image: %s", p.filename, strerror(-ret));
+        if (!special)   /* a special file's own message says what it is */
+            err_set(e, -ret, "%s: cannot create image: %s", p.filename, strerror(-ret));
         free(tmp);
         return ret;
     }
+    char *backing_name = NULL;
+    ret = replacing ? keep_owner_and_mode(f, &old, p.filename, e) : 0;
+    if (ret == 0 && p.backing_file && !(p.backing_file = backing_name =
+                                        blk_backing_name_for_header(p.backing_file)))
+        ret = err_set(e, ENOMEM, "out of memory");
     f->fault = p.open_opts ? p.open_opts->transport.fault : NULL;
-    ret = drv->create(&f->tp, &p, e);
+    if (ret == 0)
+        ret = drv->create(&f->tp, &p, e);
+    free(backing_name);
     if (ret == 0)
         ret = hostfile_flush(f, e);
     hostfile_close(f);
@@ -566,7 +757,9 @@ int blk_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *iov, int 
                 struct err *e)
 {
     size_t len = iov_size(iov, iovcnt);
-    int ret = begin_guest_write(bs, off, len, e);
+    int ret = check_probed_header_write(bs, off, iov, iovcnt, e);
+    if (ret == 0)
+        ret = begin_guest_write(bs, off, len, e);
     if (ret < 0 || len == 0)
         return ret;
     struct range_lock req;
@@ -676,7 +869,12 @@ int blk_set_backing(struct blockdev *bs, const char *name, const char *format,
     if (!bs->drv->set_backing)
         return err_set(e, ENOTSUP, "%s: format '%s' has no backing file", bs->filename,
                        bs->drv->name);
-    return bs->drv->set_backing(bs, name, format, e);
+    char *stored = name ? blk_backing_name_for_header(name) : NULL;
+    if (name && !stored)
+        return err_set(e, ENOMEM, "out of memory");
+    ret = bs->drv->set_backing(bs, stored, format, e);
+    free(stored);
+    return ret;
 }
 
 const void *blk_record_get(struct blockdev *bs, size_t *len)

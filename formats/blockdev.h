@@ -139,6 +139,13 @@ struct blk_measure {
     uint64_t bitmaps;
 };
 
+/* Progress of a long metadata operation (amend): fn(opaque, done, total)
+ * from the calling thread, done growing to total; fn may be NULL. */
+struct blk_progress {
+    void (*fn)(void *opaque, uint64_t done, uint64_t total);
+    void *opaque;
+};
+
 struct blockdrv {
     const char *name;
     /* The -o options of create and of amend, for `-o help` (NULL-terminated
@@ -226,6 +233,19 @@ struct blockdrv {
     /* Can `bs` (open with this driver) store persistent bitmaps as it is
      * (qcow2: version 3)?  NULL: as bitmaps_load says. */
     bool (*bitmaps_persistent)(struct blockdev *bs);
+    /* Internal snapshots (NULL: the format has none).  Listed by get_info
+     * ("snapshots").  create records the disk as it is now, under a new ID,
+     * dated date_sec/date_nsec; delete removes the first snapshot named
+     * `name`; apply makes the disk read as the snapshot with that ID (or
+     * else name) did.  Writable open, nothing else running. */
+    int (*snapshot_create)(struct blockdev *bs, const char *name, uint32_t date_sec,
+                           uint32_t date_nsec, struct err *e);
+    int (*snapshot_delete)(struct blockdev *bs, const char *name, struct err *e);
+    int (*snapshot_apply)(struct blockdev *bs, const char *id_or_name, struct err *e);
+    /* Change the image's format options in place (amend -o); the keys are
+     * those of amend_options, checked by blk_amend.  NULL: cannot amend. */
+    int (*amend)(struct blockdev *bs, struct kvopts *opts, const struct blk_progress *progress,
+                 struct err *e);
 };
 
 struct blockdev {
@@ -236,6 +256,7 @@ struct blockdev {
     unsigned open_flags;
     struct blk_open_opts opts;  /* as given to blk_open (the chain inherits them) */
     bool read_only;
+    bool probed;                /* the format was probed, not given */
     void *opaque;               /* the driver's private state */
     /* Backing chain: the name stored in the image, the path it resolves to,
      * the stored format (or NULL), and the open backing image (or NULL). */
@@ -269,6 +290,18 @@ int blk_probe_file(struct transport *f, const struct blockdrv **drv, struct err 
  * cannot measure. */
 int blk_measure(const char *format, struct kvopts *opts, struct blockdev *in,
                 struct blk_measure *out, struct err *e);
+
+/* Internal snapshots (blockdrv.snapshot_*): -ENOTSUP naming the format
+ * when it has none, -ENOENT when there is no such snapshot.  Apply is
+ * refused (-EBUSY) while the image has dirty bitmaps, as QEMU refuses. */
+int blk_snapshot_create(struct blockdev *bs, const char *name, uint32_t date_sec,
+                        uint32_t date_nsec, struct err *e);
+int blk_snapshot_delete(struct blockdev *bs, const char *name, struct err *e);
+int blk_snapshot_apply(struct blockdev *bs, const char *id_or_name, struct err *e);
+/* blockdrv.amend after checking every key against the format's
+ * amend_options (a create-only option is named as such). */
+int blk_amend(struct blockdev *bs, struct kvopts *opts, const struct blk_progress *progress,
+              struct err *e);
 
 /* --- Open / close --- */
 /* Open `filename` in format `format` (NULL = probe) and its backing chain.
@@ -369,6 +402,10 @@ int blk_block_status_host(struct blockdev *bs, uint64_t off, uint64_t bytes,
 int blk_read_backing(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
                      struct err *e);
 
+/* The name to store in an image header for backing file `name`: a name
+ * that QEMU would read as a protocol (a ':' before any '/', as in
+ * "x:y.qcow2") gets "./" in front.  Returns a malloc'ed string or NULL. */
+char *blk_backing_name_for_header(const char *name);
 /* Resolve a backing file name relative to the directory of the image that
  * names it (QEMU's rule); returns a malloc'ed path or NULL on ENOMEM. */
 char *blk_resolve_backing_path(const char *image_path, const char *backing_name);
@@ -376,6 +413,11 @@ char *blk_resolve_backing_path(const char *image_path, const char *backing_name)
  * (the same file, however it is named, or the same NBD server and export),
  * or NULL. */
 struct blockdev *blk_chain_find(struct blockdev *bs, const char *path);
+/* The backing file (at any depth) of `top` that the user names `name`, as
+ * QEMU's bdrv_find_backing_image: the name stored in the image above it, or
+ * a path that, if relative, is relative to the directory of that image (as
+ * backing file names are), naming the same file.  NULL if none. */
+struct blockdev *blk_chain_find_backing(struct blockdev *top, const char *name);
 /* Whether `name` designates bs's own storage (blk_chain_find on bs alone). */
 bool blk_is_named(const struct blockdev *bs, const char *name);
 /* Whether two open images are the same storage (file or export). */

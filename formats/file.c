@@ -1,9 +1,11 @@
 #include "file.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -17,6 +19,21 @@ static const char *const perm_names[] = {
     "consistent read", "write", "write unchanged", "resize",
 };
 
+/* Images live in regular files and block devices only: a FIFO, socket or
+ * character device has no stable contents to read twice, and reading one
+ * could block forever. */
+static int check_file_type(const char *path, const struct stat *st, struct err *e)
+{
+    if (S_ISREG(st->st_mode) || S_ISBLK(st->st_mode))
+        return 0;
+    if (S_ISDIR(st->st_mode))
+        return err_set(e, EISDIR, "%s: is a directory, not an image", path);
+    const char *what = S_ISFIFO(st->st_mode) ? "a FIFO" : S_ISSOCK(st->st_mode) ? "a socket"
+                       : S_ISCHR(st->st_mode) ? "a character device" : "not a regular file";
+    return err_set(e, EINVAL, "%s: is %s; an image must be a regular file or a block device",
+                   path, what);
+}
+
 int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struct err *e)
 {
     int oflags = O_CLOEXEC | ((flags & HOSTFILE_RDWR) ? O_RDWR : O_RDONLY);
@@ -24,18 +41,19 @@ int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struc
         oflags |= O_DIRECT;
     if (flags & HOSTFILE_CREATE)
         oflags |= O_CREAT | O_EXCL;
-    int fd = open(path, oflags, 0644);
+    /* O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever
+     * (qemu-img hangs there); it is refused below before any I/O. */
+    int fd = open(path, oflags | O_NONBLOCK, 0644);
     if (fd < 0)
         return err_errno(e, errno, "%s: cannot open", path);
     struct stat st;
-    if (fstat(fd, &st) < 0) {
-        int ret = err_errno(e, errno, "%s: cannot stat", path);
+    int ret = fstat(fd, &st) < 0 ? err_errno(e, errno, "%s: cannot stat", path)
+                                 : check_file_type(path, &st, e);
+    if (ret == 0 && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
+        ret = err_errno(e, errno, "%s: cannot open", path);
+    if (ret < 0) {
         close(fd);
         return ret;
-    }
-    if (S_ISDIR(st.st_mode)) {
-        close(fd);
-        return err_set(e, EISDIR, "%s: is a directory, not an image", path);
     }
     struct hostfile *f = calloc(1, sizeof(*f));
     if (!f || !(f->path = strdup(path))) {
@@ -50,7 +68,7 @@ int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struc
     if (flags & HOSTFILE_DIRECT) {
         f->fd_buffered = open(path, oflags & ~(O_DIRECT | O_CREAT | O_EXCL));
         if (f->fd_buffered < 0) {
-            int ret = err_errno(e, errno, "%s: cannot open", path);
+            ret = err_errno(e, errno, "%s: cannot open", path);
             hostfile_close(f);
             return ret;
         }
@@ -69,7 +87,7 @@ int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struc
         if (flags & HOSTFILE_FORCE_SHARE) {
             shared = PERM_ALL;
         }
-        int ret = hostfile_lock(f, perm, shared, e);
+        ret = hostfile_lock(f, perm, shared, e);
         if (ret < 0) {
             hostfile_close(f);
             return ret;
@@ -107,8 +125,53 @@ static int byte_locked_by_other(int fd, off_t byte, bool *locked)
     return 0;
 }
 
+/* Whether descriptor `fd` holds locks (Linux lists them in fdinfo). */
+static bool fd_holds_locks(long fd)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof(path), "/proc/self/fdinfo/%ld", fd);
+    FILE *in = fopen(path, "re");
+    bool found = false;
+    while (in && !found && fgets(line, sizeof(line), in))
+        found = !strncmp(line, "lock:", 5);
+    if (in)
+        fclose(in);
+    return found;
+}
+
+/* Whether another descriptor of this process holds locks on f's file: OFD
+ * locks of two opens of one file conflict even in one process, and such a
+ * conflict is permanent (the image is its own target or backing file), not
+ * "in use, try later". */
+static bool locked_twice_here(const struct hostfile *f)
+{
+    struct stat mine;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d || fstat(f->fd, &mine) < 0) {
+        if (d)
+            closedir(d);
+        return false;
+    }
+    bool found = false;
+    for (struct dirent *de; !found && (de = readdir(d));) {
+        char *end;
+        long fd = strtol(de->d_name, &end, 10);
+        struct stat st;
+        if (*end || end == de->d_name || fd == f->fd || fd == f->fd_buffered ||
+            fd == dirfd(d))
+            continue;
+        found = fstat((int)fd, &st) == 0 && st.st_dev == mine.st_dev &&
+                st.st_ino == mine.st_ino && fd_holds_locks(fd);
+    }
+    closedir(d);
+    return found;
+}
+
 static int lock_conflict(struct hostfile *f, unsigned bit, bool shared_side, struct err *e)
 {
+    if (locked_twice_here(f))
+        return err_set(e, EINVAL, "%s: this command uses the image twice (is it its own "
+                       "target or backing file?)", f->path);
     /* -U only helps a reader: a writer must wait for the other process. */
     if (shared_side && !f->writable)
         return err_set(e, EAGAIN,

@@ -15,7 +15,12 @@ static int raw_probe(const uint8_t *buf, size_t len)
 
 static int raw_open(struct blockdev *bs, struct err *e)
 {
-    return transport_size(bs->file, &bs->size, e);
+    /* Whole sectors, as QEMU sees a raw file: the tail of a file whose
+     * size is not a multiple of 512 reads as zeroes up to the next one. */
+    int ret = transport_size(bs->file, &bs->size, e);
+    if (ret == 0)
+        bs->size = align_up(bs->size, 512);
+    return ret;
 }
 
 static int raw_create(struct transport *file, const struct blk_create_params *p,

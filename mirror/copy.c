@@ -30,6 +30,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -111,7 +112,7 @@ struct worker {
 
 static bool cancel_requested(const struct copy_job *job)
 {
-    return job->cancel && *job->cancel;
+    return job->cancel && atomic_load(job->cancel);
 }
 
 /* --- Work done by the workers (no engine state touched) --- */

@@ -11,7 +11,7 @@
 #ifndef IMGTOOL_COPY_H
 #define IMGTOOL_COPY_H
 
-#include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -115,8 +115,11 @@ struct copy_job {
      * range_done, and copy_run returns -EIO after copying the rest. */
     enum copy_error_action on_source_error, on_target_error;
     /* Set asynchronously (signal handler) to stop the copy: copy_run then
-     * returns -ECANCELED.  Requests already running finish first. */
-    volatile sig_atomic_t *cancel;
+     * returns -ECANCELED.  Requests already running finish first.  A C11
+     * atomic (lock-free, so a signal handler may store it) because worker
+     * threads read it too: a volatile sig_atomic_t flag orders accesses only
+     * between a thread and its own signal handler. */
+    const atomic_int *cancel;
     struct copy_stats stats;
 };
 

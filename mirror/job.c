@@ -111,20 +111,18 @@ static void emit(struct mirror_job *job, enum mirror_event_type type, const char
     job->opts->event(job->opts->opaque, &ev);
 }
 
-/* The layer of the source's chain that is the file `path`. */
+/* The layer of the source's chain that --base names: relative names are
+ * relative to the image that has it as backing file, as in commit and
+ * qemu-img (blk_chain_find_backing). */
 static int find_chain_layer(struct blockdev *src, const char *path,
                             const struct blockdev **out, struct err *e)
 {
-    struct stat st;
-    if (!transport_name_is_uri(path) && stat(path, &st) < 0)
-        return err_errno(e, errno, "%s: cannot use as base", path);
-    for (const struct blockdev *l = src->backing; l; l = l->backing) {
-        if (blk_is_named(l, path)) {
-            *out = l;
-            return 0;
-        }
-    }
-    if (blk_is_named(src, path))
+    if ((*out = blk_chain_find_backing(src, path)))
+        return 0;
+    char *beside = blk_resolve_backing_path(src->filename, path);
+    bool self = beside && blk_is_named(src, beside);
+    free(beside);
+    if (self)
         return err_set(e, EINVAL, "%s: the base cannot be the source itself", path);
     return err_set(e, EINVAL, "%s: not in the backing chain of %s (see imgtool info "
                    "--backing-chain)", path, src->filename);
@@ -226,10 +224,8 @@ static int create_target(struct mirror_job *job, struct err *e)
     if (ret < 0)
         return ret;
     ret = blk_open(job->tmp_path, fmt, BLK_OPEN_RDWR, job->opts->open_opts, &job->dst, e);
-    if (ret < 0) {
-        err_prefix(e, "%s: ", p->target);
-        return ret;
-    }
+    if (ret < 0)
+        return ret;     /* mirror_run_set names the target instead */
     blk_defer_flushes(job->dst, true);  /* nobody sees it until the rename */
     return 0;
 }
@@ -369,8 +365,14 @@ static int prepare(struct mirror_job *job, struct err *e)
         job->base = job->src->backing;
     }
     if (p->target_backing) {
-        ret = blk_open(p->target_backing, p->target_backing_format,
-                       BLK_OPEN_NO_BACKING, job->opts->open_opts, &job->explicit_backing, e);
+        /* Relative to the new target, as its backing file name will be
+         * (create -b, qemu-img create -b). */
+        char *path = blk_resolve_backing_path(p->target, p->target_backing);
+        if (!path)
+            return err_set(e, ENOMEM, "out of memory");
+        ret = blk_open(path, p->target_backing_format, BLK_OPEN_NO_BACKING,
+                       job->opts->open_opts, &job->explicit_backing, e);
+        free(path);
         if (ret < 0)
             return ret;
         if (job->explicit_backing->size != job->src->size)
@@ -626,6 +628,9 @@ int mirror_run_set(const struct mirror_params *params, int n,
     for (i = 0; i < n; i++) {
         if (!jobs[i].p)
             continue;
+        /* A new target is the user's file, whatever its name meanwhile. */
+        if (ret < 0 && jobs[i].tmp_path)
+            err_replace(e, jobs[i].tmp_path, jobs[i].p->target);
         if (ret == 0)
             emit(&jobs[i], MIRROR_EVENT_COMPLETED, NULL);
         else if (ret == -ECANCELED)

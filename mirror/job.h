@@ -6,7 +6,7 @@
 #ifndef IMGTOOL_MIRROR_JOB_H
 #define IMGTOOL_MIRROR_JOB_H
 
-#include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -56,7 +56,8 @@ struct mirror_params {
     bool exclusive;
     /* A new target is backed by this image (which must have the source's
      * size) instead of what the sync mode implies: export's diff images
-     * backed by the previous backup. */
+     * backed by the previous backup, mirror -o backing_file.  A relative
+     * name is relative to the target's directory, as in create -b. */
     const char *target_backing, *target_backing_format;
     /* export: the backup chain record to check and write (mirror/chain.h);
      * NULL for other jobs, which are then refused a bitmap that tracks an
@@ -94,7 +95,7 @@ struct mirror_event {
 struct mirror_set_options {
     void (*event)(void *opaque, const struct mirror_event *ev);
     void *opaque;
-    volatile sig_atomic_t *cancel;
+    const atomic_int *cancel;
     /* Settings for every image the jobs open (NULL: the defaults). */
     const struct blk_open_opts *open_opts;
 };

@@ -124,8 +124,17 @@ expect_match "$(out)" '"allocated-clusters": 75[0-9],'
 ok imgtool resize r1.qcow2 4M
 ok qemu-io -f qcow2 -c 'read -P 0x11 0 3001k' -c 'read -P 0 3001k 1095k' r1.qcow2
 qemu_clean r1.qcow2
-# Internal snapshots pin the size, as in QEMU.
+# With internal snapshots a v3 image grows (as in QEMU 7.2), a v2 image
+# does not (QEMU's message); shrinking is refused (QEMU allows it).
 ok qemu-img snapshot -c s r2.qcow2
-expect_status 1 imgtool resize r2.qcow2 +1M
-expect_match "$(err)" 'internal snapshots'
+ok imgtool resize r2.qcow2 +1M
+qemu_clean r2.qcow2
+ok qemu-img snapshot -a s r2.qcow2
+same_content r2.qcow2 r1.qcow2
+expect_status 1 imgtool resize --shrink r2.qcow2 1M
+expect_match "$(err)" 'cannot shrink a qcow2 image with internal snapshots'
+ok qemu-img create -q -f qcow2 -o compat=0.10 v2s.qcow2 4M
+ok qemu-img snapshot -c s v2s.qcow2
+expect_status 1 imgtool resize v2s.qcow2 +1M
+expect_match "$(err)" "Can't resize a v2 image which has snapshots"
 passed

@@ -221,7 +221,7 @@ static void start_client(struct accept_state *s, int fd)
 
 static bool should_stop(const struct accept_state *s)
 {
-    if (s->p->stop && *s->p->stop)
+    if (s->p->stop && atomic_load(s->p->stop))
         return true;
     return !s->p->persistent && s->had_client && s->nclients == 0;
 }

@@ -22,6 +22,7 @@
 #define IMGTOOL_NBD_SERVER_H
 
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -68,8 +69,9 @@ struct nbd_server_params {
     size_t max_bytes_in_flight;     /* per connection; 0 means 64 MiB */
     /* Set asynchronously (a signal) to stop: no new clients or requests,
      * those in flight are finished and answered, then every connection is
-     * closed and nbd_server_run returns 0. */
-    volatile sig_atomic_t *stop;
+     * closed and nbd_server_run returns 0.  Read by connection threads:
+     * a C11 atomic. */
+    const atomic_int *stop;
     /* Called from connection threads, never concurrently (the server
      * serialises the calls).  May be NULL. */
     void (*event)(void *opaque, const struct nbd_server_event *ev);

@@ -167,6 +167,7 @@ static void free_snapshots(struct qcow2_state *s)
     for (uint32_t i = 0; i < s->nb_snapshots; i++) {
         free(s->snapshots[i].id);
         free(s->snapshots[i].name);
+        free(s->snapshots[i].extra_unknown);
     }
     free(s->snapshots);
     s->snapshots = NULL;
@@ -213,7 +214,16 @@ static int read_snapshots(struct qcow2_state *s, uint64_t file_size, struct err 
             return ret;
         if (extra_len >= 8)
             sn->vm_state_size = be64_read(extra);
+        sn->disk_size = extra_len >= 16 ? be64_read(extra + 8) : s->size;
         sn->icount = extra_len >= 24 ? be64_read(extra + 16) : UINT64_MAX;
+        sn->extra_len = extra_len;
+        if (extra_len > 24) {
+            if (!(sn->extra_unknown = malloc(extra_len - 24)))
+                return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
+            if ((ret = transport_pread(s->bs->file, off + 24, sn->extra_unknown,
+                                      extra_len - 24, e)) < 0)
+                return ret;
+        }
         off += extra_len;
         sn->id = calloc(1, (size_t)id_len + 1);
         sn->name = calloc(1, (size_t)name_len + 1);

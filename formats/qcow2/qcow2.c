@@ -792,8 +792,14 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct err *e)
 
 static int truncate_locked(struct qcow2_state *s, uint64_t size, struct err *e)
 {
-    if (s->nb_snapshots)
-        return err_set(e, ENOTSUP, "%s: cannot resize a qcow2 image with internal snapshots",
+    /* Growing only adds clusters the snapshots do not have (the active L1
+     * table is the image's own, snapshots keep their copies and record
+     * their disk size); a v2 snapshot has no disk size, so QEMU refuses. */
+    if (s->nb_snapshots && s->version < 3)
+        return err_set(e, ENOTSUP, "%s: Can't resize a v2 image which has snapshots",
+                       s->bs->filename);
+    if (s->nb_snapshots && size < s->size)
+        return err_set(e, ENOTSUP, "%s: cannot shrink a qcow2 image with internal snapshots",
                        s->bs->filename);
     if (size > (uint64_t)INT64_MAX)
         return err_set(e, EFBIG, "%s: size too large", s->bs->filename);
@@ -805,19 +811,64 @@ static int truncate_locked(struct qcow2_state *s, uint64_t size, struct err *e)
     return ret;
 }
 
+/* QEMU's bdrv_co_truncate zero-fills the grown area when the backing file
+ * would otherwise show through it (BDRV_REQ_ZERO_WRITE): qemu-img resize
+ * and commit into a smaller base.  Opened without its backing file, the
+ * image is assumed to have a large one. */
+static bool grown_area_needs_zeroes(struct blockdev *bs, uint64_t old_size, uint64_t size)
+{
+    return size > old_size && has_backing(bs) &&
+           (!bs->backing || bs->backing->size > old_size);
+}
+
+/* The grown area [old size, size) reads as zeroes before the new size is
+ * written, as QEMU's qcow2_co_truncate with BDRV_REQ_ZERO_WRITE: explicit
+ * zeroes up to the next (sub)cluster boundary, zero clusters (or
+ * subclusters) from there to the end of the last cluster.  A crash leaves
+ * the old size (with zero entries past it, which nothing reads) or the new
+ * one reading zeroes, never the backing file's data. */
+static int zero_grown_area(struct blockdev *bs, uint64_t size, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_grow_l1(s, qcow2_l1_entries_for(s, size), e);
+    pthread_mutex_unlock(&s->lock);
+    uint64_t end = align_up(size, s->cluster_size);
+    if (ret == 0)
+        ret = qcow2_write_zeroes(bs, s->size, end - s->size, 0, e);
+    if (ret == 0)
+        ret = qcow2_flush(bs, e);
+    return ret;
+}
+
+/* The partial last cluster may hold bytes from before a shrink: the grown
+ * part must read as zeroes (QEMU 7.2 leaves them). */
+static int zero_stale_tail(struct qcow2_state *s, uint64_t size, struct err *e)
+{
+    uint64_t tail_end = min_u64(size, align_up(s->size, s->cluster_size));
+    if (size > s->size && tail_end > s->size)
+        return write_zero_buffer(s, s->size, tail_end - s->size, e);
+    return 0;
+}
+
 static int qcow2_truncate(struct blockdev *bs, uint64_t size, struct err *e)
 {
     struct qcow2_state *s = bs->opaque;
-    uint64_t tail_end = min_u64(size, align_up(s->size, s->cluster_size));
-    if (size > s->size && tail_end > s->size && !s->nb_snapshots) {
-        /* The partial last cluster may hold bytes from before a shrink:
-         * the grown part must read as zeroes (QEMU 7.2 leaves them). */
-        int ret = write_zero_buffer(s, s->size, tail_end - s->size, e);
-        if (ret < 0)
-            return ret;
-    }
+    if (size % 512)
+        return err_set(e, EINVAL, "%s: The new size must be a multiple of 512", bs->filename);
+    bool zero_grown = grown_area_needs_zeroes(bs, s->size, size);
+    if (zero_grown && s->version < 3)
+        return err_set(e, ENOTSUP, "%s: cannot grow a compat=0.10 image over a larger "
+                       "backing file: the new area would show the backing file's data and "
+                       "version 2 has no zero clusters (qemu-img refuses too; use compat=1.1)",
+                       bs->filename);
+    int ret = 0;
+    if (!s->nb_snapshots || s->version >= 3)    /* truncate_locked refuses the rest */
+        ret = zero_grown ? zero_grown_area(bs, size, e) : zero_stale_tail(s, size, e);
+    if (ret < 0)
+        return ret;
     pthread_mutex_lock(&s->lock);
-    int ret = truncate_locked(s, size, e);
+    ret = truncate_locked(s, size, e);
     pthread_mutex_unlock(&s->lock);
     return ret;
 }
@@ -1176,6 +1227,44 @@ out:
     return ret;
 }
 
+/* --- internal snapshots (snapshot.c) --- */
+
+static int qcow2_snapshot_create(struct blockdev *bs, const char *name, uint32_t date_sec,
+                                 uint32_t date_nsec, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_snapshot_create_locked(s, name, date_sec, date_nsec, e);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+static int qcow2_snapshot_delete(struct blockdev *bs, const char *name, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    int i = qcow2_snapshot_find(s, NULL, name);
+    int ret = i < 0 ? err_set(e, ENOENT, "%s: snapshot '%s' not found", bs->filename, name)
+                    : qcow2_snapshot_delete_locked(s, i, e);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* By ID first, then by name, as QEMU's find_snapshot_by_id_or_name. */
+static int qcow2_snapshot_apply(struct blockdev *bs, const char *id_or_name, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    int i = qcow2_snapshot_find(s, id_or_name, NULL);
+    if (i < 0)
+        i = qcow2_snapshot_find(s, NULL, id_or_name);
+    int ret = i < 0 ? err_set(e, ENOENT, "%s: snapshot '%s' not found", bs->filename,
+                              id_or_name)
+                    : qcow2_snapshot_apply_locked(s, i, e);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
 /* Bitmaps need the version 3 header extension. */
 static bool qcow2_bitmaps_persistent(struct blockdev *bs)
 {
@@ -1189,6 +1278,10 @@ const struct blockdrv blockdrv_qcow2 = {
     .amend_options = qcow2_amend_options,
     .measure = qcow2_measure,
     .bitmaps_persistent = qcow2_bitmaps_persistent,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_delete = qcow2_snapshot_delete,
+    .snapshot_apply = qcow2_snapshot_apply,
+    .amend = qcow2_amend,
     .probe = qcow2_probe,
     .open = qcow2_open,
     .close = qcow2_close,

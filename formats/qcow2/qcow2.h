@@ -123,14 +123,19 @@ struct qcow2_ext {
     uint8_t *data;
 };
 
-/* An internal snapshot (kept untouched; listed by info). */
+/* An internal snapshot (qcow2.txt "Snapshot table"): the header fields
+ * and the extra data (vm_state_size_large, disk_size, icount, then bytes
+ * this driver does not know, written back unchanged). */
 struct qcow2_snapshot {
     uint64_t l1_offset;
     uint32_t l1_size;
     uint32_t date_sec, date_nsec;
     uint64_t vm_clock_nsec;
     uint64_t vm_state_size;
+    uint64_t disk_size;         /* the current size when not recorded (v2) */
     uint64_t icount;            /* UINT64_MAX when not recorded */
+    uint32_t extra_len;         /* extra data bytes as stored */
+    uint8_t *extra_unknown;     /* extra_len - 24 bytes past icount, or NULL */
     char *id;
     char *name;
 };
@@ -285,6 +290,29 @@ extern const struct blk_option_desc qcow2_amend_options[];
 /* blockdrv.measure: as QEMU's qcow2_measure. */
 int qcow2_measure(struct kvopts *opts, struct blockdev *in, struct blk_measure *out,
                   struct err *e);
+
+/* --- amend.c --- */
+/* blockdrv.amend: compat, refcount_bits, lazy_refcounts, size, backing. */
+int qcow2_amend(struct blockdev *bs, struct kvopts *opts, const struct blk_progress *progress,
+                struct err *e);
+
+/* --- snapshot.c --- */
+/* Write s->snapshots as a new snapshot table, switch the header to it and
+ * free the old one. */
+int qcow2_write_snapshot_table(struct qcow2_state *s, struct err *e);
+/* Add `addend` (+1, -1 or 0) to the refcounts of every L2 table and
+ * cluster reachable from `l1` (host order; its COPIED flags are updated
+ * in place, not written) and set COPIED in the L2 tables that stay; as
+ * QEMU's qcow2_update_snapshot_refcount.  Nothing is flushed: the caller
+ * orders the switch that follows with qcow2_flush_metadata. */
+int qcow2_update_snapshot_refcount(struct qcow2_state *s, uint64_t *l1, uint32_t l1_size,
+                                   int addend, struct err *e);
+/* Index of the first snapshot with that ID and/or name (NULL: any), or -1. */
+int qcow2_snapshot_find(struct qcow2_state *s, const char *id, const char *name);
+int qcow2_snapshot_create_locked(struct qcow2_state *s, const char *name, uint32_t date_sec,
+                                 uint32_t date_nsec, struct err *e);
+int qcow2_snapshot_delete_locked(struct qcow2_state *s, int index, struct err *e);
+int qcow2_snapshot_apply_locked(struct qcow2_state *s, int index, struct err *e);
 
 /* --- check.c --- */
 /* blockdrv.check: verify refcounts against every reference, L1/L2 entries

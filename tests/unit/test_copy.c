@@ -234,7 +234,7 @@ static void test_cancel_before_start(void)
     make_raw("cancel-out.raw", SPARSE_SIZE, NULL, 0);
     struct blockdev *src = open_raw("sparse.raw", false);
     struct blockdev *dst = open_raw("cancel-out.raw", true);
-    volatile sig_atomic_t cancel = 1;
+    atomic_int cancel = 1;
     struct copy_job job = {
         .src = src, .dst = dst, .offset = 0, .length = src->size,
         .target_is_zero = true, .cancel = &cancel,
