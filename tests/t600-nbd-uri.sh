@@ -37,6 +37,14 @@ import json, sys
 for e in json.load(sys.stdin):
     print(e["start"], e["length"], (0 if e["data"] else 1) | (2 if e["zero"] else 0))')" \
     "$(nbdinfo --map "$u_chain" | awk '{print $1, $2, $3}')" "map against nbdinfo --map"
+# compare and io over both transports.
+for u in "$u_raw" "$u_tcp"; do
+    ok imgtool compare "$u" disk.raw
+    expect_eq "$(out)" "Images are identical." "compare $u"
+    expect_status 1 imgtool compare "$u" top.qcow2
+    expect_match "$(out)" "^Content mismatch at offset 0!$" "compare $u top.qcow2"
+    ok imgtool io -c 'read -P 0x22 1M 192k' -c 'read -P 0 2M 64k' "$u"
+done
 # The default port is 10809 (spelled out as QEMU does).
 expect_status 1 imgtool info nbd://127.0.0.1/x
 expect_eq "$(err)" "imgtool: nbd://127.0.0.1/x: cannot connect to 127.0.0.1 port 10809: Connection refused"

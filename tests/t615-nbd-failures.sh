@@ -42,6 +42,27 @@ expect_eq "$(wc -l < mirror.err)" 1 "lines of error"
 [ -z "$(ls mirror.qcow2* 2>/dev/null)" ] || die "target left behind: $(ls mirror.qcow2*)"
 checks=$((checks + 1))
 
+# The same with a file source and an NBD target: the source's bitmap is
+# as it was when the target's server dies in the middle of the copy.
+ok qemu-img create -q -f qcow2 src.qcow2 4M
+ok qemu-img bitmap --add src.qcow2 b0
+ok qemu-io -f qcow2 -c 'write -P 7 0 1M' -c 'write -P 8 2M 1M' src.qcow2
+ok imgtool bitmap --list src.qcow2
+bitmaps_before=$(out)
+start_nbdkit target.sock --filter=log --filter=delay memory 4M delay-write=1 \
+    logfile="$T/target.log"
+victim=$NBD_PID
+"$IMGTOOL" mirror --sync=bitmap --bitmap=b0 src.qcow2 "$NBD_URI" 2>mirror2.err &
+copier=$!
+for i in $(seq 300); do grep -q ' Write ' "$T/target.log" 2>/dev/null && break; sleep 0.1; done
+kill -9 "$victim"
+rc=0; timeout 60 tail --pid="$copier" -f /dev/null; wait "$copier" || rc=$?
+expect_eq "$rc" 1 "exit status after the target's server died"
+expect_eq "$(wc -l < mirror2.err)" 1 "lines of error"
+ok imgtool bitmap --list src.qcow2
+expect_eq "$(out)" "$bitmaps_before" "source bitmaps after the failed mirror"
+qemu_clean src.qcow2
+
 # Without extents (noextents filter) everything is data, as for qemu-img.
 start_nbdkit ne.sock --filter=noextents data "1 2 3 @1048576 4" size=2M
 ok imgtool map --output=json "$NBD_URI"

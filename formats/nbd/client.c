@@ -1220,14 +1220,14 @@ static int nbd_tp_dirty_bitmaps(struct transport *t, char ***names, size_t *coun
     *names = calloc(nt->ncontexts + 1, sizeof(char *));
     if (!*names)
         return err_set(e, ENOMEM, "out of memory");
-    for (unsigned i = 0; i < nt->ncontexts; i++)
-        if (nt->conns[0]->ctx_ok[i] && strncmp(nt->contexts[i], NBD_CONTEXT_DIRTY_BITMAP,
-                                               plen) == 0 &&
-            !((*names)[*count] = strdup(nt->contexts[i] + plen)))
-            return err_set(e, ENOMEM, "out of memory");
-        else if (nt->conns[0]->ctx_ok[i] && strncmp(nt->contexts[i], NBD_CONTEXT_DIRTY_BITMAP,
-                                                    plen) == 0)
-            (*count)++;
+    for (unsigned i = 0; i < nt->ncontexts; i++) {
+        if (!nt->conns[0]->ctx_ok[i] ||
+            strncmp(nt->contexts[i], NBD_CONTEXT_DIRTY_BITMAP, plen) != 0)
+            continue;
+        if (!((*names)[*count] = strdup(nt->contexts[i] + plen)))
+            return err_set(e, ENOMEM, "out of memory");     /* the caller frees *names */
+        (*count)++;
+    }
     return 0;
 }
 
