@@ -62,6 +62,13 @@ static void print_human(const char *filename, const struct blk_check_result *r, 
     (void)filename;
 }
 
+/* qemu-img prints its result from a QDict, whose keys come out in the
+ * order of their hash buckets (QEMU's tdb_hash modulo 512), not in the
+ * schema's order; these keys fall in distinct buckets, so the order is
+ * fixed: image-end-offset (bucket 30), compressed-clusters (67),
+ * total-clusters (169), corruptions (181), corruptions-fixed (203),
+ * check-errors (204), leaks (246), leaks-fixed (290), allocated-clusters
+ * (304), filename (313), format (337), fragmented-clusters (484). */
 static struct prop *json_result(const char *filename, const char *format,
                                 const struct blk_check_result *r)
 {
@@ -70,25 +77,25 @@ static struct prop *json_result(const char *filename, const char *format,
         return NULL;
     if (r->image_end_offset)
         prop_add_uint(o, "image-end-offset", r->image_end_offset);
+    if (r->compressed_clusters)
+        prop_add_uint(o, "compressed-clusters", r->compressed_clusters);
     if (r->total_clusters)
         prop_add_uint(o, "total-clusters", r->total_clusters);
     if (r->corruptions)
         prop_add_uint(o, "corruptions", r->corruptions);
-    if (r->leaks)
-        prop_add_uint(o, "leaks", r->leaks);
     if (r->corruptions_fixed)
         prop_add_uint(o, "corruptions-fixed", r->corruptions_fixed);
+    prop_add_uint(o, "check-errors", r->check_errors);
+    if (r->leaks)
+        prop_add_uint(o, "leaks", r->leaks);
     if (r->leaks_fixed)
         prop_add_uint(o, "leaks-fixed", r->leaks_fixed);
-    prop_add_uint(o, "check-errors", r->check_errors);
     if (r->allocated_clusters)
         prop_add_uint(o, "allocated-clusters", r->allocated_clusters);
-    if (r->fragmented_clusters)
-        prop_add_uint(o, "fragmented-clusters", r->fragmented_clusters);
-    if (r->compressed_clusters)
-        prop_add_uint(o, "compressed-clusters", r->compressed_clusters);
     prop_add_string(o, "filename", filename);
     prop_add_string(o, "format", format);
+    if (r->fragmented_clusters)
+        prop_add_uint(o, "fragmented-clusters", r->fragmented_clusters);
     return o;
 }
 
@@ -233,7 +240,8 @@ int cmd_check(const struct command *cmd, int argc, const char **argv)
             printf("%simage: %s\n", layer == bs ? "" : "\n", layer->filename);
         status = worse_status(status, check_one(layer, &o));
     }
-    if (o.json && (backing_chain || o.json->first)) {
+    /* qemu-img check -q prints no JSON either. */
+    if (o.json && !quiet && (backing_chain || o.json->first)) {
         json_print(stdout, backing_chain ? o.json : o.json->first, 0);
         printf("\n");
     }

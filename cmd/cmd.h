@@ -49,6 +49,12 @@ struct cmdline {
     int usage_status;       /* exit status for usage errors (1, or 2 for compare) */
     const struct poptOption *options;  /* string options are freed by cmd_done */
     char **optargs;         /* arguments handed to on_option, freed by cmd_done */
+    /* argv as popt sees it: argv[0] is "imgtool CMD", the name its usage
+     * line shows (popt keeps pointers into it until cmd_done). */
+    const char **popt_argv;
+    char *program;
+    char **expanded;        /* abbreviated long options written out in full */
+    size_t nexpanded;
     size_t noptargs;
 };
 
@@ -77,6 +83,14 @@ int cmd_parse_size_arg(struct cmdline *cl, const char *what, const char *s, uint
  * Returns -1 to go on, or the exit status of a usage error. */
 int cmd_parse_buf_size(struct cmdline *cl, const char *s, size_t *out);
 
+/* Whether an -o argument asks for the list of options ("help" or "?" as
+ * one of its comma-separated items), as qemu-img's is_help_option. */
+bool cmd_opts_want_help(const char *text);
+/* qemu-img's -o help: the create options of `drv`, sorted; without a
+ * target file name only those of the format, with qemu-img's note that
+ * the protocol level has more. */
+void cmd_print_create_options(const struct blockdrv *drv, const char *filename);
+
 /* Render a property tree as JSON (4-space indentation like qemu-img). */
 void json_print(FILE *out, const struct prop *p, int indent);
 void json_print_string(FILE *out, const char *s);
@@ -86,11 +100,14 @@ void json_print_string(FILE *out, const char *s);
 struct copy_stats;
 void cmd_add_copy_stats(struct prop *o, const struct copy_stats *st);
 
-/* Progress bar: drawn on stderr only when enabled and stderr is a terminal. */
+/* Progress bar: drawn on stderr only when enabled and stderr is a
+ * terminal, as wide as the terminal allows (at most PROGRESS_MAX_BAR). */
+#define PROGRESS_MAX_BAR 40
 struct progress {
     bool enabled;
     uint64_t total;
     int last_permille;
+    int bar_width;
 };
 void progress_init(struct progress *p, bool requested, uint64_t total);
 void progress_update(struct progress *p, uint64_t done);

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -74,6 +75,7 @@ static void print_help(struct cmdline *cl, const struct command *cmd)
 int cmd_usage_error(struct cmdline *cl, const char *fmt, ...)
 {
     va_list ap;
+    fflush(stdout);
     fprintf(stderr, "imgtool %s: ", cl->cmd->name);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
@@ -83,6 +85,103 @@ int cmd_usage_error(struct cmdline *cl, const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "\nTry 'imgtool %s --help' for more information.\n", cl->cmd->name);
     return cl->usage_status;
+}
+
+/* --- Long options abbreviated as getopt_long (and so qemu-img) takes them:
+ * "--out=json" is "--output=json" when no other long option starts with
+ * "out".  popt wants whole names, so the arguments are rewritten first. */
+
+/* The long options of `table` (and the tables it includes) that `name`
+ * (n bytes) names exactly or abbreviates. */
+struct long_match {
+    const struct poptOption *exact, *first, *second;
+    int count;              /* options it abbreviates */
+};
+
+static void match_long_option(const struct poptOption *table, const char *name, size_t n,
+                              struct long_match *m)
+{
+    for (const struct poptOption *o = table; o->longName || o->shortName || o->arg; o++) {
+        if ((o->argInfo & POPT_ARG_MASK) == POPT_ARG_INCLUDE_TABLE) {
+            match_long_option(o->arg, name, n, m);
+        } else if (o->longName && !strncmp(o->longName, name, n)) {
+            if (strlen(o->longName) == n)
+                m->exact = o;
+            else if (m->count++ == 0)
+                m->first = o;
+            else if (!m->second)
+                m->second = o;
+        }
+    }
+}
+
+static bool takes_argument(const struct poptOption *o)
+{
+    int type = o->argInfo & POPT_ARG_MASK;
+    return type != POPT_ARG_NONE && type != POPT_ARG_VAL;
+}
+
+static const struct poptOption *find_short_option(const struct poptOption *table, char c)
+{
+    for (const struct poptOption *o = table; o->longName || o->shortName || o->arg; o++) {
+        if ((o->argInfo & POPT_ARG_MASK) == POPT_ARG_INCLUDE_TABLE) {
+            const struct poptOption *f = find_short_option(o->arg, c);
+            if (f)
+                return f;
+        } else if (o->shortName == c) {
+            return o;
+        }
+    }
+    return NULL;
+}
+
+/* Rewrite abbreviated long options of argv[1..] in place (new strings kept
+ * in cl->expanded); returns -1 to go on or the status of a usage error. */
+static int expand_abbreviations(struct cmdline *cl, const struct poptOption *table, int argc,
+                                const char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (a[0] != '-' || !a[1])
+            continue;
+        if (!strcmp(a, "--"))
+            return -1;
+        if (a[1] != '-') {
+            /* Short options "-abc": the last may take the next argument. */
+            const struct poptOption *o = find_short_option(table, a[strlen(a) - 1]);
+            if (o && takes_argument(o) && strlen(a) == 2)
+                i++;
+            continue;
+        }
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t n = eq ? (size_t)(eq - name) : strlen(name);
+        struct long_match m = { 0 };
+        match_long_option(table, name, n, &m);
+        if (!m.exact && m.count > 1)
+            return cmd_usage_error(cl, "option '--%.*s' is ambiguous; possibilities: '--%s' "
+                                   "'--%s'%s", (int)n, name, m.first->longName,
+                                   m.second->longName, m.count > 2 ? " ..." : "");
+        const struct poptOption *o = m.exact ? m.exact : m.first;
+        if (!o)
+            continue;   /* popt reports it */
+        if (strlen(o->longName) != n) {
+            char *full = malloc(strlen(o->longName) + strlen(a) + 3);
+            char **more = realloc(cl->expanded, sizeof(*more) * (cl->nexpanded + 1));
+            if (more)
+                cl->expanded = more;
+            if (!full || !more) {
+                free(full);
+                cmd_error("out of memory");
+                return EXIT_ERROR;
+            }
+            sprintf(full, "--%s%s", o->longName, eq ? eq : "");
+            cl->expanded[cl->nexpanded++] = full;
+            argv[i] = full;
+        }
+        if (takes_argument(o) && !eq)
+            i++;
+    }
+    return -1;
 }
 
 int cmd_parse(struct cmdline *cl, const struct command *cmd, int argc, const char **argv,
@@ -100,7 +199,17 @@ int cmd_parse(struct cmdline *cl, const struct command *cmd, int argc, const cha
         cl->usage_status = EXIT_ERROR;
     cl->cmd = cmd;
     cl->options = options;
-    cl->ctx = poptGetContext(cmd->name, argc, argv, table, 0);
+    cl->popt_argv = calloc((size_t)argc + 1, sizeof(*cl->popt_argv));
+    cl->program = malloc(strlen(cmd->name) + sizeof("imgtool "));
+    if (cl->popt_argv && cl->program) {
+        sprintf(cl->program, "imgtool %s", cmd->name);
+        memcpy(cl->popt_argv, argv, sizeof(*argv) * (size_t)argc);
+        cl->popt_argv[0] = cl->program;
+        int st = expand_abbreviations(cl, table, argc, cl->popt_argv);
+        if (st >= 0)
+            return st;
+        cl->ctx = poptGetContext(cmd->name, argc, cl->popt_argv, table, 0);
+    }
     if (!cl->ctx) {
         cmd_error("out of memory");
         return EXIT_ERROR;
@@ -165,11 +274,24 @@ void cmd_done(struct cmdline *cl)
     if (cl->ctx)
         poptFreeContext(cl->ctx);
     cl->ctx = NULL;
+    free(cl->popt_argv);
+    free(cl->program);
+    for (size_t i = 0; i < cl->nexpanded; i++)
+        free(cl->expanded[i]);
+    free(cl->expanded);
+    cl->expanded = NULL;
+    cl->nexpanded = 0;
+    cl->popt_argv = NULL;
+    cl->program = NULL;
 }
 
+/* Errors and warnings go to stderr after whatever stdout holds, so that
+ * the two read in order when both go to one pipe or file (stdout is then
+ * fully buffered). */
 void cmd_error(const char *fmt, ...)
 {
     va_list ap;
+    fflush(stdout);
     fputs("imgtool: ", stderr);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
@@ -183,6 +305,7 @@ void cmd_error(const char *fmt, ...)
 void cmd_warn(const char *fmt, ...)
 {
     va_list ap;
+    fflush(stdout);
     fputs("imgtool: warning: ", stderr);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
@@ -252,6 +375,47 @@ unsigned cmd_open_flags(bool writable, bool force_share, const char *cache, stru
     return flags;
 }
 
+bool cmd_opts_want_help(const char *text)
+{
+    for (const char *p = text; p && *p;) {
+        size_t n = strcspn(p, ",");
+        if ((n == 4 && !strncmp(p, "help", 4)) || (n == 1 && *p == '?'))
+            return true;
+        p += n;
+        while (*p == ',')
+            p++;
+    }
+    return false;
+}
+
+static int compare_option_names(const void *a, const void *b)
+{
+    const struct blk_option_desc *const *x = a, *const *y = b;
+    return strcmp((*x)->name, (*y)->name);
+}
+
+void cmd_print_create_options(const struct blockdrv *drv, const char *filename)
+{
+    const struct blk_option_desc *list[64];
+    size_t n = 0;
+    for (const struct blk_option_desc *o = drv->create_options; o && o->name; o++)
+        if ((filename || !o->protocol) && n < sizeof(list) / sizeof(list[0]))
+            list[n++] = o;
+    qsort(list, n, sizeof(list[0]), compare_option_names);
+    if (filename)
+        printf("Supported options:\n");
+    else
+        printf("Supported %s options:\n", drv->name);
+    for (size_t i = 0; i < n; i++) {
+        char left[64];
+        snprintf(left, sizeof(left), "%s=<%s>", list[i]->name, list[i]->type);
+        printf("  %-22s - %s\n", left, list[i]->help);
+    }
+    if (!filename)
+        printf("\nThe protocol level may support further options.\n"
+               "Specify the target filename to include those options.\n");
+}
+
 void json_print_string(FILE *out, const char *s)
 {
     fputc('"', out);
@@ -312,9 +476,22 @@ void cmd_add_copy_stats(struct prop *o, const struct copy_stats *st)
     prop_add_uint(o, "bytes-skipped", st->bytes_skipped);
 }
 
+/* The bar's width for a terminal of `columns`: the line is
+ * "    (100.0/100%) [" + bar + "]", 19 columns around the bar, kept one
+ * column short of the edge (a full line makes some terminals wrap). */
+static int bar_width(int columns)
+{
+    int w = columns - 20;
+    return w < 0 ? 0 : w > PROGRESS_MAX_BAR ? PROGRESS_MAX_BAR : w;
+}
+
 void progress_init(struct progress *p, bool requested, uint64_t total)
 {
     p->enabled = requested && isatty(STDERR_FILENO);
+    struct winsize ws;
+    p->bar_width = PROGRESS_MAX_BAR;
+    if (p->enabled && ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+        p->bar_width = bar_width(ws.ws_col);
     p->total = total;
     p->last_permille = -1;
     progress_update(p, 0);
@@ -330,12 +507,15 @@ void progress_update(struct progress *p, uint64_t done)
     if (permille == p->last_permille)
         return;
     p->last_permille = permille;
-    char bar[41];
-    int filled = permille * 40 / 1000;
+    char bar[PROGRESS_MAX_BAR + 1];
+    int filled = permille * p->bar_width / 1000;
     memset(bar, '#', (size_t)filled);
-    memset(bar + filled, '-', (size_t)(40 - filled));
-    bar[40] = '\0';
-    fprintf(stderr, "\r    (%5.1f/100%%) [%s]", permille / 10.0, bar);
+    memset(bar + filled, '-', (size_t)(p->bar_width - filled));
+    bar[p->bar_width] = '\0';
+    if (p->bar_width)
+        fprintf(stderr, "\r    (%5.1f/100%%) [%s]", permille / 10.0, bar);
+    else
+        fprintf(stderr, "\r    (%5.1f/100%%)", permille / 10.0);
     fflush(stderr);
 }
 

@@ -17,13 +17,16 @@ enum { OPT_O = 1 };
 
 struct convert_args {
     struct kvopts opts;
+    bool help;              /* -o help */
     struct err e;
 };
 
 static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
 {
     struct convert_args *a = opaque;
-    if (val == OPT_O && kvopts_parse(&a->opts, arg, &a->e) < 0)
+    if (val == OPT_O && cmd_opts_want_help(arg))
+        a->help = true;
+    else if (val == OPT_O && kvopts_parse(&a->opts, arg, &a->e) < 0)
         return cmd_usage_error(cl, "-o %s: %s", arg, a->e.msg);
     return -1;
 }
@@ -34,10 +37,26 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
     progress_update(opaque, done);
 }
 
+/* -S: qemu-img's sparse detection unit, a multiple of 512 up to 16 MiB.
+ * 0 (no detection, a fully allocated target) is not implemented. */
+static int parse_sparse_size(struct cmdline *cl, const char *s, uint64_t *out)
+{
+    int status = cmd_parse_size_arg(cl, "sparse size", s, out);
+    if (status >= 0)
+        return status;
+    if (*out % 512 || *out > (16u << 20))
+        return cmd_usage_error(cl, "Invalid buffer size for sparse output specified. Valid "
+                               "sizes are multiples of 512 up to 16777216.");
+    if (*out == 0)
+        return cmd_usage_error(cl, "-S 0 (a fully allocated target) is not supported");
+    return -1;
+}
+
 int cmd_convert(const struct command *cmd, int argc, const char **argv)
 {
     char *src_fmt = NULL, *dst_fmt = NULL, *cache = NULL, *src_cache = NULL;
-    char *buf_size_s = NULL;
+    char *buf_size_s = NULL, *sparse_s = NULL, *rate_s = NULL, *backing = NULL;
+    char *backing_fmt = NULL;
     int no_create = 0, progress = 0, quiet = 0, force_share = 0, target_is_zero = 0;
     int compress = 0, out_of_order = 0, max_in_flight = COPY_DEFAULT_IN_FLIGHT;
     int copy_bitmaps = 0, skip_broken = 0, connections = 1;
@@ -70,6 +89,15 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
         { "progress", 'p', POPT_ARG_NONE, &progress, 0, "show a progress bar on a terminal",
           NULL },
         { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
+        { "backing", 'B', POPT_ARG_STRING, &backing, 0,
+          "the new target is an overlay of FILE: only what differs from it is written",
+          "FILE" },
+        { "backing-format", 'F', POPT_ARG_STRING, &backing_fmt, 0,
+          "format of the -B file (default: probe)", "FMT" },
+        { "sparse-size", 'S', POPT_ARG_STRING, &sparse_s, 0,
+          "zeroes are detected (and not written) in units of SIZE (default 4k)", "SIZE" },
+        { "rate-limit", 'r', POPT_ARG_STRING, &rate_s, 0, "at most RATE bytes per second",
+          "RATE" },
         { "bitmaps", '\0', POPT_ARG_NONE, &copy_bitmaps, 0,
           "copy the persistent bitmaps too (qcow2 target)", NULL },
         { "skip-broken-bitmaps", '\0', POPT_ARG_NONE, &skip_broken, 0,
@@ -82,9 +110,20 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     char *tmp_path = NULL;
     const char *src_name = NULL, *dst_name = NULL;
     size_t buf_size = 0;
-    int status = cmd_parse(&cl, cmd, argc, argv, options, 2, 2, on_option, &a);
+    int status = cmd_parse(&cl, cmd, argc, argv, options, 0, 2, on_option, &a);
     if (status >= 0)
         goto out;
+    const struct blockdrv *help_drv = blk_find_driver(dst_fmt ? dst_fmt : "raw");
+    if (a.help && help_drv) {
+        cmd_print_create_options(help_drv, cl.nargs == 2 ? cl.args[1] : NULL);
+        status = EXIT_OK;
+        goto out;
+    }
+    if (cl.nargs < 2) {
+        status = cmd_usage_error(&cl, "missing argument (usage: imgtool %s %s)", cmd->name,
+                                 cmd->usage);
+        goto out;
+    }
     if (buf_size_s && (status = cmd_parse_buf_size(&cl, buf_size_s, &buf_size)) >= 0)
         goto out;
     if (max_in_flight < 1 || max_in_flight > COPY_MAX_IN_FLIGHT) {
@@ -98,6 +137,19 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     }
     if (skip_broken && !copy_bitmaps) {
         status = cmd_usage_error(&cl, "--skip-broken-bitmaps needs --bitmaps");
+        goto out;
+    }
+    uint64_t sparse_size = 0, rate = 0;
+    if (sparse_s && (status = parse_sparse_size(&cl, sparse_s, &sparse_size)) >= 0)
+        goto out;
+    if (rate_s && (status = cmd_parse_size_arg(&cl, "rate limit", rate_s, &rate)) >= 0)
+        goto out;
+    if (backing_fmt && !backing) {
+        status = cmd_usage_error(&cl, "-F needs a backing file (-B)");
+        goto out;
+    }
+    if (backing && (no_create || compress)) {
+        status = cmd_usage_error(&cl, "-B cannot be used with %s", no_create ? "-n" : "-c");
         goto out;
     }
     if (no_create && a.opts.count) {
@@ -137,16 +189,17 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
      * target is backed by that image, and only what the source's top layer
      * allocates is copied (the rest is expected to read the same through
      * the target's backing file); zeroes are written, not skipped. */
-    const char *backing = kvopts_get(&a.opts, "backing_file");
-    const char *backing_fmt = kvopts_get(&a.opts, "backing_fmt");
-    if (backing_fmt && !backing) {
+    const char *o_backing = kvopts_get(&a.opts, "backing_file");
+    const char *o_backing_fmt = kvopts_get(&a.opts, "backing_fmt");
+    if (o_backing_fmt && !o_backing) {
         err_set(&e, EINVAL, "%s: -o backing_fmt needs -o backing_file", dst_name);
         goto fail;
     }
     if (!no_create) {
         struct blk_create_params p = {
             .filename = dst_name, .size = src->size, .opts = &a.opts,
-            .backing_file = backing, .backing_format = backing_fmt,
+            .backing_file = backing ? backing : o_backing,
+            .backing_format = backing ? backing_fmt : o_backing_fmt,
             .open_opts = cmd_open_opts(),
         };
         if (blk_create_begin(dst_fmt ? dst_fmt : "raw", &p, &tmp_path, &e) < 0)
@@ -170,8 +223,14 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     install_cancel_handlers();
     struct copy_job job = {
         .src = src, .dst = dst, .offset = 0, .length = src->size,
-        .base = backing ? src->backing : NULL,
-        .target_is_zero = (!no_create && !backing) || target_is_zero,
+        /* With -B the new target reads as its backing file: what the
+         * source holds the same is not written (the rebase comparison).
+         * With -o backing_file only the source's top layer is copied. */
+        .base = !backing && o_backing ? src->backing : NULL,
+        .target_is_zero = !backing && ((!no_create && !o_backing) || target_is_zero),
+        .skip_identical = backing != NULL,
+        .zero_detect = (uint32_t)sparse_size,
+        .speed = rate,
         .buf_size = (size_t)buf_size,
         .max_in_flight = (unsigned)max_in_flight,
         .compress = compress,

@@ -20,7 +20,8 @@ static bool can_merge(const struct map_entry *a, const struct map_entry *b)
            (!a->has_offset || a->offset + a->length == b->offset);
 }
 
-static void print_entry(const struct map_entry *m, enum output_mode mode, bool first)
+/* Returns -1 when the human format cannot say where the data is. */
+static int print_entry(const struct map_entry *m, enum output_mode mode, bool first)
 {
     if (mode == OUTPUT_JSON) {
         printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 ", \"depth\": %d, "
@@ -31,13 +32,20 @@ static void print_entry(const struct map_entry *m, enum output_mode mode, bool f
         if (m->has_offset)
             printf(", \"offset\": %" PRIu64, m->offset);
         printf("}");
-        return;
+        return 0;
     }
-    /* Humans see only the ranges that hold data, and where. */
-    if (!m->data || !m->has_offset)
-        return;
-    printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", m->start, m->length,
-           m->offset, m->layer->file->name);
+    /* Humans see only the ranges that hold data, and where; data without
+     * a host offset (compressed clusters) has no answer, and qemu-img
+     * fails there with this message. */
+    if (m->data && !m->has_offset) {
+        fflush(stdout);
+        cmd_error("File contains external, encrypted or compressed clusters.");
+        return -1;
+    }
+    if (m->data && !m->zero)
+        printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n", m->start, m->length,
+               m->offset, m->layer->file->name);
+    return 0;
 }
 
 int cmd_map(const struct command *cmd, int argc, const char **argv)
@@ -75,7 +83,7 @@ int cmd_map(const struct command *cmd, int argc, const char **argv)
     bool have = false, first = true;
     for (uint64_t off = start; off < end;) {
         struct blk_extent ext;
-        if (blk_block_status(bs, off, end - off, &ext, &e) < 0)
+        if (blk_block_status_host(bs, off, end - off, &ext, &e) < 0)
             goto fail;
         struct map_entry m = {
             .start = off, .length = ext.length, .depth = ext.depth,
@@ -88,7 +96,8 @@ int cmd_map(const struct command *cmd, int argc, const char **argv)
             cur.length += m.length;
         } else {
             if (have) {
-                print_entry(&cur, mode, first);
+                if (print_entry(&cur, mode, first) < 0)
+                    goto out_error;
                 first = false;
             }
             cur = m;
@@ -96,11 +105,14 @@ int cmd_map(const struct command *cmd, int argc, const char **argv)
         }
         off += ext.length;
     }
-    if (have)
-        print_entry(&cur, mode, first);
+    if (have && print_entry(&cur, mode, first) < 0)
+        goto out_error;
     if (mode == OUTPUT_JSON)
         printf(have ? "]\n" : "[]\n");
     status = EXIT_OK;
+    goto out;
+out_error:
+    status = EXIT_ERROR;
     goto out;
 fail:
     fflush(stdout);

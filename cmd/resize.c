@@ -1,4 +1,5 @@
 /* imgtool resize: grow or (with --shrink) shrink the virtual disk. */
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <string.h>
@@ -7,10 +8,12 @@
 
 int cmd_resize(const struct command *cmd, int argc, const char **argv)
 {
-    char *format = NULL;
+    char *format = NULL, *prealloc_s = NULL;
     int shrink = 0, quiet = 0;
     struct poptOption options[] = {
         { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
+        { "preallocation", '\0', POPT_ARG_STRING, &prealloc_s, 0,
+          "preallocate the grown part (qcow2: metadata too)", "off|metadata|falloc|full" },
         { "shrink", '\0', POPT_ARG_NONE, &shrink, 0,
           "allow making the image smaller (data past the new end is lost)", NULL },
         { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
@@ -19,16 +22,28 @@ int cmd_resize(const struct command *cmd, int argc, const char **argv)
     struct cmdline cl = { 0 };
     struct blockdev *bs = NULL;
     struct err e = { 0 };
-    int status = cmd_parse(&cl, cmd, argc, argv, options, 2, 2, NULL, NULL);
+    /* As qemu-img, the size is the last argument, taken before the options
+     * are parsed so that "-512M" is not read as options. */
+    const char *size_arg = NULL;
+    if (argc >= 3 && argv[argc - 1][0] == '-' && isdigit((unsigned char)argv[argc - 1][1]))
+        size_arg = argv[--argc];
+    int status = cmd_parse(&cl, cmd, argc, argv, options, size_arg ? 1 : 2, size_arg ? 1 : 2,
+                           NULL, NULL);
     if (status >= 0)
         goto out;
-    const char *size_arg = cl.args[1];
+    if (!size_arg)
+        size_arg = cl.args[1];
     int sign = 0;
     if (size_arg[0] == '+' || size_arg[0] == '-')
         sign = *size_arg++ == '+' ? 1 : -1;
     uint64_t amount;
     if ((status = cmd_parse_size_arg(&cl, "size", size_arg, &amount)) >= 0)
         goto out;
+    enum blk_prealloc prealloc = BLK_PREALLOC_OFF;
+    if (prealloc_s && blk_parse_prealloc(prealloc_s, &prealloc) < 0) {
+        status = cmd_usage_error(&cl, "Invalid preallocation mode '%s'", prealloc_s);
+        goto out;
+    }
     status = EXIT_ERROR;
     /* With its backing chain, as qemu-img resize: growing an overlay over a
      * larger backing file zeroes the new area (formats/qcow2). */
@@ -55,7 +70,18 @@ int cmd_resize(const struct command *cmd, int argc, const char **argv)
                 bs->size, new_size);
         goto fail;
     }
-    if (blk_truncate(bs, new_size, &e) < 0 || blk_flush(bs, &e) < 0)
+    if (new_size < bs->size && prealloc != BLK_PREALLOC_OFF) {
+        err_set(&e, EINVAL, "%s: Preallocation can only be used for growing images",
+                bs->filename);
+        goto fail;
+    }
+    uint64_t old_size = bs->size;
+    /* A mode the format has not is refused before the size changes. */
+    if (blk_preallocate(bs, old_size, 0, prealloc, &e) < 0 ||
+        blk_truncate(bs, new_size, &e) < 0 ||
+        (new_size > old_size &&
+         blk_preallocate(bs, old_size, new_size - old_size, prealloc, &e) < 0) ||
+        blk_flush(bs, &e) < 0)
         goto fail;
     if (!quiet)
         printf("Image resized.\n");

@@ -180,28 +180,91 @@ bool blk_target_exists(const char *name)
     return transport_name_is_uri(name) || access(name, F_OK) == 0;
 }
 
-/* Backing chains are bounded so that a loop or a hostile chain cannot make
- * us open files forever. */
+/* Backing chains are bounded so that a hostile chain cannot make us open
+ * files forever; a loop is found before that, by file identity. */
 #define MAX_CHAIN_DEPTH 256
 
-static int open_layer(const char *filename, const char *format, unsigned flags,
-                      const struct blk_open_opts *opts, int depth, struct blockdev **out,
-                      struct err *e);
+/* The layers opened so far on the way down from the top image, each with
+ * the identity of its file (st_dev, st_ino), so that a backing file that is
+ * one of them is reported as a loop before it is opened: opening it would
+ * clash with our own lock on it, or repeat the chain until the depth limit,
+ * holding every layer's tables in memory. */
+struct chain_layer {
+    const char *filename;
+    dev_t dev;
+    ino_t ino;
+    bool known;                 /* dev/ino were found (not a host file: no identity) */
+    const struct chain_layer *above;
+};
 
-static int open_backing(struct blockdev *bs, unsigned flags, int depth, struct err *e)
+static void chain_layer_init(struct chain_layer *l, const char *filename,
+                             const struct chain_layer *above)
+{
+    struct stat st;
+    l->filename = filename;
+    l->known = !transport_name_is_uri(filename) && stat(filename, &st) == 0;
+    l->dev = l->known ? st.st_dev : 0;
+    l->ino = l->known ? st.st_ino : 0;
+    l->above = above;
+}
+
+/* The layer of the chain (from `chain` up) that `l` is the same file as. */
+static const struct chain_layer *chain_find_same(const struct chain_layer *chain,
+                                                 const struct chain_layer *l)
+{
+    for (; chain && l->known; chain = chain->above)
+        if (chain->known && chain->dev == l->dev && chain->ino == l->ino)
+            return chain;
+    return NULL;
+}
+
+/* "top -> ... -> l" into buf: the chain from the top image down to l. */
+static void chain_describe(const struct chain_layer *l, char *buf, size_t len)
+{
+    if (l->above) {
+        chain_describe(l->above, buf, len);
+        size_t used = strlen(buf);
+        snprintf(buf + used, len - used, " -> %s", l->filename);
+    } else {
+        snprintf(buf, len, "%s", l->filename);
+    }
+}
+
+static const struct chain_layer *chain_top(const struct chain_layer *l)
+{
+    while (l->above)
+        l = l->above;
+    return l;
+}
+
+static int open_layer(const char *filename, const char *format, unsigned flags,
+                      const struct blk_open_opts *opts, int depth,
+                      const struct chain_layer *above, struct blockdev **out, struct err *e);
+
+static int open_backing(struct blockdev *bs, unsigned flags, int depth,
+                        const struct chain_layer *self, struct err *e)
 {
     if (!bs->backing_name || !bs->backing_name[0] || (flags & BLK_OPEN_NO_BACKING))
         return 0;
     if (depth >= MAX_CHAIN_DEPTH)
-        return err_set(e, ELOOP, "%s: backing chain is longer than %d images (a loop?)",
+        return err_set(e, ELOOP, "%s: backing chain is longer than %d images",
                        bs->filename, MAX_CHAIN_DEPTH);
     bs->backing_path = blk_resolve_backing_path(bs->filename, bs->backing_name);
     if (!bs->backing_path)
         return err_set(e, ENOMEM, "%s: out of memory", bs->filename);
+    struct chain_layer next;
+    chain_layer_init(&next, bs->backing_path, self);
+    const struct chain_layer *same = chain_find_same(self, &next);
+    if (same) {
+        char path[512];
+        chain_describe(&next, path, sizeof(path));
+        return err_set(e, ELOOP, "%s: backing chain loops back to %s (%s)",
+                       chain_top(self)->filename, same->filename, path);
+    }
     unsigned bflags = flags & ~BLK_OPEN_RDWR;
     int ret = open_layer(bs->backing_path, bs->backing_format, bflags, &bs->opts, depth + 1,
-                         &bs->backing, e);
-    if (ret < 0)
+                         self, &bs->backing, e);
+    if (ret < 0 && ret != -ELOOP)
         err_prefix(e, "%s: cannot open backing file: ", bs->filename);
     return ret;
 }
@@ -219,9 +282,11 @@ static int network_format(const char *filename, const struct blockdrv **drv, str
     return 0;
 }
 
+/* Open one layer and, below it, its backing chain; `above` lists the
+ * layers already open above it. */
 static int open_layer(const char *filename, const char *format, unsigned flags,
-                      const struct blk_open_opts *opts, int depth, struct blockdev **out,
-                      struct err *e)
+                      const struct blk_open_opts *opts, int depth,
+                      const struct chain_layer *above, struct blockdev **out, struct err *e)
 {
     const struct blockdrv *drv = NULL;
     if (format && !(drv = blk_find_driver(format)))
@@ -247,6 +312,7 @@ static int open_layer(const char *filename, const char *format, unsigned flags,
     }
     bs->open_flags = flags;
     bs->read_only = !(flags & BLK_OPEN_RDWR);
+    pthread_mutex_init(&bs->status_lock, NULL);
     if (opts)
         bs->opts = *opts;
     blk_bitmaps_init(bs);
@@ -263,7 +329,9 @@ static int open_layer(const char *filename, const char *format, unsigned flags,
         bs->drv = NULL;     /* open failed: nothing for close() to release */
         goto fail;
     }
-    ret = open_backing(bs, flags, depth, e);
+    struct chain_layer self;
+    chain_layer_init(&self, bs->filename, above);
+    ret = open_backing(bs, flags, depth, &self, e);
     if (ret < 0)
         goto fail;
     /* Before any guest write, a writable image's bitmaps are loaded and
@@ -280,7 +348,7 @@ fail:
 int blk_open(const char *filename, const char *format, unsigned flags,
              const struct blk_open_opts *opts, struct blockdev **out, struct err *e)
 {
-    return open_layer(filename, format, flags, opts, 0, out, e);
+    return open_layer(filename, format, flags, opts, 0, NULL, out, e);
 }
 
 int blk_reopen_writable(struct blockdev *top, struct blockdev *layer, struct blockdev **out,
@@ -323,6 +391,7 @@ void blk_close(struct blockdev *bs)
             bs->drv->close(bs);
         transport_close(bs->file);
         range_lock_set_destroy(&bs->requests);
+        pthread_mutex_destroy(&bs->status_lock);
         free(bs->filename);
         free(bs->backing_name);
         free(bs->backing_path);
@@ -347,7 +416,7 @@ static int check_target_not_in_use(const char *path, struct err *e)
     return 0;
 }
 
-static int size_from_backing(const struct blk_create_params *p, uint64_t *size, struct err *e)
+int blk_backing_size(const struct blk_create_params *p, uint64_t *size, struct err *e)
 {
     char *path = blk_resolve_backing_path(p->filename, p->backing_file);
     if (!path)
@@ -568,7 +637,7 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
         if (!p.backing_file)
             return err_set(e, EINVAL, "%s: no size given and no backing file to take it from",
                            p.filename);
-        if ((ret = size_from_backing(&p, &p.size, e)) < 0)
+        if ((ret = blk_backing_size(&p, &p.size, e)) < 0)
             return ret;
     }
     /* QEMU's drivers round the size of a new image up to whole sectors
@@ -841,6 +910,35 @@ int blk_truncate(struct blockdev *bs, uint64_t size, struct err *e)
     return blk_bitmaps_truncate(bs, size, e);
 }
 
+static const char *const prealloc_names[] = {
+    [BLK_PREALLOC_OFF] = "off", [BLK_PREALLOC_METADATA] = "metadata",
+    [BLK_PREALLOC_FALLOC] = "falloc", [BLK_PREALLOC_FULL] = "full",
+};
+
+int blk_parse_prealloc(const char *name, enum blk_prealloc *mode)
+{
+    for (unsigned m = 0; m < sizeof(prealloc_names) / sizeof(prealloc_names[0]); m++) {
+        if (!strcmp(name, prealloc_names[m])) {
+            *mode = (enum blk_prealloc)m;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+int blk_preallocate(struct blockdev *bs, uint64_t off, uint64_t len, enum blk_prealloc mode,
+                    struct err *e)
+{
+    int ret = check_writable(bs, e);
+    if (ret < 0 || mode == BLK_PREALLOC_OFF)
+        return ret;
+    if (!bs->drv->preallocate)
+        return err_set(e, ENOTSUP, "%s: format '%s' does not support preallocation=%s",
+                       bs->filename, bs->drv->name, prealloc_names[mode]);
+    blk_drain(bs);
+    return bs->drv->preallocate(bs, off, len, mode, e);
+}
+
 uint32_t blk_write_alignment(struct blockdev *bs)
 {
     uint32_t a = bs->drv->write_alignment ? bs->drv->write_alignment(bs) : 1;
@@ -957,6 +1055,25 @@ int blk_check_compression(const struct blockdrv *drv, const char *filename, stru
     return 0;
 }
 
+/* The rest of the last answer from `off` on, cut at `bytes`, if it covers
+ * `off` (see blockdev.status). */
+static bool cached_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
+                          struct blk_extent *ext)
+{
+    pthread_mutex_lock(&bs->status_lock);
+    bool hit = bs->status_valid && off >= bs->status_start &&
+               off - bs->status_start < bs->status.length;
+    if (hit) {
+        uint64_t skip = off - bs->status_start;
+        *ext = bs->status;
+        ext->length = min_u64(ext->length - skip, bytes);
+        if (ext->flags & BLK_STATUS_OFFSET)
+            ext->host_offset += skip;
+    }
+    pthread_mutex_unlock(&bs->status_lock);
+    return hit;
+}
+
 int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,
                            struct blk_extent *ext, struct err *e)
 {
@@ -965,6 +1082,8 @@ int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,
         return ret;
     if (bytes == 0)
         return err_set(e, EINVAL, "%s: block status of an empty range", bs->filename);
+    if (bs->read_only && cached_status(bs, off, bytes, ext))
+        return 0;
     memset(ext, 0, sizeof(*ext));
     ext->layer = bs;
     ret = bs->drv->block_status(bs, off, bytes, ext, e);
@@ -973,6 +1092,13 @@ int blk_block_status_layer(struct blockdev *bs, uint64_t off, uint64_t bytes,
     if (ext->length == 0 || ext->length > bytes)
         return err_set(e, EIO, "%s: driver returned a bad block status length",
                        bs->filename);
+    if (bs->read_only) {
+        pthread_mutex_lock(&bs->status_lock);
+        bs->status = *ext;
+        bs->status_start = off;
+        bs->status_valid = true;
+        pthread_mutex_unlock(&bs->status_lock);
+    }
     return 0;
 }
 

@@ -116,6 +116,13 @@ enum {
     BLK_ZERO_MAY_UNMAP = 1 << 0,    /* deallocating is fine if reads stay zero */
 };
 
+/* Preallocation modes (qemu-img's preallocation=off|metadata|falloc|full):
+ * metadata gives every cluster its place in the file, falloc also
+ * allocates that place (fallocate), full writes zeroes there. */
+enum blk_prealloc { BLK_PREALLOC_OFF, BLK_PREALLOC_METADATA, BLK_PREALLOC_FALLOC, BLK_PREALLOC_FULL };
+/* Parse a mode name; -EINVAL if it is none. */
+int blk_parse_prealloc(const char *name, enum blk_prealloc *mode);
+
 /* blk_create_params.size when the size is to be taken from the backing file. */
 #define BLK_SIZE_FROM_BACKING UINT64_MAX
 
@@ -179,6 +186,11 @@ struct blockdrv {
     int (*discard)(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e);
     int (*flush)(struct blockdev *bs, struct err *e);
     int (*truncate)(struct blockdev *bs, uint64_t size, struct err *e);
+    /* Preallocate [off, off + len) as `mode` (resize --preallocation,
+     * after growing); allocated clusters are left as they are.  -ENOTSUP
+     * for a mode the format has not.  NULL: only BLK_PREALLOC_OFF. */
+    int (*preallocate)(struct blockdev *bs, uint64_t off, uint64_t len, enum blk_prealloc mode,
+                       struct err *e);
     /* Fill format-specific information for `info` (may be NULL). */
     int (*get_info)(struct blockdev *bs, struct prop *info, struct err *e);
     /* Change the backing file name in the header (rebase -u); may be NULL. */
@@ -274,6 +286,17 @@ struct blockdev {
     bool bitmaps_loaded;        /* the image's persistent bitmaps are attached */
     bool bitmaps_in_use;        /* marked in use on disk: stored again at close */
     bool bitmaps_released;      /* stored for good: no more guest writes */
+    /* A read-only layer's last block status answer, [status_start,
+     * status_start + status.length): callers walking an image ask for
+     * every run from its start, and a lower layer of a chain is asked once
+     * per run of the layer above, so the answer is reused instead of the
+     * driver scanning the same run again.  Never set for writable opens
+     * (their status changes); status_lock guards it (blk_block_status is
+     * called from several threads). */
+    pthread_mutex_t status_lock;
+    bool status_valid;
+    uint64_t status_start;
+    struct blk_extent status;
     /* The reads and writes in flight, with their cluster-widened ranges
      * (see "Threads" above). */
     struct range_lock_set requests;
@@ -313,6 +336,9 @@ void blk_close(struct blockdev *bs);
 /* Create an image whole or not at all: written to a temporary file next to
  * the target, flushed, then renamed.  Error messages name the target. */
 int blk_create(const char *format, const struct blk_create_params *p, struct err *e);
+/* Open p->backing_file (relative to p->filename) as create would, to check
+ * that it opens (qemu-img create does unless -u) and take its size. */
+int blk_backing_size(const struct blk_create_params *p, uint64_t *size, struct err *e);
 /* The same in steps, for commands that fill the new image before it may
  * appear: begin creates it under a temporary name in the target's
  * directory (returned in *tmp_path, malloc'ed); commit flushes nothing but
@@ -346,6 +372,10 @@ void blk_drain(struct blockdev *bs);
 void blk_defer_flushes(struct blockdev *bs, bool defer);
 int blk_truncate(struct blockdev *bs, uint64_t size, struct err *e);
 uint32_t blk_write_alignment(struct blockdev *bs);
+/* blockdrv.preallocate (never concurrently with anything else); a
+ * mode the format has not is -ENOTSUP naming it (len 0: only that check). */
+int blk_preallocate(struct blockdev *bs, uint64_t off, uint64_t len, enum blk_prealloc mode,
+                    struct err *e);
 /* Deallocate everything (blockdrv.make_empty): the image then reads as
  * its backing file.  Dirty bitmaps are not marked: commit calls it after
  * writing the same data into the backing file, so what the image reads

@@ -438,6 +438,22 @@ int hostfile_write_zeroes(struct hostfile *f, uint64_t off, uint64_t len, bool m
     return write_zero_buffers(f, off, len, e);
 }
 
+int hostfile_preallocate(struct hostfile *f, uint64_t off, uint64_t len, bool full,
+                         struct err *e)
+{
+    if (!len)
+        return 0;
+    if (!full) {
+        int err = posix_fallocate(f->fd, (off_t)off, (off_t)len);
+        if (err == 0)
+            return 0;
+        if (err != EOPNOTSUPP && err != EINVAL)
+            return err_errno(e, err, "%s: cannot preallocate %llu bytes at offset %llu",
+                             f->path, (unsigned long long)len, (unsigned long long)off);
+    }
+    return write_zero_buffers(f, off, len, e);
+}
+
 int hostfile_discard(struct hostfile *f, uint64_t off, uint64_t len, struct err *e)
 {
     (void)e;

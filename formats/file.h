@@ -77,6 +77,12 @@ int hostfile_truncate(struct hostfile *f, uint64_t size, struct err *e);
  * zero the range in place; falls back to writing zeroes. */
 int hostfile_write_zeroes(struct hostfile *f, uint64_t off, uint64_t len, bool may_unmap,
                           struct err *e);
+/* Allocate [off, off+len) on disk, growing the file as needed:
+ * preallocation=falloc (posix_fallocate; reads of new blocks return
+ * zeroes) or, with `full` (or where fallocate is not supported), by
+ * writing zeroes. */
+int hostfile_preallocate(struct hostfile *f, uint64_t off, uint64_t len, bool full,
+                         struct err *e);
 /* Punch a hole if the file system can; otherwise do nothing (discard is a
  * hint).  Reads of the range then return zeroes or the old data. */
 int hostfile_discard(struct hostfile *f, uint64_t off, uint64_t len, struct err *e);

@@ -21,11 +21,18 @@ struct kvopts {
 };
 
 /* One option a driver accepts in -o, described for `-o help` as QEMU's
- * QemuOptDesc (type: "str", "size", "num", "bool (on/off)"). */
+ * QemuOptDesc (type: "str", "size", "num", "bool (on/off)").  A create
+ * table is in QEMU's order (the format's options, then its file
+ * protocol's): create prints its "Formatting ..." line in that order,
+ * with each option given or having a default; -o help sorts by name. */
 struct blk_option_desc {
     const char *name;
     const char *type;
     const char *help;
+    const char *default_value;  /* printed by create when not given, or NULL */
+    /* An option of the host file below the format (QEMU's protocol
+     * layer): qemu-img's -o help lists it only when given a file name. */
+    bool protocol;
 };
 /* Mark every key of `desc` (NULL-terminated by name) that `o` holds as
  * used, then fail naming the first key of `o` not in `desc`: "Invalid

@@ -29,15 +29,23 @@ static int raw_create(struct transport *file, const struct blk_create_params *p,
     if (p->backing_file)
         return err_set(e, ENOTSUP, "%s: format 'raw' does not support backing files",
                        p->filename);
-    /* preallocation=off (a sparse file) is all raw offers so far. */
     const char *prealloc = kvopts_get(p->opts, "preallocation");
-    if (prealloc && strcmp(prealloc, "off") != 0)
-        return err_set(e, ENOTSUP, "%s: preallocation=%s is not supported for raw "
-                       "(use off)", p->filename, prealloc);
+    enum blk_prealloc mode = BLK_PREALLOC_OFF;
+    if (prealloc && (blk_parse_prealloc(prealloc, &mode) < 0 || mode == BLK_PREALLOC_METADATA))
+        return err_set(e, EINVAL, "%s: Parameter 'preallocation' does not accept value '%s' "
+                       "(use off, falloc or full)", p->filename, prealloc);
+    bool falloc = mode == BLK_PREALLOC_FALLOC, full = mode == BLK_PREALLOC_FULL;
     int ret = kvopts_check_unused(p->opts, "raw", e);
-    if (ret < 0)
+    if (ret < 0 || (ret = transport_truncate(file, p->size, e)) < 0)
         return ret;
-    return transport_truncate(file, p->size, e);
+    if (!falloc && !full)
+        return 0;
+    if ((ret = transport_preallocate(file, 0, p->size, full, e)) < 0)
+        return ret;
+    /* As QEMU (allocate_first_block): the first block is written, so that
+     * its file starts with data whatever the file system reports for
+     * fallocated blocks. */
+    return falloc ? transport_preallocate(file, 0, min_u64(p->size, 4096), true, e) : 0;
 }
 
 static int raw_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
@@ -75,6 +83,15 @@ static int raw_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, uns
                                   flags & BLK_ZERO_MAY_UNMAP ? TRANSPORT_ZERO_MAY_UNMAP : 0, e);
 }
 
+static int raw_preallocate(struct blockdev *bs, uint64_t off, uint64_t len,
+                           enum blk_prealloc mode, struct err *e)
+{
+    if (mode == BLK_PREALLOC_METADATA)
+        return err_set(e, ENOTSUP, "%s: format 'raw' does not support preallocation=metadata",
+                       bs->filename);
+    return transport_preallocate(bs->file, off, len, mode == BLK_PREALLOC_FULL, e);
+}
+
 static int raw_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
 {
     return transport_discard(bs->file, off, len, e);
@@ -94,8 +111,10 @@ static int raw_truncate(struct blockdev *bs, uint64_t size, struct err *e)
 }
 
 static const struct blk_option_desc raw_create_options[] = {
-    { "size", "size", "Virtual disk size" },
-    { NULL, NULL, NULL },
+    { "size", "size", "Virtual disk size", NULL, false },
+    { "preallocation", "str", "Preallocation mode (allowed values: off, falloc, full)", NULL,
+      true },
+    { NULL, NULL, NULL, NULL, false },
 };
 
 /* Every byte of the disk is in the file (QEMU's raw_measure): a source's
@@ -135,4 +154,5 @@ const struct blockdrv blockdrv_raw = {
     .discard = raw_discard,
     .flush = raw_flush,
     .truncate = raw_truncate,
+    .preallocate = raw_preallocate,
 };

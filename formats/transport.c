@@ -108,6 +108,15 @@ int transport_write_zeroes(struct transport *t, uint64_t off, uint64_t len, unsi
     return t->ops->write_zeroes(t, off, len, flags, e);
 }
 
+int transport_preallocate(struct transport *t, uint64_t off, uint64_t len, bool full,
+                          struct err *e)
+{
+    struct hostfile *f = transport_hostfile(t);
+    if (!f)
+        return err_set(e, ENOTSUP, "%s: preallocation needs a host file", t->name);
+    return hostfile_preallocate(f, off, len, full, e);
+}
+
 int transport_discard(struct transport *t, uint64_t off, uint64_t len, struct err *e)
 {
     return t->ops->discard ? t->ops->discard(t, off, len, e) : 0;

@@ -127,6 +127,9 @@ int transport_truncate(struct transport *t, uint64_t size, struct err *e);
 int transport_write_zeroes(struct transport *t, uint64_t off, uint64_t len, unsigned flags,
                            struct err *e);
 int transport_discard(struct transport *t, uint64_t off, uint64_t len, struct err *e);
+/* hostfile_preallocate (file.h); -ENOTSUP naming t for other transports. */
+int transport_preallocate(struct transport *t, uint64_t off, uint64_t len, bool full,
+                          struct err *e);
 int transport_data_status(struct transport *t, uint64_t off, uint64_t bytes, unsigned *flags,
                           uint64_t *run, struct err *e);
 void transport_defer_flushes(struct transport *t, bool defer);

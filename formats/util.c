@@ -97,6 +97,22 @@ int parse_size(const char *s, uint64_t *out)
     unsigned long long v = strtoull(s, &end, base);
     if (errno || end == s)
         return errno == ERANGE ? -ERANGE : -EINVAL;
+    /* A decimal fraction ("1.5G"), as qemu-img's qemu_strtosz: digits
+     * only (no exponent), and only with a unit. */
+    double fraction = 0;
+    if (*end == '.' && base == 10) {
+        char *frac_end = end + 1;
+        while (isdigit((unsigned char)*frac_end))
+            frac_end++;
+        char digits[32];
+        size_t n = (size_t)(frac_end - end);
+        if (n >= sizeof(digits))
+            n = sizeof(digits) - 1;
+        memcpy(digits, end, n);
+        digits[n] = '\0';
+        fraction = strtod(digits, NULL);
+        end = frac_end;
+    }
     unsigned shift = 0;
     if (*end) {
         switch (*end) {
@@ -118,9 +134,14 @@ int parse_size(const char *s, uint64_t *out)
         if (*end)
             return -EINVAL;
     }
+    if (fraction != 0 && !shift)
+        return -EINVAL;
+    uint64_t extra = (uint64_t)(fraction * (double)(1ull << shift));
     if (shift && v > (UINT64_MAX >> shift))
         return -ERANGE;
-    *out = (uint64_t)v << shift;
+    if (((uint64_t)v << shift) > UINT64_MAX - extra)
+        return -ERANGE;
+    *out = ((uint64_t)v << shift) + extra;
     return 0;
 }
 

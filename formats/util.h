@@ -69,8 +69,8 @@ static inline uint64_t div_round_up(uint64_t v, uint64_t d) { return v / d + (v 
 static inline uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
 static inline uint64_t max_u64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 
-/* Parse a size such as "10G", "64k", "512" (suffixes b k M G T P E, binary
- * multiples as qemu-img uses them).  Returns 0 or -EINVAL / -ERANGE. */
+/* Parse a size such as "10G", "64k", "512", "1.5G" (suffixes b k M G T P E,
+ * binary multiples as qemu-img uses them; a fraction needs a suffix).  Returns 0 or -EINVAL / -ERANGE. */
 int parse_size(const char *s, uint64_t *out);
 /* Format bytes as qemu-img does for humans: "10 MiB", "1.5 GiB". */
 void format_size_human(uint64_t bytes, char *buf, size_t len);

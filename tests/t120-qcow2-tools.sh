@@ -58,7 +58,7 @@ expect_match "$(err)" 'Refcount width must be a power of two and may not exceed 
 expect_status 1 imgtool create -f qcow2 -o foo=1 x.qcow2 1M
 expect_match "$(err)" 'foo'
 expect_status 1 imgtool create -f qcow2 -o compression_type=lz4 x.qcow2 1M
-expect_status 1 imgtool create -f qcow2 -o preallocation=full x.qcow2 1M
+expect_status 1 imgtool create -f qcow2 -o preallocation=bogus x.qcow2 1M
 [ ! -e x.qcow2 ] || die "a refused create left x.qcow2 behind"
 
 # Backing files: -b/-F, size from the backing file, info --backing-chain.

@@ -176,8 +176,11 @@ static int check_entry(struct qcow2_state *s, const struct bitmap_entry *en, uin
     return 0;
 }
 
+/* Parse the directory.  `as_qemu` accepts what QEMU accepts but imgtool
+ * cannot load (names with a NUL byte, two bitmaps of the same name), for
+ * check to count the clusters another reader still uses. */
 static int parse_dir(struct qcow2_state *s, struct bitmap_dir *dir, const uint8_t *buf,
-                     uint64_t file_size, struct err *e)
+                     uint64_t file_size, bool as_qemu, struct err *e)
 {
     dir->entries = calloc(dir->count, sizeof(*dir->entries));
     if (!dir->entries)
@@ -210,12 +213,12 @@ static int parse_dir(struct qcow2_state *s, struct bitmap_dir *dir, const uint8_
                            "is not between 1 and %d", s->bs->filename, i, name_size,
                            QCOW2_BITMAP_MAX_NAME_SIZE);
         const char *name = (const char *)p + ENTRY_HEADER_SIZE + extra;
-        if (!dirty_bitmap_name_valid(name, name_size))
+        if (!as_qemu && !dirty_bitmap_name_valid(name, name_size))
             return err_set(e, EINVAL, "%s: bitmap directory entry %" PRIu32 ": the name "
                            "contains a NUL byte", s->bs->filename, i);
         if (!(en->name = strndup(name, name_size)))
             return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
-        for (uint32_t j = 0; j < i; j++)
+        for (uint32_t j = 0; j < i && !as_qemu; j++)
             if (strcmp(dir->entries[j].name, en->name) == 0)
                 return err_set(e, EINVAL, "%s: two bitmaps are named '%s'", s->bs->filename,
                                en->name);
@@ -230,9 +233,27 @@ static int parse_dir(struct qcow2_state *s, struct bitmap_dir *dir, const uint8_
     return 0;
 }
 
-/* The image's bitmaps extension and directory, validated; dir->valid is
- * false when there are no bitmaps to use.  Lock held. */
-static int read_dir(struct qcow2_state *s, struct bitmap_dir *dir, struct err *e)
+/* Tell the overlap check (overlap.c) which bitmap tables the header's
+ * directory uses. */
+static void note_tables(struct qcow2_state *s, const struct bitmap_entry *entries,
+                        uint32_t count)
+{
+    struct qcow2_range *r = count ? calloc(count, sizeof(*r)) : NULL;
+    if (count && !r)
+        return;     /* the check keeps the tables it knew */
+    for (uint32_t i = 0; i < count; i++) {
+        r[i].offset = entries[i].table_offset;
+        r[i].len = (uint64_t)entries[i].table_size * 8;
+    }
+    qcow2_set_bitmap_tables(s, r, count);
+    free(r);
+}
+
+/* The image's bitmaps extension and directory, validated (see parse_dir
+ * for `as_qemu`); dir->valid is false when there are no bitmaps to use.
+ * Lock held. */
+static int read_dir_mode(struct qcow2_state *s, struct bitmap_dir *dir, bool as_qemu,
+                         struct err *e)
 {
     uint64_t file_size;
     int ret = transport_size(s->bs->file, &file_size, e);
@@ -244,11 +265,18 @@ static int read_dir(struct qcow2_state *s, struct bitmap_dir *dir, struct err *e
                        s->bs->filename);
     ret = transport_pread(s->bs->file, dir->offset, buf, dir->size, e);
     if (ret == 0)
-        ret = parse_dir(s, dir, buf, file_size, e);
+        ret = parse_dir(s, dir, buf, file_size, as_qemu, e);
     free(buf);
     if (ret < 0)
         dir_free(dir);
+    else
+        note_tables(s, dir->entries, dir->count);
     return ret;
+}
+
+static int read_dir(struct qcow2_state *s, struct bitmap_dir *dir, struct err *e)
+{
+    return read_dir_mode(s, dir, false, e);
 }
 
 /* Check one bitmap table entry (qcow2.txt "Bitmap table"). */
@@ -450,7 +478,7 @@ static int switch_dir(struct qcow2_state *s, const struct bitmap_entry *entries,
         uint64_t clusters = div_round_up(size, s->cluster_size);
         if ((ret = qcow2_alloc_clusters(s, clusters, &offset, e)) < 0)
             goto out;
-        ret = transport_pwrite(s->bs->file, offset, buf, clusters * s->cluster_size, e);
+        ret = qcow2_pwrite_checked(s, 0, offset, buf, clusters * s->cluster_size, e);
         if (ret == 0)
             ret = qcow2_flush_metadata(s, e);
         if (ret < 0)
@@ -474,6 +502,7 @@ static int switch_dir(struct qcow2_state *s, const struct bitmap_entry *entries,
         restore_ext(s, &saved);
         goto out;
     }
+    note_tables(s, entries, count);
     if (saved.had)
         free(saved.ext.data);
     goto out;
@@ -568,7 +597,7 @@ static int write_data_cluster(struct qcow2_state *s, const struct hbitmap *hb, u
         return ret;
     hbitmap_serialize_part(hb, buf, off, len);
     memset(buf + used, 0, s->cluster_size - used);
-    if ((ret = transport_pwrite(s->bs->file, data, buf, s->cluster_size, e)) < 0) {
+    if ((ret = qcow2_pwrite_checked(s, 0, data, buf, s->cluster_size, e)) < 0) {
         struct err ignored = { 0 };
         qcow2_free_clusters(s, data, s->cluster_size, &ignored);
         return ret;
@@ -599,7 +628,7 @@ static int write_bitmap(struct qcow2_state *s, const struct dirty_bitmap *bm,
             be64_write(table + (size_t)i * 8, v);
     }
     if (ret == 0 && (ret = qcow2_alloc_clusters(s, table_bytes / cs, &table_offset, e)) == 0 &&
-        (ret = transport_pwrite(s->bs->file, table_offset, table, table_bytes, e)) == 0) {
+        (ret = qcow2_pwrite_checked(s, 0, table_offset, table, table_bytes, e)) == 0) {
         en->table_offset = table_offset;
         en->table_size = n;
     } else {
@@ -734,17 +763,20 @@ static int store_locked(struct blockdev *bs, bool in_use, struct err *e)
     struct qcow2_state *s = bs->opaque;
     uint32_t count = 0;
     uint64_t dir_size = 0;
+    int ret = qcow2_refuse_if_corrupt(s, e);
+    if (ret < 0)
+        return ret;
     for (size_t i = 0; i < blk_bitmap_count(bs); i++) {
         const struct dirty_bitmap *bm = blk_bitmap_at(bs, i);
         if (!dirty_bitmap_persistent(bm))
             continue;
-        int ret = check_bitmap(bs, dirty_bitmap_name(bm), dirty_bitmap_granularity(bm), e);
-        if (ret < 0)
+        if ((ret = check_bitmap(bs, dirty_bitmap_name(bm), dirty_bitmap_granularity(bm),
+                                e)) < 0)
             return ret;
         count++;
         dir_size += entry_size(strlen(dirty_bitmap_name(bm)));
     }
-    int ret = check_set(bs, count, dir_size, e);
+    ret = check_set(bs, count, dir_size, e);
     if (ret < 0)
         return ret;
     if (count == 0 && find_ext(s) < 0 && !(s->autoclear & QCOW2_AUTOCLEAR_BITMAPS))
@@ -821,9 +853,11 @@ int qcow2_bitmaps_info(struct qcow2_state *s, struct prop *data, struct err *e)
 int qcow2_bitmaps_for_each_cluster(struct qcow2_state *s,
                                    int (*ref)(void *opaque, uint64_t offset, uint64_t len,
                                               struct err *e),
-                                   void *opaque, struct blk_check_result *res, struct err *e)
+                                   void *opaque, struct blk_check_result *res, bool *incomplete,
+                                   struct err *e)
 {
     struct bitmap_dir dir;
+    *incomplete = false;
     uint64_t file_size;
     int ret = transport_size(s->bs->file, &file_size, e);
     if (ret == 0)
@@ -832,18 +866,29 @@ int qcow2_bitmaps_for_each_cluster(struct qcow2_state *s,
         res->corruptions++;
         blk_check_report(res, "ERROR %s", e->msg);
         err_clear(e);
+        *incomplete = true;
         return 0;
     }
     if (ret < 0 || !dir.valid)
         return ret;
     if ((ret = ref(opaque, dir.offset, dir.size, e)) < 0)
         return ret;
-    if ((ret = read_dir(s, &dir, e)) < 0) {
+    if ((ret = read_dir(s, &dir, e)) == -EINVAL || ret == -ENOTSUP) {
+        /* What imgtool cannot load but QEMU reads still counts: another
+         * reader uses those clusters. */
+        struct err strict = *e;
+        err_clear(e);
+        if ((ret = read_dir_mode(s, &dir, true, e)) == 0)
+            blk_check_report(res, "Warning: %s: imgtool cannot load these bitmaps; "
+                             "their clusters are counted as in use", strict.msg);
+    }
+    if (ret < 0) {
         if (ret != -EINVAL && ret != -ENOTSUP)
             return ret;
         res->corruptions++;
         blk_check_report(res, "ERROR %s", e->msg);
         err_clear(e);
+        *incomplete = true;
         return 0;
     }
     for (uint32_t i = 0; ret == 0 && i < dir.count; i++) {

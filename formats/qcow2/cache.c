@@ -41,13 +41,20 @@ void qcow2_cache_destroy(struct qcow2_cache *c)
     memset(c, 0, sizeof(*c));
 }
 
+/* What the tables of a cache are, for the overlap check. */
+static unsigned own_kind(const struct qcow2_cache *c)
+{
+    return c->is_l2 ? QCOW2_OL_ACTIVE_L2 : QCOW2_OL_REFCOUNT_BLOCK;
+}
+
 static int write_dirty(struct qcow2_state *s, struct qcow2_cache *c, struct err *e)
 {
     for (size_t i = 0; i < c->count; i++) {
         struct qcow2_cache_entry *ce = &c->entries[i];
         if (!ce->dirty)
             continue;
-        int ret = transport_pwrite(s->bs->file, ce->offset, ce->data, s->cluster_size, e);
+        int ret = qcow2_pwrite_checked(s, own_kind(c), ce->offset, ce->data, s->cluster_size,
+                                       e);
         if (ret < 0)
             return ret;
         ce->dirty = false;
@@ -125,8 +132,13 @@ int qcow2_flush_metadata(struct qcow2_state *s, struct err *e)
         ret = qcow2_cache_flush(s, &s->rb_cache, e);
     if (ret == 0)
         ret = transport_flush(s->bs->file, e);
-    if (ret == 0)
+    if (ret == 0) {
         s->l2_needs_refblocks = s->refblocks_need_l2 = false;
+        /* Every reference dropped so far is on disk: freed clusters may be
+         * reused. */
+        s->nb_pending_free = 0;
+        s->pending_free_overflow = false;
+    }
     return ret;
 }
 
@@ -159,8 +171,8 @@ int qcow2_cache_get(struct qcow2_state *s, struct qcow2_cache *c, uint64_t offse
     if (victim->dirty) {
         int ret = flush_dependency(s, c, e);
         if (ret == 0)
-            ret = transport_pwrite(s->bs->file, victim->offset, victim->data, s->cluster_size,
-                                  e);
+            ret = qcow2_pwrite_checked(s, own_kind(c), victim->offset, victim->data,
+                                       s->cluster_size, e);
         if (ret < 0)
             return ret;
         victim->dirty = false;

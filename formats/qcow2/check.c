@@ -34,9 +34,6 @@
 
 /* Reserved bits of a refcount table entry (qcow2.txt: bits 0-8). */
 #define REFTABLE_RESERVED       0x1ffull
-/* Subcluster bitmap halves (extended L2). */
-#define L2_BITMAP_ALL_ALLOC     0x00000000ffffffffull
-#define L2_BITMAP_ALL_ZERO      0xffffffff00000000ull
 
 struct check {
     struct qcow2_state *s;
@@ -47,6 +44,7 @@ struct check {
     uint64_t file_size;
     bool rebuild;               /* the refcount structure must be rebuilt */
     bool corruption_signalled;  /* the "Image is corrupt" line was printed */
+    bool bitmaps_incomplete;    /* the bitmaps' clusters could not all be counted */
 };
 
 /* The problem counters of a result (its messages stay as they are). */
@@ -153,58 +151,23 @@ static int add_references_cb(void *opaque, uint64_t offset, uint64_t len, struct
     return add_references(opaque, offset, len, e);
 }
 
-/* --- metadata overlap (what QEMU's "cached" overlap check covers) --- */
-
-static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
-{
-    return alen && blen && a < b + blen && b < a + alen;
-}
-
 /* Whether writing [offset, offset + len) would hit metadata other than L2
- * tables: the header, an L1 table, the refcount table or a refcount block,
- * the snapshot table. */
+ * tables (overlap.c). */
 static bool overlaps_metadata(const struct check *c, uint64_t offset, uint64_t len)
 {
-    const struct qcow2_state *s = c->s;
-    if (ranges_overlap(offset, len, 0, s->cluster_size) ||
-        ranges_overlap(offset, len, s->l1_offset, (uint64_t)s->l1_size * 8) ||
-        ranges_overlap(offset, len, s->reftable_offset,
-                       (uint64_t)s->reftable_clusters << s->cluster_bits) ||
-        ranges_overlap(offset, len, s->snapshots_offset, s->snapshots_size))
-        return true;
-    for (uint64_t i = 0; i < s->reftable_entries; i++)
-        if (s->reftable[i] && ranges_overlap(offset, len, s->reftable[i], s->cluster_size))
-            return true;
-    for (uint32_t i = 0; i < s->nb_snapshots; i++)
-        if (ranges_overlap(offset, len, s->snapshots[i].l1_offset,
-                           (uint64_t)s->snapshots[i].l1_size * 8))
-            return true;
-    return false;
+    return qcow2_metadata_overlap(c->s, QCOW2_OL_ACTIVE_L2, offset, len) != 0;
 }
 
 /* --- L1 and L2 tables --- */
 
 static uint64_t l2_entry(const struct qcow2_state *s, const uint8_t *table, uint64_t i)
 {
-    return be64_read(table + i * s->l2_entry_bytes);
+    return qcow2_l2e_read(s, table, i).entry;
 }
 
 static uint64_t l2_bitmap(const struct qcow2_state *s, const uint8_t *table, uint64_t i)
 {
-    return s->extended_l2 ? be64_read(table + i * s->l2_entry_bytes + 8) : 0;
-}
-
-/* QEMU's cluster types (qcow2_get_cluster_type): the zero flag means
- * nothing with extended L2 entries. */
-enum cluster_type { CT_UNALLOCATED, CT_ZERO_PLAIN, CT_ZERO_ALLOC, CT_NORMAL, CT_COMPRESSED };
-
-static enum cluster_type cluster_type(const struct qcow2_state *s, uint64_t entry)
-{
-    if (entry & QCOW2_OFLAG_COMPRESSED)
-        return CT_COMPRESSED;
-    if ((entry & QCOW2_OFLAG_ZERO) && !s->extended_l2)
-        return (entry & QCOW2_OFFSET_MASK) ? CT_ZERO_ALLOC : CT_ZERO_PLAIN;
-    return (entry & QCOW2_OFFSET_MASK) ? CT_NORMAL : CT_UNALLOCATED;
+    return qcow2_l2e_read(s, table, i).bitmap;
 }
 
 /* -r all for a preallocated zero cluster at an unaligned offset: make it a
@@ -218,7 +181,7 @@ static int fix_l2_entry_by_zero(struct check *c, uint64_t l2_offset, uint8_t *ta
     uint8_t *p = table + i * s->l2_entry_bytes;
     if (s->extended_l2) {
         uint64_t bitmap = be64_read(p + 8);
-        bitmap = (bitmap | bitmap << 32) & L2_BITMAP_ALL_ZERO;
+        bitmap = (bitmap | bitmap << 32) & QCOW2_BITMAP_ALL_ZERO;
         be64_write(p, 0);
         be64_write(p + 8, bitmap);
     } else {
@@ -262,7 +225,7 @@ static int check_data_cluster(struct check *c, uint64_t l2_offset, uint8_t *tabl
     }
     if (offset & (s->cluster_size - 1)) {
         c->res->corruptions++;
-        bool has_data = s->extended_l2 ? (bitmap & L2_BITMAP_ALL_ALLOC) != 0
+        bool has_data = s->extended_l2 ? (bitmap & QCOW2_BITMAP_ALL_ALLOC) != 0
                                        : !(entry & QCOW2_OFLAG_ZERO);
         if (has_data) {
             blk_check_report(c->res, "ERROR offset=%" PRIx64 ": Data cluster is not properly "
@@ -306,14 +269,14 @@ static int check_l2(struct check *c, uint64_t l2_offset, bool frag_info, unsigne
     uint64_t next_contiguous = 0;
     for (uint64_t i = 0; i < s->l2_entries && ret == 0; i++) {
         uint64_t entry = l2_entry(s, table, i), bitmap = l2_bitmap(s, table, i);
-        enum cluster_type type = cluster_type(s, entry);
-        if (type != CT_COMPRESSED && (entry & QCOW2_L2_RESERVED)) {
+        enum qcow2_cluster_type type = qcow2_cluster_type(s, entry);
+        if (type != QCOW2_CLUSTER_COMPRESSED && (entry & QCOW2_L2_RESERVED)) {
             blk_check_report(c->res, "ERROR found l2 entry with reserved bits set: %" PRIx64,
                              entry);
             c->res->corruptions++;
         }
         switch (type) {
-        case CT_COMPRESSED: {
+        case QCOW2_CLUSTER_COMPRESSED: {
             if (entry & QCOW2_OFLAG_COPIED) {
                 blk_check_report(c->res, "ERROR: coffset=0x%" PRIx64 ": copied flag must "
                                  "never be set for compressed clusters",
@@ -327,9 +290,9 @@ static int check_l2(struct check *c, uint64_t l2_offset, bool frag_info, unsigne
                 c->res->corruptions++;
                 break;
             }
-            uint64_t coffset = entry & s->coffset_mask;
-            uint64_t sectors = ((entry >> s->csize_shift) & s->csize_mask) + 1;
-            ret = add_references(c, coffset, sectors * 512 - (coffset & 511), e);
+            uint64_t coffset, bytes;
+            qcow2_compressed_range(s, entry, &coffset, &bytes);
+            ret = add_references(c, coffset, bytes, e);
             if (frag_info) {
                 /* Compressed clusters count as fragmented, as in QEMU. */
                 c->res->allocated_clusters++;
@@ -338,15 +301,15 @@ static int check_l2(struct check *c, uint64_t l2_offset, bool frag_info, unsigne
             }
             break;
         }
-        case CT_ZERO_ALLOC:
-        case CT_NORMAL:
+        case QCOW2_CLUSTER_ZERO_ALLOC:
+        case QCOW2_CLUSTER_NORMAL:
             ret = check_data_cluster(c, l2_offset, table, i, frag_info, &next_contiguous, fix,
                                      e);
             break;
-        case CT_ZERO_PLAIN:
+        case QCOW2_CLUSTER_ZERO_PLAIN:
             break;
-        case CT_UNALLOCATED:
-            if (bitmap & L2_BITMAP_ALL_ALLOC) {
+        case QCOW2_CLUSTER_UNALLOCATED:
+            if (bitmap & QCOW2_BITMAP_ALL_ALLOC) {
                 c->res->corruptions++;
                 blk_check_report(c->res, "ERROR: Unallocated cluster has non-zero subcluster "
                                  "allocation map");
@@ -429,13 +392,47 @@ static int read_reftable(struct check *c, uint64_t **table, struct err *e)
     return 0;
 }
 
+/* The end of the last cluster something references (counted so far). */
+static uint64_t referenced_end(const struct check *c)
+{
+    for (uint64_t i = c->nb_clusters; i > 0; i--)
+        if (refs_get(c, i - 1))
+            return i << c->s->cluster_bits;
+    return 0;
+}
+
+/* How far -r all may grow the file for a refcount block past its end: up
+ * to twice what the image references, or 1 GiB more, whichever is larger
+ * (a truncated image is repaired as QEMU repairs it).  A block further out
+ * covers nothing the image uses, and growing the file for it would cost
+ * disk space and memory for the counts out of all proportion to the image
+ * (QEMU grows a 2 KiB image to 512 GiB and counts 2^30 clusters). */
+#define REPAIR_GROWTH_SLACK (1ull << 30)
+
+static uint64_t growth_limit(const struct check *c)
+{
+    uint64_t need = max_u64(c->file_size, referenced_end(c));
+    return need > UINT64_MAX / 4 ? UINT64_MAX : need + max_u64(need, REPAIR_GROWTH_SLACK);
+}
+
 /* -r all for a refcount block past the end of the file: grow the file so
- * that it is inside (as QEMU does), then count it. */
+ * that it is inside (as QEMU does), then count it; when that would grow the
+ * file far beyond what its references need, rebuild the refcount structure
+ * without the block instead. */
 static int grow_file_for_refblock(struct check *c, uint64_t offset, struct err *e)
 {
     struct qcow2_state *s = c->s;
     struct err te = { 0 };
     int ret;
+    uint64_t limit = growth_limit(c);
+    if (offset > limit || s->cluster_size > limit - offset) {
+        blk_check_report(c->res, "ERROR refcount block at 0x%" PRIx64 " is far past the end "
+                         "of the file (%" PRIu64 " bytes, references up to %" PRIu64 "): not "
+                         "growing the file for it, rebuilding the refcount structure instead",
+                         offset, c->file_size, referenced_end(c));
+        c->rebuild = true;
+        return 0;
+    }
     if (offset > INT64_MAX - s->cluster_size ||
         ((offset + s->cluster_size) >> s->cluster_bits) > INT_MAX)
         ret = err_set(&te, EFBIG, "refcount block offset too large");
@@ -543,7 +540,8 @@ static int calculate_refcounts(struct check *c, unsigned fix, struct err *e)
         (ret = add_references(c, s->reftable_offset,
                               (uint64_t)s->reftable_clusters << s->cluster_bits, e)) < 0)
         return ret;
-    if ((ret = qcow2_bitmaps_for_each_cluster(s, add_references_cb, c, c->res, e)) < 0) {
+    if ((ret = qcow2_bitmaps_for_each_cluster(s, add_references_cb, c, c->res,
+                                              &c->bitmaps_incomplete, e)) < 0) {
         c->res->check_errors++;
         return ret;
     }
@@ -851,8 +849,8 @@ static int check_oflag_copied(struct check *c, unsigned fix, struct err *e)
         uint64_t dirty = 0;
         for (uint64_t j = 0; j < s->l2_entries; j++) {
             uint64_t entry = l2_entry(s, table, j);
-            enum cluster_type type = cluster_type(s, entry);
-            if (type != CT_NORMAL && type != CT_ZERO_ALLOC)
+            enum qcow2_cluster_type type = qcow2_cluster_type(s, entry);
+            if (type != QCOW2_CLUSTER_NORMAL && type != QCOW2_CLUSTER_ZERO_ALLOC)
                 continue;
             if (disk_refcount(c, (entry & QCOW2_OFFSET_MASK) >> s->cluster_bits, &refcount,
                               &ignored) < 0)
@@ -914,6 +912,16 @@ static int check_refcounts(struct check *c, unsigned fix, struct err *e)
     res->total_clusters = div_round_up(s->size, s->cluster_size);
     if ((ret = calculate_refcounts(c, fix, e)) < 0)
         return ret;
+    if (fix && c->bitmaps_incomplete) {
+        /* Clusters that look leaked may be the bitmaps' that could not be
+         * counted: freeing them, or rebuilding the refcounts without them,
+         * would let new data overwrite what another reader still uses. */
+        blk_check_report(res, "ERROR not repairing: the bitmaps extension cannot be read, "
+                         "so the clusters it references are unknown; nothing is freed and "
+                         "no refcount is changed");
+        res->check_errors++;
+        fix = 0;
+    }
     struct counters before_compare = save_counters(res);
     uint64_t highest;
     compare_refcounts(c, 0, &highest);

@@ -45,16 +45,40 @@ uint64_t qcow2_l2e_host_offset(const struct qcow2_state *s, struct qcow2_l2e l2e
     return l2e.entry & QCOW2_OFFSET_MASK;
 }
 
+enum qcow2_cluster_type qcow2_cluster_type(const struct qcow2_state *s, uint64_t entry)
+{
+    if (entry & QCOW2_OFLAG_COMPRESSED)
+        return QCOW2_CLUSTER_COMPRESSED;
+    bool host = entry & QCOW2_OFFSET_MASK;
+    if ((entry & QCOW2_OFLAG_ZERO) && !s->extended_l2)
+        return host ? QCOW2_CLUSTER_ZERO_ALLOC : QCOW2_CLUSTER_ZERO_PLAIN;
+    return host ? QCOW2_CLUSTER_NORMAL : QCOW2_CLUSTER_UNALLOCATED;
+}
+
+void qcow2_compressed_range(const struct qcow2_state *s, uint64_t entry, uint64_t *offset,
+                            uint64_t *bytes)
+{
+    uint64_t sectors = ((entry >> s->csize_shift) & s->csize_mask) + 1;
+    *offset = entry & s->coffset_mask;
+    *bytes = sectors * 512 - (*offset & 511);
+}
+
 enum qcow2_sc_type qcow2_sc_type(const struct qcow2_state *s, struct qcow2_l2e l2e, unsigned sc)
 {
+    if (!s->extended_l2) {
+        /* The whole cluster is one subcluster. */
+        static const enum qcow2_sc_type whole[] = {
+            [QCOW2_CLUSTER_UNALLOCATED] = QCOW2_SC_UNALLOC_PLAIN,
+            [QCOW2_CLUSTER_ZERO_PLAIN] = QCOW2_SC_ZERO_PLAIN,
+            [QCOW2_CLUSTER_ZERO_ALLOC] = QCOW2_SC_ZERO_ALLOC,
+            [QCOW2_CLUSTER_NORMAL] = QCOW2_SC_NORMAL,
+            [QCOW2_CLUSTER_COMPRESSED] = QCOW2_SC_COMPRESSED,
+        };
+        return whole[qcow2_cluster_type(s, l2e.entry)];
+    }
     if (l2e.entry & QCOW2_OFLAG_COMPRESSED)
         return QCOW2_SC_COMPRESSED;
     uint64_t host = l2e.entry & QCOW2_OFFSET_MASK;
-    if (!s->extended_l2) {
-        if (l2e.entry & QCOW2_OFLAG_ZERO)
-            return host ? QCOW2_SC_ZERO_ALLOC : QCOW2_SC_ZERO_PLAIN;
-        return host ? QCOW2_SC_NORMAL : QCOW2_SC_UNALLOC_PLAIN;
-    }
     uint64_t alloc = l2e.bitmap & QCOW2_BITMAP_ALL_ALLOC, zero = l2e.bitmap >> 32;
     if (host) {
         if (alloc & zero)
@@ -68,8 +92,8 @@ enum qcow2_sc_type qcow2_sc_type(const struct qcow2_state *s, struct qcow2_l2e l
     return (zero & (1ull << sc)) ? QCOW2_SC_ZERO_PLAIN : QCOW2_SC_UNALLOC_PLAIN;
 }
 
-static struct qcow2_l2e l2e_read(const struct qcow2_state *s, const uint8_t *table,
-                                 uint64_t index)
+struct qcow2_l2e qcow2_l2e_read(const struct qcow2_state *s, const uint8_t *table,
+                                uint64_t index)
 {
     const uint8_t *p = table + index * s->l2_entry_bytes;
     struct qcow2_l2e l2e = { be64_read(p), s->extended_l2 ? be64_read(p + 8) : 0 };
@@ -141,7 +165,7 @@ int qcow2_get_l2e_run(struct qcow2_state *s, uint64_t off, uint64_t n, struct qc
         return ret;
     for (uint64_t k = 0; k < n; k++) {
         if (table) {
-            l2e[k] = l2e_read(s, table, first + k);
+            l2e[k] = qcow2_l2e_read(s, table, first + k);
         } else {
             l2e[k].entry = l2e[k].bitmap = 0;
         }
@@ -160,7 +184,7 @@ static int write_l1_entry(struct qcow2_state *s, uint64_t i, struct err *e)
 {
     uint8_t buf[8];
     be64_write(buf, s->l1[i]);
-    return transport_pwrite(s->bs->file, s->l1_offset + i * 8, buf, 8, e);
+    return qcow2_pwrite_checked(s, QCOW2_OL_ACTIVE_L1, s->l1_offset + i * 8, buf, 8, e);
 }
 
 /* A new L2 table for L1 entry i (copy of the shared old one, if any):
@@ -256,7 +280,7 @@ int qcow2_map_run(struct qcow2_state *s, uint64_t off, uint64_t max, enum qcow2_
     bool first = true;
     while (cur < end) {
         uint64_t cstart = qcow2_cluster_start(s, cur);
-        struct qcow2_l2e l2e = l2e_read(s, table, l2_index_of(s, cur));
+        struct qcow2_l2e l2e = qcow2_l2e_read(s, table, l2_index_of(s, cur));
         if ((ret = validate_l2e(s, cur, l2e, e)) < 0)
             return ret;
         uint64_t base = l2e.entry & QCOW2_OFFSET_MASK;
@@ -308,13 +332,13 @@ int qcow2_grow_l1(struct qcow2_state *s, uint64_t entries, struct err *e)
     uint64_t offset;
     if ((ret = qcow2_alloc_clusters(s, bytes >> s->cluster_bits, &offset, e)) < 0 ||
         (ret = qcow2_flush_metadata(s, e)) < 0 ||
-        (ret = transport_pwrite(s->bs->file, offset, buf, bytes, e)) < 0 ||
+        (ret = qcow2_pwrite_checked(s, 0, offset, buf, bytes, e)) < 0 ||
         (ret = transport_flush(s->bs->file, e)) < 0)
         goto out;
     uint8_t hdr[12];
     be32_write(hdr, (uint32_t)entries);
     be64_write(hdr + 4, offset);
-    if ((ret = transport_pwrite(s->bs->file, 36, hdr, sizeof(hdr), e)) < 0 ||
+    if ((ret = qcow2_pwrite_checked(s, QCOW2_OL_HEADER, 36, hdr, sizeof(hdr), e)) < 0 ||
         (ret = transport_flush(s->bs->file, e)) < 0)
         goto out;
     uint64_t old_offset = s->l1_offset, old_bytes = align_up((uint64_t)s->l1_size * 8,

@@ -527,7 +527,7 @@ int qcow2_write_header_u64(struct qcow2_state *s, uint64_t offset, uint64_t valu
     be64_write(buf, value);
     int ret = qcow2_flush_metadata(s, e);
     if (ret == 0)
-        ret = transport_pwrite(s->bs->file, offset, buf, 8, e);
+        ret = qcow2_pwrite_checked(s, QCOW2_OL_HEADER, offset, buf, 8, e);
     if (ret == 0)
         ret = transport_flush(s->bs->file, e);
     return ret;
@@ -540,7 +540,7 @@ int qcow2_update_header(struct qcow2_state *s, struct err *e)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
     int ret = qcow2_encode_header(s, buf, e);
     if (ret == 0)
-        ret = transport_pwrite(s->bs->file, 0, buf, s->cluster_size, e);
+        ret = qcow2_pwrite_checked(s, QCOW2_OL_HEADER, 0, buf, s->cluster_size, e);
     if (ret == 0)
         ret = transport_flush(s->bs->file, e);
     free(buf);

@@ -58,11 +58,16 @@ int qcow2_bitmaps_info(struct qcow2_state *s, struct prop *data, struct err *e);
 /* For check: call `ref` for every host range the bitmaps use (the
  * directory, each bitmap table, each data cluster) so that refcounts can be
  * verified, counting structural problems in res->corruptions (with a
- * message each).  Returns a negative errno only when reading fails or `ref`
- * fails.  Lock held or single-threaded. */
+ * message each).  A directory that QEMU reads but imgtool cannot load (a
+ * name with a NUL byte) is counted as QEMU counts it, with a warning.
+ * *incomplete is set when the extension or the directory cannot be read
+ * at all: clusters it may reference were not counted, so a repair must not
+ * free or recount anything.  Returns a negative errno only when reading
+ * fails or `ref` fails.  Lock held or single-threaded. */
 int qcow2_bitmaps_for_each_cluster(struct qcow2_state *s,
                                    int (*ref)(void *opaque, uint64_t offset, uint64_t len,
                                               struct err *e),
-                                   void *opaque, struct blk_check_result *res, struct err *e);
+                                   void *opaque, struct blk_check_result *res, bool *incomplete,
+                                   struct err *e);
 
 #endif

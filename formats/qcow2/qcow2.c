@@ -31,6 +31,7 @@ static void free_state(struct qcow2_state *s)
     qcow2_free_header(s);
     free(s->l1);
     free(s->reftable);
+    free(s->bitmap_tables);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
@@ -168,9 +169,8 @@ static void iov_copy_in(const struct iovec *iov, int iovcnt, size_t pos, const v
 static int read_compressed_cluster(struct qcow2_state *s, struct qcow2_l2e l2e, uint8_t *out,
                                    struct err *e)
 {
-    uint64_t coff = l2e.entry & s->coffset_mask;
-    uint64_t sectors = ((l2e.entry >> s->csize_shift) & s->csize_mask) + 1;
-    uint64_t csize = sectors * 512 - (coff & 511);
+    uint64_t coff, csize;
+    qcow2_compressed_range(s, l2e.entry, &coff, &csize);
     uint8_t *in = malloc(csize);
     if (!in)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
@@ -292,7 +292,7 @@ static int write_widened(struct qcow2_state *s, uint64_t cstart, uint64_t host, 
         ret = read_buf_locked(s, cstart + b, tmp + (b - wa), wb - b, e);
     if (ret == 0) {
         memcpy(tmp + (a - wa), data, b - a);
-        ret = transport_pwrite(s->bs->file, host + wa, tmp, wb - wa, e);
+        ret = qcow2_pwrite_checked(s, 0, host + wa, tmp, wb - wa, e);
     }
     free(tmp);
     return ret;
@@ -315,9 +315,11 @@ static int write_in_cluster(struct qcow2_state *s, uint64_t off, const uint8_t *
     bool compressed = old.entry & QCOW2_OFLAG_COMPRESSED;
     if (!compressed && host && (old.entry & QCOW2_OFLAG_COPIED)) {
         if (range_is_normal(s, old, a, b)) {
-            /* Already ours: plain data write, outside the lock. */
+            /* Already ours: plain data write, outside the lock (the
+             * overlap check needs it). */
+            ret = qcow2_pre_write_check(s, 0, host + a, len, e);
             pthread_mutex_unlock(&s->lock);
-            return transport_pwrite(s->bs->file, host + a, data, len, e);
+            return ret < 0 ? ret : transport_pwrite(s->bs->file, host + a, data, len, e);
         }
         /* Our cluster, but some subclusters read as zero or fall through. */
         if ((ret = write_widened(s, cstart, host, a, b, data, wa, wb, e)) < 0)
@@ -492,6 +494,11 @@ static int write_cluster_run(struct qcow2_state *s, uint64_t off, uint64_t max,
     int nparts = iov_slice(iov, iovcnt, pos, count << s->cluster_bits, part);
     if (allocate && (ret = qcow2_alloc_clusters(s, count, &host, e)) < 0)
         goto unlock;
+    if ((ret = qcow2_pre_write_check(s, 0, host, count << s->cluster_bits, e)) < 0) {
+        if (allocate)
+            unallocate_clusters(s, host, count);
+        goto unlock;
+    }
     pthread_mutex_unlock(&s->lock);
     ret = transport_pwritev(s->bs->file, host, part, nparts, e);
     if (!allocate && (ret < 0 || !update))
@@ -543,10 +550,20 @@ static int write_buf(struct qcow2_state *s, uint64_t off, const void *data, uint
     return write_iov(s, off, &iov, 1, e);
 }
 
+/* Writes stop once one was refused as corrupting (overlap.c). */
+static int refuse_if_corrupt(struct qcow2_state *s, struct err *e)
+{
+    pthread_mutex_lock(&s->lock);
+    int ret = qcow2_refuse_if_corrupt(s, e);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
 static int qcow2_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *iov,
                          int iovcnt, struct err *e)
 {
-    return write_iov(bs->opaque, off, iov, iovcnt, e);
+    int ret = refuse_if_corrupt(bs->opaque, e);
+    return ret < 0 ? ret : write_iov(bs->opaque, off, iov, iovcnt, e);
 }
 
 /* Write real zeroes (when the metadata cannot express them). */
@@ -645,15 +662,16 @@ static int qcow2_make_empty(struct blockdev *bs, struct err *e)
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t coverage = qcow2_l1_coverage(s);
+    int ret = refuse_if_corrupt(s, e);
+    if (ret < 0)
+        return ret;
     for (uint64_t i = 0; i < s->l1_size; i++) {
         if (!(s->l1[i] & QCOW2_OFFSET_MASK))
             continue;   /* no L2 table: nothing allocated there */
         uint64_t end = min_u64(bs->size, (i + 1) * coverage);
-        for (uint64_t c = i * coverage; c < end; c += s->cluster_size) {
-            int ret = deallocate_cluster(s, c, e);
-            if (ret < 0)
+        for (uint64_t c = i * coverage; c < end; c += s->cluster_size)
+            if ((ret = deallocate_cluster(s, c, e)) < 0)
                 return ret;
-        }
     }
     return 0;
 }
@@ -663,7 +681,7 @@ static int qcow2_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, u
 {
     struct qcow2_state *s = bs->opaque;
     uint64_t end = off + len;
-    int ret = 0;
+    int ret = refuse_if_corrupt(s, e);
     while (off < end && ret == 0) {
         uint64_t cstart = qcow2_cluster_start(s, off);
         uint64_t cend = cstart + s->cluster_size;
@@ -711,13 +729,16 @@ static int qcow2_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct
      * file's data, so QEMU ignores discards there. */
     if (s->version < 3 && has_backing(bs))
         return 0;
+    int ret = refuse_if_corrupt(s, e);
+    if (ret < 0)
+        return ret;
     uint64_t end = off + len;
     uint64_t first = align_up(off, s->cluster_size);
     uint64_t last = end == bs->size ? end : align_down(end, s->cluster_size);
     for (uint64_t c = first; c < last; c += s->cluster_size) {
         struct qcow2_l2e old, l2e = { 0, 0 };
         pthread_mutex_lock(&s->lock);
-        int ret = qcow2_get_l2e(s, c, &old, e);
+        ret = qcow2_get_l2e(s, c, &old, e);
         if (ret == 0) {
             bool allocated = old.entry & (QCOW2_OFFSET_MASK | QCOW2_OFLAG_COMPRESSED);
             if (s->version < 3) {
@@ -780,7 +801,8 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct err *e)
             continue;
         uint8_t zero[8] = { 0 };
         s->l1[i] = 0;
-        if ((ret = transport_pwrite(s->bs->file, s->l1_offset + i * 8, zero, 8, e)) < 0 ||
+        if ((ret = qcow2_pwrite_checked(s, QCOW2_OL_ACTIVE_L1, s->l1_offset + i * 8, zero, 8,
+                                        e)) < 0 ||
             (ret = transport_flush(s->bs->file, e)) < 0)
             return ret;
         qcow2_cache_forget(&s->l2_cache, l2);
@@ -862,7 +884,9 @@ static int qcow2_truncate(struct blockdev *bs, uint64_t size, struct err *e)
                        "backing file: the new area would show the backing file's data and "
                        "version 2 has no zero clusters (qemu-img refuses too; use compat=1.1)",
                        bs->filename);
-    int ret = 0;
+    int ret = refuse_if_corrupt(s, e);
+    if (ret < 0)
+        return ret;
     if (!s->nb_snapshots || s->version >= 3)    /* truncate_locked refuses the rest */
         ret = zero_grown ? zero_grown_area(bs, size, e) : zero_stale_tail(s, size, e);
     if (ret < 0)
@@ -976,7 +1000,7 @@ static int qcow2_pwrite_compressed(struct blockdev *bs, uint64_t off, const void
             pthread_mutex_lock(&s->lock);
             if ((ret = qcow2_get_l2e(s, off, &old, e)) == 0 &&
                 (ret = qcow2_alloc_bytes(s, (uint64_t)clen, &coff, e)) == 0 &&
-                (ret = transport_pwrite(bs->file, coff, out, (size_t)clen, e)) == 0 &&
+                (ret = qcow2_pwrite_checked(s, 0, coff, out, (size_t)clen, e)) == 0 &&
                 (ret = qcow2_l2_depends_on_refblocks(s, e)) == 0) {
                 uint64_t sectors = ((coff + (uint64_t)clen - 1) >> 9) - (coff >> 9);
                 l2e.entry = coff | QCOW2_OFLAG_COMPRESSED | (sectors << s->csize_shift);
@@ -1075,7 +1099,8 @@ struct create_opts {
     uint64_t cluster_size;
     uint32_t version;
     uint64_t refcount_bits;
-    bool lazy_refcounts, extended_l2, prealloc_metadata;
+    bool lazy_refcounts, extended_l2;
+    enum blk_prealloc prealloc;
     enum qcow2_compression_type compression;
 };
 
@@ -1115,10 +1140,10 @@ static int parse_create_opts(const struct blk_create_params *p, struct create_op
         return err_set(e, EINVAL, "%s: Parameter 'compression_type' does not accept value "
                        "'%s' (use zlib or zstd)", f, ctype);
     const char *prealloc = kvopts_get(p->opts, "preallocation");
-    if (prealloc && strcmp(prealloc, "off") && strcmp(prealloc, "metadata"))
+    o->prealloc = BLK_PREALLOC_OFF;
+    if (prealloc && blk_parse_prealloc(prealloc, &o->prealloc) < 0)
         return err_set(e, EINVAL, "%s: Parameter 'preallocation' does not accept value '%s' "
-                       "(use off or metadata)", f, prealloc);
-    o->prealloc_metadata = prealloc && !strcmp(prealloc, "metadata");
+                       "(use off, metadata, falloc or full)", f, prealloc);
     /* -b/-F arrive in p; the -o spellings were consumed by the command. */
     kvopts_get(p->opts, "backing_file");
     kvopts_get(p->opts, "backing_fmt");
@@ -1138,36 +1163,83 @@ static int parse_create_opts(const struct blk_create_params *p, struct create_op
     if (o->extended_l2 && o->cluster_size < 16384)
         return err_set(e, EINVAL, "%s: Extended L2 entries are only supported with cluster "
                        "sizes of at least 16384 bytes", f);
-    if (p->backing_file && o->prealloc_metadata)
+    if (p->backing_file && o->prealloc != BLK_PREALLOC_OFF)
         return err_set(e, EINVAL, "%s: Backing file and preallocation can only be used at "
                        "the same time if extended_l2 is on", f);
     return 0;
 }
 
-/* Metadata preallocation: every cluster gets a host cluster (left
- * unwritten, so it reads as zeroes from the sparse file). */
-static int preallocate_metadata(struct qcow2_state *s, struct err *e)
+static int add_run(uint64_t (**runs)[2], size_t *n, uint64_t start, uint64_t end,
+                   struct err *e)
 {
-    uint64_t end_of_data = 0;
-    for (uint64_t off = 0; off < s->size; off += s->cluster_size) {
+    uint64_t (*more)[2] = realloc(*runs, sizeof(**runs) * (*n + 1));
+    if (!more)
+        return err_set(e, ENOMEM, "out of memory");
+    more[*n][0] = start;
+    more[*n][1] = end;
+    *runs = more;
+    (*n)++;
+    return 0;
+}
+
+/* Preallocation: every cluster gets a host cluster, left unwritten
+ * (metadata: it reads as zeroes from the sparse file), or then allocated
+ * in the file (falloc: fallocate; full: written with zeroes), as QEMU's
+ * preallocation modes.  The data clusters' host runs are allocated once
+ * the metadata is flushed, skipping the L2 tables and refcount blocks
+ * allocated between them. */
+static int preallocate(struct qcow2_state *s, enum blk_prealloc mode, uint64_t start,
+                       uint64_t end, struct err *e)
+{
+    uint64_t end_of_data = 0, run_start = 0, run_end = 0;
+    uint64_t (*runs)[2] = NULL;
+    size_t nruns = 0;
+    int ret = 0;
+    uint64_t l2_span = qcow2_l1_coverage(s);
+    /* A cluster only partly new holds old contents (maybe its backing
+     * file's): left as it is. */
+    start = align_up(start, s->cluster_size);
+    for (uint64_t off = start; off < end && ret == 0; off += s->cluster_size) {
         uint64_t host;
         struct qcow2_l2e l2e = { 0, 0 };
-        int ret = qcow2_alloc_clusters(s, 1, &host, e);
-        if (ret < 0)
-            return ret;
+        if ((ret = qcow2_get_l2e(s, off, &l2e, e)) < 0)
+            break;
+        if (l2e.entry & ~QCOW2_OFLAG_COPIED)
+            continue;       /* allocated (or a zero cluster) already */
+        /* The L2 table first, then its data clusters, as QEMU lays them
+         * out (the data of one table is then contiguous). */
+        if ((off == start || off % l2_span == 0) && (ret = qcow2_set_l2e(s, off, l2e, e)) < 0)
+            break;
+        if ((ret = qcow2_alloc_clusters(s, 1, &host, e)) < 0)
+            break;
         l2e.entry = host | QCOW2_OFLAG_COPIED;
         l2e.bitmap = s->extended_l2 ? QCOW2_BITMAP_ALL_ALLOC : 0;
         if ((ret = qcow2_l2_depends_on_refblocks(s, e)) < 0 ||
             (ret = qcow2_set_l2e(s, off, l2e, e)) < 0)
-            return ret;
+            break;
         end_of_data = max_u64(end_of_data, host + s->cluster_size);
+        if (mode == BLK_PREALLOC_METADATA || host == run_end) {
+            run_end = host + s->cluster_size;
+            continue;
+        }
+        if (run_end > run_start && (ret = add_run(&runs, &nruns, run_start, run_end, e)) < 0)
+            break;
+        run_start = host;
+        run_end = host + s->cluster_size;
     }
-    int ret = qcow2_flush_metadata(s, e);
+    if (ret == 0 && mode != BLK_PREALLOC_METADATA && run_end > run_start)
+        ret = add_run(&runs, &nruns, run_start, run_end, e);
+    if (ret == 0)
+        ret = qcow2_flush_metadata(s, e);
     uint64_t file_size;
     if (ret == 0)
         ret = transport_size(s->bs->file, &file_size, e);
     if (ret == 0 && file_size < end_of_data)
         ret = transport_truncate(s->bs->file, end_of_data, e);
+    for (size_t i = 0; i < nruns && ret == 0; i++)
+        ret = transport_preallocate(s->bs->file, runs[i][0], runs[i][1] - runs[i][0],
+                                   mode == BLK_PREALLOC_FULL, e);
+    free(runs);
     return ret;
 }
 
@@ -1202,27 +1274,34 @@ static int qcow2_create(struct transport *file, const struct blk_create_params *
     uint8_t *buf = calloc(3, o.cluster_size);
     if (!buf)
         return err_set(e, ENOMEM, "%s: out of memory", p->filename);
-    if ((ret = qcow2_encode_header(&h, buf, e)) < 0)
+    ret = qcow2_encode_header(&h, buf, e);
+    /* From here on the backing file name and format are the ones
+     * open_state reads back from the header, owned by bs. */
+    bs.backing_name = bs.backing_format = NULL;
+    if (ret < 0)
         goto out;
     be64_write(buf + o.cluster_size, 2 * o.cluster_size);
     if ((ret = transport_pwrite(file, 0, buf, 3 * o.cluster_size, e)) < 0 ||
         (ret = transport_flush(file, e)) < 0)
         goto out;
     struct qcow2_state *s;
-    bs.backing_name = bs.backing_format = NULL;     /* read back from the header */
     if ((ret = open_state(&bs, &s, e)) < 0)
         goto out;
+    /* Nobody else sees the image yet; the lock is taken all the same, as
+     * the functions below expect it. */
+    pthread_mutex_lock(&s->lock);
     ret = qcow2_update_refcount(s, 0, 3 * o.cluster_size, 1, e);
     if (ret == 0 && p->size)
         ret = truncate_locked(s, p->size, e);
-    if (ret == 0 && o.prealloc_metadata)
-        ret = preallocate_metadata(s, e);
+    if (ret == 0 && o.prealloc != BLK_PREALLOC_OFF)
+        ret = preallocate(s, o.prealloc, 0, s->size, e);
     if (ret == 0)
         ret = qcow2_flush_metadata(s, e);
+    pthread_mutex_unlock(&s->lock);
     free_state(s);
-    free(bs.backing_name);
-    free(bs.backing_format);
 out:
+    free(bs.backing_name);      /* also when open_state failed after reading them */
+    free(bs.backing_format);
     free(buf);
     return ret;
 }
@@ -1272,6 +1351,12 @@ static bool qcow2_bitmaps_persistent(struct blockdev *bs)
     return s->version >= 3;
 }
 
+static int qcow2_preallocate(struct blockdev *bs, uint64_t off, uint64_t len,
+                             enum blk_prealloc mode, struct err *e)
+{
+    return preallocate(bs->opaque, mode, off, off + len, e);
+}
+
 const struct blockdrv blockdrv_qcow2 = {
     .name = "qcow2",
     .create_options = qcow2_create_options,
@@ -1293,6 +1378,7 @@ const struct blockdrv blockdrv_qcow2 = {
     .discard = qcow2_discard,
     .flush = qcow2_flush,
     .truncate = qcow2_truncate,
+    .preallocate = qcow2_preallocate,
     .get_info = qcow2_get_info,
     .set_backing = qcow2_set_backing,
     .make_empty = qcow2_make_empty,

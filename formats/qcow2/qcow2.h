@@ -115,6 +115,11 @@ enum qcow2_sc_type {
     QCOW2_SC_INVALID,
 };
 
+/* A host byte range. */
+struct qcow2_range {
+    uint64_t offset, len;
+};
+
 /* A header extension that this driver does not interpret; written back
  * unchanged by qcow2_update_header. */
 struct qcow2_ext {
@@ -209,6 +214,17 @@ struct qcow2_state {
      * cluster search skips them. */
     struct { uint64_t start, count; } reserved[8];
     unsigned nb_reserved;
+    /* Clusters whose refcount dropped to 0 since the metadata was last
+     * flushed: the reference that was dropped (an L2 entry, an L1 entry,
+     * a bitmap table...) may still be on disk, so reusing one of them
+     * before that flush could let a crash leave the old reference pointing
+     * at new data.  The allocator flushes before handing one out (QEMU
+     * orders the same way through its cache dependencies).  When more
+     * ranges are freed than the array holds, every allocation flushes
+     * first. */
+    struct { uint64_t start, count; } pending_free[16];
+    unsigned nb_pending_free;
+    bool pending_free_overflow;
     uint64_t free_byte_offset;      /* next byte for compressed data, 0 = none */
 
     /* Header extensions and snapshots. */
@@ -220,6 +236,11 @@ struct qcow2_state {
     /* The image looks preallocated (more clusters counted than the file
      * has blocks): -1 not yet known; see qcow2_block_status. */
     int metadata_prealloc;      /* we set the dirty bit (unused: no lazy mode) */
+
+    /* Write-path integrity (overlap.c). */
+    struct qcow2_range *bitmap_tables;  /* the bitmap tables of the directory in use */
+    size_t nb_bitmap_tables;
+    bool writes_refused;            /* a write hit metadata: the image is corrupt */
 };
 
 /* --- header.c --- */
@@ -282,6 +303,37 @@ int qcow2_alloc_bytes(struct qcow2_state *s, uint64_t size, uint64_t *offset, st
 /* Drop the reference(s) an L2 entry holds (normal, zero-alloc, compressed). */
 int qcow2_free_l2e_clusters(struct qcow2_state *s, uint64_t entry, struct err *e);
 
+/* --- overlap.c --- */
+/* Kinds of metadata (QEMU's QCOW2_OL_*), for the overlap check. */
+#define QCOW2_OL_HEADER             (1u << 0)
+#define QCOW2_OL_ACTIVE_L1          (1u << 1)
+#define QCOW2_OL_ACTIVE_L2          (1u << 2)
+#define QCOW2_OL_REFCOUNT_TABLE     (1u << 3)
+#define QCOW2_OL_REFCOUNT_BLOCK     (1u << 4)
+#define QCOW2_OL_SNAPSHOT_TABLE     (1u << 5)
+#define QCOW2_OL_INACTIVE_L1        (1u << 6)
+#define QCOW2_OL_BITMAP_DIRECTORY   (1u << 7)
+#define QCOW2_OL_BITMAP_TABLE       (1u << 8)
+/* The kind of metadata (one QCOW2_OL_* bit, 0 = none) that host bytes
+ * [off, off + len) overlap, leaving out the kinds in `ignore` (the
+ * structure being written itself).  Lock held. */
+unsigned qcow2_metadata_overlap(const struct qcow2_state *s, unsigned ignore, uint64_t off,
+                                uint64_t len);
+const char *qcow2_overlap_name(unsigned bit);
+/* Before writing [off, off + len): 0, or -EIO when the image was marked
+ * corrupt, or when the range overlaps metadata, which marks it corrupt
+ * (header bit, and every later write refused).  Lock held. */
+int qcow2_pre_write_check(struct qcow2_state *s, unsigned ignore, uint64_t off, uint64_t len,
+                          struct err *e);
+/* transport_pwrite after qcow2_pre_write_check. */
+int qcow2_pwrite_checked(struct qcow2_state *s, unsigned ignore, uint64_t off, const void *buf,
+                         size_t len, struct err *e);
+/* -EIO when an earlier write was refused as corrupting. */
+int qcow2_refuse_if_corrupt(const struct qcow2_state *s, struct err *e);
+/* The bitmap tables the header's directory uses (bitmap.c keeps it
+ * current); copied. */
+void qcow2_set_bitmap_tables(struct qcow2_state *s, const struct qcow2_range *tables, size_t n);
+
 /* --- options.c --- */
 extern const struct blk_option_desc qcow2_create_options[];
 extern const struct blk_option_desc qcow2_amend_options[];
@@ -322,6 +374,23 @@ int qcow2_check(struct blockdev *bs, struct blk_check_result *res, unsigned fix,
 
 /* --- cluster.c --- */
 int qcow2_l1_init(struct qcow2_state *s, struct err *e);
+/* What a whole L2 entry is, as QEMU's qcow2_get_cluster_type (the zero
+ * flag means nothing with extended L2 entries: their bitmap says it). */
+enum qcow2_cluster_type {
+    QCOW2_CLUSTER_UNALLOCATED,
+    QCOW2_CLUSTER_ZERO_PLAIN,
+    QCOW2_CLUSTER_ZERO_ALLOC,
+    QCOW2_CLUSTER_NORMAL,
+    QCOW2_CLUSTER_COMPRESSED,
+};
+enum qcow2_cluster_type qcow2_cluster_type(const struct qcow2_state *s, uint64_t entry);
+/* Entry `index` of an L2 table in memory (on-disk byte order). */
+struct qcow2_l2e qcow2_l2e_read(const struct qcow2_state *s, const uint8_t *table,
+                                uint64_t index);
+/* The host bytes a compressed cluster's entry points to: the first byte
+ * and the length up to the end of its last 512-byte sector. */
+void qcow2_compressed_range(const struct qcow2_state *s, uint64_t entry, uint64_t *offset,
+                            uint64_t *bytes);
 enum qcow2_sc_type qcow2_sc_type(const struct qcow2_state *s, struct qcow2_l2e l2e,
                                  unsigned sc);
 uint64_t qcow2_l2e_host_offset(const struct qcow2_state *s, struct qcow2_l2e l2e);

@@ -128,6 +128,48 @@ static int push_reserved(struct qcow2_state *s, uint64_t start, uint64_t count, 
     return 0;
 }
 
+/* Cluster `index` became free: remember it until the next metadata flush
+ * (see pending_free in struct qcow2_state). */
+static void note_pending_free(struct qcow2_state *s, uint64_t index)
+{
+    unsigned n = s->nb_pending_free;
+    if (n && s->pending_free[n - 1].start + s->pending_free[n - 1].count == index) {
+        s->pending_free[n - 1].count++;
+        return;
+    }
+    if (n == sizeof(s->pending_free) / sizeof(s->pending_free[0])) {
+        s->pending_free_overflow = true;
+        return;
+    }
+    s->pending_free[n].start = index;
+    s->pending_free[n].count = 1;
+    s->nb_pending_free++;
+}
+
+static bool run_is_pending_free(const struct qcow2_state *s, uint64_t start, uint64_t n)
+{
+    if (s->pending_free_overflow)
+        return true;
+    for (unsigned i = 0; i < s->nb_pending_free; i++)
+        if (start < s->pending_free[i].start + s->pending_free[i].count &&
+            s->pending_free[i].start < start + n)
+            return true;
+    return false;
+}
+
+/* The run [start, start + n) is about to be reused: if some of it was freed
+ * since the last metadata flush, flush now, so that the metadata that
+ * dropped the old references is on disk before anything new is written
+ * there (item: freed clusters are not reused before that is durable). */
+static int make_frees_durable(struct qcow2_state *s, uint64_t start, uint64_t n, struct err *e)
+{
+    if (!s->nb_pending_free && !s->pending_free_overflow)
+        return 0;
+    if (!run_is_pending_free(s, start, n))
+        return 0;
+    return qcow2_flush_metadata(s, e);
+}
+
 /* First run of n free clusters at or after the hint, reading each
  * refcount block once.  The hint moves to the first free cluster seen
  * (counting reserved ones as free: they may be given back), so that the
@@ -159,7 +201,7 @@ static int find_free_clusters(struct qcow2_state *s, uint64_t n, uint64_t *start
             if (++run == n) {
                 *start = i + 1 - n;
                 s->free_cluster_hint = first_free == *start ? i + 1 : first_free;
-                return 0;
+                return make_frees_durable(s, *start, n, e);
             }
         }
     }
@@ -172,7 +214,8 @@ static int write_reftable_entry(struct qcow2_state *s, uint64_t rt, struct err *
         return 0;
     uint8_t buf[8];
     be64_write(buf, s->reftable[rt]);
-    return transport_pwrite(s->bs->file, s->reftable_offset + rt * 8, buf, 8, e);
+    return qcow2_pwrite_checked(s, QCOW2_OL_REFCOUNT_TABLE, s->reftable_offset + rt * 8, buf, 8,
+                                e);
 }
 
 static int grow_reftable(struct qcow2_state *s, uint64_t min_entries, struct err *e);
@@ -275,8 +318,8 @@ static int grow_reftable(struct qcow2_state *s, uint64_t min_entries, struct err
         goto undo;
     for (uint64_t i = 0; i < entries; i++)
         be64_write(buf + 8 * i, table[i]);
-    ret = transport_pwrite(s->bs->file, start << s->cluster_bits, buf,
-                          clusters << s->cluster_bits, e);
+    ret = qcow2_pwrite_checked(s, 0, start << s->cluster_bits, buf, clusters << s->cluster_bits,
+                               e);
     free(buf);
     if (ret == 0)
         ret = transport_flush(s->bs->file, e);
@@ -285,7 +328,7 @@ static int grow_reftable(struct qcow2_state *s, uint64_t min_entries, struct err
     uint8_t hdr[12];
     be64_write(hdr, start << s->cluster_bits);
     be32_write(hdr + 8, (uint32_t)clusters);
-    if ((ret = transport_pwrite(s->bs->file, 48, hdr, sizeof(hdr), e)) < 0 ||
+    if ((ret = qcow2_pwrite_checked(s, QCOW2_OL_HEADER, 48, hdr, sizeof(hdr), e)) < 0 ||
         (ret = transport_flush(s->bs->file, e)) < 0)
         goto undo;
     s->reftable_offset = start << s->cluster_bits;
@@ -349,6 +392,7 @@ int qcow2_update_refcount(struct qcow2_state *s, uint64_t offset, uint64_t len, 
                          (uint64_t)delta;
             qcow2_refcount_entry_set(block, i & mask, s->refcount_order, v);
             if (v == 0) {
+                note_pending_free(s, i);
                 if (i < s->free_cluster_hint)
                     s->free_cluster_hint = i;
                 if (s->free_byte_offset && (s->free_byte_offset >> s->cluster_bits) == i)
@@ -389,9 +433,9 @@ int qcow2_free_clusters(struct qcow2_state *s, uint64_t offset, uint64_t len, st
 int qcow2_free_l2e_clusters(struct qcow2_state *s, uint64_t entry, struct err *e)
 {
     if (entry & QCOW2_OFLAG_COMPRESSED) {
-        uint64_t off = entry & s->coffset_mask;
-        uint64_t sectors = ((entry >> s->csize_shift) & s->csize_mask) + 1;
-        return qcow2_free_clusters(s, off & ~511ull, sectors * 512, e);
+        uint64_t off, bytes;
+        qcow2_compressed_range(s, entry, &off, &bytes);
+        return qcow2_free_clusters(s, off, bytes, e);
     }
     uint64_t off = entry & QCOW2_OFFSET_MASK;
     return off ? qcow2_free_clusters(s, off, s->cluster_size, e) : 0;
