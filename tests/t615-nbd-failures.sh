@@ -6,7 +6,7 @@ need qemu-img nbdkit python3 timeout
 . "$here/nbd-lib.sh"
 
 # I/O errors from the server (nbdkit's error filter), with its message.
-start_nbdkit err.sock --filter=error data "1 2 3 @1048576 4" size=2M error=EIO \
+start_nbdkit err.sock --filter=error data "1 2 3" size=2M error=EIO \
     error-pread-rate=100%
 expect_status 1 timeout 60 "$IMGTOOL" convert "$NBD_URI" out.raw
 expect_eq "$(err | grep '^imgtool')" "imgtool: $NBD_URI: read at offset 0 failed: Input/output error"
