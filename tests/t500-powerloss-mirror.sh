@@ -55,7 +55,11 @@ WRITELOG_FAULT_FILE=tgt.raw WRITELOG_FAULT_AFTER=3 WRITELOG_FAULT=sigint \
     expect_status 130 crash_run raw-sigint "$IMGTOOL" "${mirror_args[@]}" --bitmap-mode=always \
     "$D/src.qcow2" "$D/tgt.raw"
 expect_match "$(err)" 'mirror cancelled'
-expect_eq "$(imgtool_dirty "$D/src.qcow2" b | wc -l)" 3 "dirty extents left after the cancel"
+# The signal comes after the third write, but the worker may finish one
+# more range before the cancel is seen (that range is then flushed and
+# cleared, correctly): 3 or fewer of the 6 ranges stay dirty, and some do.
+left=$(imgtool_dirty "$D/src.qcow2" b | wc -l)
+expect_match "$left" '^[1-3]$' "dirty extents left after the cancel"
 crash_states raw-sigint 8 2 check_raw
 
 # 2. Always mode into an existing empty qcow2 diff image backed by the full
