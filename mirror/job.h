@@ -122,6 +122,32 @@ struct mirror_set_options {
 int mirror_run_set(const struct mirror_params *jobs, int n,
                    const struct mirror_set_options *opts, struct err *e);
 
+/* One job's steps, for the live mirror of `imgtool serve --mirror`
+ * (mirror/active.c), which copies while clients write: the same checks,
+ * target preparation (a new target under a temporary name), bitmap freeze,
+ * rename and bitmap-mode rules as mirror_run_set, on `src`, an image the
+ * caller has open (read-write, bitmaps loaded) and keeps open.  The caller
+ * copies (copy_run into mirror_job_target, above mirror_job_base, the
+ * ranges of a --sync=bitmap job), flushes with mirror_job_flush_target
+ * (flushes of a new target are no longer deferred from then on), then ends
+ * the job: keep_target renames a new target into place (else it is
+ * removed); the bitmap is abdicated on success (and cleared when in_sync:
+ * the target holds every write made meanwhile), else reclaimed; then the
+ * bitmaps are stored.  No guest write may run while the job ends. */
+struct mirror_job;
+int mirror_job_prepare(const struct mirror_params *p, const struct mirror_set_options *opts,
+                       struct blockdev *src, struct mirror_job **out, struct err *e);
+struct blockdev *mirror_job_target(const struct mirror_job *job);
+const struct blockdev *mirror_job_base(const struct mirror_job *job);
+bool mirror_job_new_target(const struct mirror_job *job);
+/* --sync=bitmap: the bitmap's dirty extents, widened to the target's
+ * clusters, as prepared (sorted, disjoint). */
+const struct copy_range *mirror_job_ranges(const struct mirror_job *job, size_t *n);
+int mirror_job_flush_target(struct mirror_job *job, struct err *e);
+/* Frees the job whatever happens; the first error is returned. */
+int mirror_job_end(struct mirror_job *job, bool keep_target, bool success, bool in_sync,
+                   struct err *e);
+
 /* Parsers shared by the command line and job files. */
 int mirror_parse_sync(const char *s, enum mirror_sync *sync, bool *incremental);
 int mirror_parse_bitmap_mode(const char *s, enum mirror_bitmap_mode *mode);
