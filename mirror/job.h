@@ -88,6 +88,9 @@ struct mirror_event {
     const struct mirror_params *job;
     uint64_t done, total;           /* bytes of this job */
     uint64_t offset, length;        /* PROGRESS: the range that just completed */
+    /* Live mirror (mirror/active.h): the dirty bytes now (total is then
+     * done + remaining, QMP's len; it grows as clients write). */
+    uint64_t remaining;
     const char *error;              /* FAILED */
     const struct copy_stats *stats; /* COMPLETED */
 };
