@@ -23,6 +23,13 @@
  * Discards are never written through: what a discarded range reads is
  * the format's business, so it is marked dirty and copied.
  *
+ * The --sync=bitmap job's bitmap is not frozen but written ahead
+ * (bitmap/dirty.h): it keeps its bits and records the client writes as
+ * usual, and before a write that sets one of its granules that is clean on
+ * disk reaches the source, the bitmaps are stored; so after a crash it is
+ * consistent and marks all that is still to copy.  Only a completion in
+ * sync clears it (--bitmap-mode=always thus behaves as on-success).
+ *
  * Ending: complete, cancel and failure close a gate in the notifier (new
  * client writes wait), wait for the writes in flight, then end the job
  * with mirror/job.c's rules (rename, bitmap modes, flush before bits go).
@@ -82,6 +89,11 @@ struct active_mirror {
     bool notifier_added;
     pthread_t thread;
     bool thread_started;
+    /* --sync=bitmap: the bitmap, written ahead (bitmap/dirty.h), and the
+     * granules it has set on disk; wa_lock serialises the stores. */
+    struct dirty_bitmap *wa;
+    struct hbitmap *wa_disk;
+    pthread_mutex_t wa_lock;
     pthread_mutex_t event_lock;
     struct timespec started_at;     /* --speed: the pace counts from here ... */
     uint64_t paced_from;            /* ... and from these bytes done */
@@ -116,6 +128,38 @@ static void range_of(const struct active_mirror *m, uint64_t off, uint64_t len,
     *end = min_u64(align_up(off + len, m->gran), align_up(m->src->size, m->gran));
 }
 
+/* Store the bitmaps before a write that marked a granule of the job's
+ * bitmap that is clean on disk reaches the source: the bitmap on disk then
+ * never misses a write, and a crash (kill -9) leaves it consistent with
+ * everything still to copy, so that a later run resumes. */
+static int write_ahead(struct active_mirror *m, const struct blk_write_request *r,
+                       struct err *e)
+{
+    if (!m->wa || !dirty_bitmap_enabled(m->wa))
+        return 0;
+    pthread_mutex_lock(&m->wa_lock);
+    int ret = 0;
+    if (hbitmap_next_clean(m->wa_disk, r->offset, r->length) >= 0) {
+        blk_bitmaps_lock(m->src);
+        ret = blk_bitmaps_store(m->src, e);
+        blk_bitmaps_unlock(m->src);
+        if (ret == 0)
+            hbitmap_set(m->wa_disk, r->offset, r->length);
+        else
+            err_prefix(e, "bitmap '%s' cannot record the write: ", dirty_bitmap_name(m->wa));
+    }
+    pthread_mutex_unlock(&m->wa_lock);
+    return ret;
+}
+
+static void writer_done(struct active_mirror *m)
+{
+    pthread_mutex_lock(&m->lock);
+    m->writers--;
+    pthread_cond_broadcast(&m->changed);
+    pthread_mutex_unlock(&m->lock);
+}
+
 /* Let a client write in, or hold it while the job starts or ends. */
 static int on_before_write(void *opaque, const struct blk_write_request *r, void **token,
                            struct err *e)
@@ -135,13 +179,11 @@ static int on_before_write(void *opaque, const struct blk_write_request *r, void
     }
     m->writers++;
     pthread_mutex_unlock(&m->lock);
-    struct range_lock *lock = malloc(sizeof(*lock));
+    int ret = write_ahead(m, r, e);
+    struct range_lock *lock = ret == 0 ? malloc(sizeof(*lock)) : NULL;
     if (!lock) {
-        pthread_mutex_lock(&m->lock);
-        m->writers--;
-        pthread_cond_broadcast(&m->changed);
-        pthread_mutex_unlock(&m->lock);
-        return err_set(e, ENOMEM, "out of memory");
+        writer_done(m);
+        return ret < 0 ? ret : err_set(e, ENOMEM, "out of memory");
     }
     uint64_t start, end;
     range_of(m, r->offset, r->length, &start, &end);
@@ -234,10 +276,7 @@ static void on_after_write(void *opaque, const struct blk_write_request *r, int 
     pthread_mutex_unlock(&m->lock);
     range_lock_release(&m->ranges, lock);
     free(lock);
-    pthread_mutex_lock(&m->lock);
-    m->writers--;
-    pthread_cond_broadcast(&m->changed);
-    pthread_mutex_unlock(&m->lock);
+    writer_done(m);
 }
 
 /* Close the gate and wait for the client writes in flight (lock held). */
@@ -511,6 +550,7 @@ static int end_job(struct active_mirror *m, int ret, struct err *e)
     struct err ee = { 0 };
     int eret = mirror_job_end(m->job, keep, ret == 0, ret == 0, &ee);
     m->job = NULL;
+    m->wa = NULL;
     m->dst = NULL;
     if (eret < 0 && (ret == 0 || ret == -ECANCELED)) {
         ret = eret;
@@ -612,6 +652,8 @@ static void destroy(struct active_mirror *m)
     if (m->job)
         mirror_job_end(m->job, false, false, false, &(struct err){ 0 });
     hbitmap_free(m->dirty);
+    hbitmap_free(m->wa_disk);
+    pthread_mutex_destroy(&m->wa_lock);
     range_lock_set_destroy(&m->ranges);
     pthread_mutex_destroy(&m->lock);
     pthread_cond_destroy(&m->changed);
@@ -619,6 +661,23 @@ static void destroy(struct active_mirror *m)
     free(m->error);
     free(m->id);
     free(m);
+}
+
+/* The job's bitmap is not in use on disk from now on (no client write
+ * runs: the gate is closed), and wa_disk knows what it has set there. */
+static int start_write_ahead(struct active_mirror *m, struct err *e)
+{
+    struct dirty_bitmap *bm = mirror_job_write_ahead_bitmap(m->job);
+    if (!bm)
+        return 0;
+    blk_bitmaps_lock(m->src);
+    int ret = blk_bitmaps_store(m->src, e);
+    if (ret == 0)
+        ret = hbitmap_copy(dirty_bitmap_bits(bm), &m->wa_disk, e);
+    blk_bitmaps_unlock(m->src);
+    if (ret == 0)
+        m->wa = bm;
+    return ret;
 }
 
 /* Prepare with the gate closed: no client write slips in between the
@@ -638,7 +697,7 @@ static int prepare(struct active_mirror *m, struct err *e)
     m->diff_image = m->p.mirror.sync == MIRROR_SYNC_BITMAP;
     if ((ret = pick_granularity(m, e)) < 0 || (ret = initial_dirty(m, e)) < 0)
         return ret;
-    return 0;
+    return start_write_ahead(m, e);
 }
 
 int active_mirror_start(const struct active_mirror_params *p, struct active_mirror **out,
@@ -660,6 +719,7 @@ int active_mirror_start(const struct active_mirror_params *p, struct active_mirr
     pthread_mutex_init(&m->lock, NULL);
     pthread_cond_init(&m->changed, NULL);
     pthread_mutex_init(&m->event_lock, NULL);
+    pthread_mutex_init(&m->wa_lock, NULL);
     range_lock_set_init(&m->ranges);
     atomic_init(&m->cancel, 0);
     clock_gettime(CLOCK_REALTIME, &m->started_at);

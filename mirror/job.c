@@ -30,6 +30,10 @@ struct mirror_job {
     struct copy_stats stats;
     const struct mirror_set_options *opts;
     bool src_borrowed;              /* the caller's open source (mirror_job_prepare) */
+    /* The live mirror's bitmap is not frozen but written ahead (bitmap/dirty.h):
+     * it keeps every bit, and the writes made meanwhile, until the job
+     * completes in sync; a crash leaves it consistent, so a later run resumes. */
+    bool live, write_ahead;
     struct chain_state chain;       /* export's backup record */
     bool forget_chain;              /* a forced job clears an export chain's bitmap */
 };
@@ -305,7 +309,10 @@ static int prepare_bitmap(struct mirror_job *job, struct err *e)
         return err_set(e, EINVAL, "%s: bitmap '%s' is inconsistent (the image was not closed "
                        "cleanly while it recorded writes): remove it, take a full copy and "
                        "add a new bitmap", p->source, p->bitmap);
-    if (p->bitmap_mode != MIRROR_BITMAP_NEVER) {
+    if (p->bitmap_mode != MIRROR_BITMAP_NEVER && job->live) {
+        dirty_bitmap_set_write_ahead(job->bitmap, true);
+        job->write_ahead = true;
+    } else if (p->bitmap_mode != MIRROR_BITMAP_NEVER) {
         if ((ret = dirty_bitmap_freeze(job->bitmap, e)) < 0)
             return ret;
         job->frozen = true;
@@ -539,6 +546,14 @@ static int finish_bitmap(struct mirror_job *job, bool success, bool in_sync, str
     const struct mirror_params *p = job->p;
     bool changed = false;
     int ret = 0;
+    if (job->write_ahead) {
+        /* Stored as the other bitmaps again (in use while served). */
+        job->write_ahead = false;
+        dirty_bitmap_set_write_ahead(job->bitmap, false);
+        if (success && in_sync && (ret = dirty_bitmap_clear(job->bitmap, e)) < 0)
+            return ret;
+        changed = true;
+    }
     if (job->frozen) {
         job->frozen = false;
         ret = success ? dirty_bitmap_abdicate(job->bitmap, e)
@@ -671,11 +686,14 @@ int mirror_job_prepare(const struct mirror_params *p, const struct mirror_set_op
     job->opts = opts;
     job->src = src;
     job->src_borrowed = true;
+    job->live = true;
     int ret = check_remote_source(p, e);
     if (ret == 0)
         ret = prepare_on_source(job, e);
     if (ret < 0) {
+        blk_bitmaps_lock(src);
         finish_bitmap(job, false, false, &(struct err){ 0 });
+        blk_bitmaps_unlock(src);
         if (job->tmp_path)
             err_replace(e, job->tmp_path, p->target);
         close_job(job, false);
@@ -707,6 +725,11 @@ const struct copy_range *mirror_job_ranges(const struct mirror_job *job, size_t 
     return job->ranges;
 }
 
+struct dirty_bitmap *mirror_job_write_ahead_bitmap(const struct mirror_job *job)
+{
+    return job->write_ahead ? job->bitmap : NULL;
+}
+
 int mirror_job_flush_target(struct mirror_job *job, struct err *e)
 {
     blk_defer_flushes(job->dst, false);
@@ -727,7 +750,10 @@ int mirror_job_end(struct mirror_job *job, bool keep_target, bool success, bool 
         }
     }
     struct err be = { 0 };
+    /* Client threads may still mark the bitmaps (their writes wait). */
+    blk_bitmaps_lock(job->src);
     int bret = finish_bitmap(job, success && ret == 0, in_sync, &be);
+    blk_bitmaps_unlock(job->src);
     if (bret < 0 && ret == 0) {
         ret = bret;
         *e = be;

@@ -134,9 +134,11 @@ int mirror_run_set(const struct mirror_params *jobs, int n,
  * ranges of a --sync=bitmap job), flushes with mirror_job_flush_target
  * (flushes of a new target are no longer deferred from then on), then ends
  * the job: keep_target renames a new target into place (else it is
- * removed); the bitmap is abdicated on success (and cleared when in_sync:
- * the target holds every write made meanwhile), else reclaimed; then the
- * bitmaps are stored.  No guest write may run while the job ends. */
+ * removed); the bitmap (not frozen: written ahead, see
+ * mirror_job_write_ahead_bitmap) is cleared on success when in_sync (the
+ * target holds every write made meanwhile) and otherwise keeps all its
+ * bits; then the bitmaps are stored.  No guest write may run while the
+ * job ends (threads may still mark the bitmaps: the bitmaps lock is held). */
 struct mirror_job;
 int mirror_job_prepare(const struct mirror_params *p, const struct mirror_set_options *opts,
                        struct blockdev *src, struct mirror_job **out, struct err *e);
@@ -147,6 +149,10 @@ bool mirror_job_new_target(const struct mirror_job *job);
  * clusters, as prepared (sorted, disjoint). */
 const struct copy_range *mirror_job_ranges(const struct mirror_job *job, size_t *n);
 int mirror_job_flush_target(struct mirror_job *job, struct err *e);
+/* The job's bitmap when it is written ahead (bitmap/dirty.h) rather than
+ * frozen, as the live mirror's is unless --bitmap-mode=never: the caller
+ * stores it before a write it records reaches the disk.  Else NULL. */
+struct dirty_bitmap *mirror_job_write_ahead_bitmap(const struct mirror_job *job);
 /* Frees the job whatever happens; the first error is returned. */
 int mirror_job_end(struct mirror_job *job, bool keep_target, bool success, bool in_sync,
                    struct err *e);
