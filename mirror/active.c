@@ -70,6 +70,7 @@ struct active_mirror {
     enum active_copy_mode copy_mode;
     uint64_t speed;
     uint64_t done;                  /* bytes copied or written through */
+    uint64_t batch_left;            /* taken by the batch copying now, not done yet */
     bool ready;
     bool complete_requested;
     bool gate_closed;               /* new client writes wait in the notifier */
@@ -107,7 +108,7 @@ static void emit(struct active_mirror *m, enum mirror_event_type type, uint64_t 
     if (!m->p.event)
         return;
     pthread_mutex_lock(&m->lock);
-    uint64_t remaining = hbitmap_count(m->dirty);
+    uint64_t remaining = hbitmap_count(m->dirty) + m->batch_left;
     struct mirror_event ev = {
         .type = type, .job = &m->p.mirror, .done = m->done, .total = m->done + remaining,
         .remaining = remaining, .offset = offset, .length = length, .error = error,
@@ -349,6 +350,7 @@ static void take_dirty_locked(struct active_mirror *m, struct batch *b)
             b->ranges[b->nranges] = (struct copy_range){ s, e - s };
             b->finished[b->nranges++] = false;
             hbitmap_reset(m->dirty, s, e - s);
+            m->batch_left += e - s;
             start = e;
         }
     }
@@ -359,6 +361,7 @@ static void put_back_locked(struct active_mirror *m, struct batch *b)
     for (size_t i = 0; i < b->nranges; i++)
         if (!b->finished[i])
             hbitmap_set(m->dirty, b->ranges[i].offset, b->ranges[i].length);
+    m->batch_left = 0;
 }
 
 static void on_range_done(void *opaque, size_t index)
@@ -374,8 +377,8 @@ static void on_copy_progress(void *opaque, uint64_t done, uint64_t total)
     pthread_mutex_lock(&m->lock);
     uint64_t before = m->done;
     m->done = b->done_before + done;
+    m->batch_left = total - done;
     pthread_mutex_unlock(&m->lock);
-    (void)total;
     emit(m, MIRROR_EVENT_PROGRESS, before, b->done_before + done - before, NULL);
 }
 
@@ -824,7 +827,7 @@ int active_mirror_set_copy_mode(struct active_mirror *m, enum active_copy_mode m
 void active_mirror_query(struct active_mirror *m, struct active_mirror_info *info)
 {
     pthread_mutex_lock(&m->lock);
-    uint64_t remaining = hbitmap_count(m->dirty);
+    uint64_t remaining = hbitmap_count(m->dirty) + m->batch_left;
     *info = (struct active_mirror_info){
         .id = m->id, .status = m->status, .copy_mode = m->copy_mode,
         .offset = m->done, .len = m->done + remaining, .remaining = remaining,
