@@ -1,8 +1,8 @@
 /* The live mirror (mirror/active.h), as QEMU's mirror job with its
  * background and write-blocking copy modes (seed active-mirror-2017.txt).
  *
- * Dirty tracking: the job's own bitmap `dirty` (granularity `gran`: the
- * target's cluster, at least 4 KiB, at least the --bitmap's granularity)
+ * Dirty tracking: the job's own bitmap `dirty` (granularity `gran`: 4 KiB,
+ * or for a diff target the target's cluster and the --bitmap's granularity)
  * starts with what the sync mode copies and is marked by a write notifier
  * on the source (formats/blockdev.h) after every client write.
  *
@@ -16,7 +16,7 @@
  * client writes reach the target in the order they reached the source.
  *
  * Write-blocking mode writes the part of a client write that covers whole
- * granules to the target and clears nothing else: the unaligned edges are
+ * granules to the target and clears only those: the unaligned edges are
  * marked dirty and the background pass copies those granules whole from
  * the source, so a diff target (--sync=bitmap) never gets a half-written
  * cluster that hides its backing file (seed mirror-bitmap-modes-2024.txt).
@@ -594,12 +594,18 @@ static void *job_main(void *opaque)
 
 /* --- Start --- */
 
-/* The job's granularity: the target's cluster (so that a granule written
- * whole is a cluster written whole), at least 4 KiB and at least the
- * granularity of the --bitmap it copies. */
+/* The job's granularity: 4 KiB, so that the usual client writes are
+ * written through whole.  A granule written into part of a target cluster
+ * is right for full and top targets (the rest of the cluster is what the
+ * target had, or still dirty).  A diff target (--sync=bitmap) needs whole
+ * clusters (a partly written one would read zeroes, not its future backing
+ * file, in the rest): there the granule is the target's cluster, and at
+ * least the granularity of the bitmap it copies. */
 static int pick_granularity(struct active_mirror *m, struct err *e)
 {
-    uint64_t g = max_u64(MIN_GRANULARITY, blk_write_alignment(m->dst));
+    uint64_t g = MIN_GRANULARITY;
+    if (m->diff_image)
+        g = max_u64(g, blk_write_alignment(m->dst));
     struct dirty_bitmap *bm = m->p.mirror.bitmap ? blk_bitmap_find(m->src, m->p.mirror.bitmap)
                                                  : NULL;
     if (bm)
