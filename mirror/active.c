@@ -441,7 +441,7 @@ static int run_batch(struct active_mirror *m, struct batch *b, struct err *e)
  * copied so far are due. */
 static void pace_locked(struct active_mirror *m)
 {
-    while (m->speed && !atomic_load(&m->cancel) && !m->complete_requested) {
+    while (m->speed && !atomic_load(&m->cancel) && !m->complete_requested && !m->failure) {
         struct timespec now;
         clock_gettime(CLOCK_REALTIME, &now);
         double elapsed = (double)(now.tv_sec - m->started_at.tv_sec) +
