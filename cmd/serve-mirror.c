@@ -101,6 +101,8 @@ static void on_event(void *opaque, const struct mirror_event *ev)
         print_json(m, ev);
     if (ev->type == MIRROR_EVENT_FAILED && !m->json)
         cmd_warn("mirror to %s failed: %s", ev->job->target, ev->error ? ev->error : "");
+    if (m->forward)
+        m->forward(m->forward_opaque, ev);
 }
 
 int serve_mirror_start(struct serve_mirror *m, struct blockdev *bs, struct err *e)

@@ -27,6 +27,9 @@ struct serve_mirror {
     int result;                     /* 0, -ECANCELED, or the failure */
     char *error;
     struct timespec last_progress;
+    /* Every event is handed on here too (serve --control), if set. */
+    void (*forward)(void *opaque, const struct mirror_event *ev);
+    void *forward_opaque;
 };
 
 /* Check the options and fill params.  -1 to go on, or an exit status. */

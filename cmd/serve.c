@@ -18,6 +18,7 @@
 
 #include "bitmap/dirty.h"
 #include "cmd/commands.h"
+#include "cmd/serve-control.h"
 #include "cmd/serve-mirror.h"
 #include "cmd/signals.h"
 #include "formats/blockdev-bitmaps.h"
@@ -38,6 +39,7 @@ struct serve_cli {
     int nbitmaps;
     enum output_mode mode;
     struct serve_mirror mirror;     /* --mirror */
+    struct serve_control control;   /* --control */
 };
 
 static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
@@ -417,6 +419,24 @@ static int listen_and_announce(struct serve_opts *o, struct serve_cli *c, int *f
     return 0;
 }
 
+/* --control: listen (before --fork reports ready), serve QMP there, and
+ * hand the mirror's events to it. */
+static int start_control(struct serve_cli *c, struct err *e)
+{
+    int fd;
+    int ret = listen_unix(c->control.path, &fd, e);
+    if (ret < 0)
+        return ret;
+    if ((ret = serve_control_start(&c->control, &c->mirror, fd, e)) < 0) {
+        close(fd);
+        unlink(c->control.path);
+        return ret;
+    }
+    c->mirror.forward = serve_control_event;
+    c->mirror.forward_opaque = &c->control;
+    return 0;
+}
+
 static int serve(struct cmdline *cl, struct serve_opts *o, struct serve_cli *c)
 {
     struct served s[MAX_EXPORTS] = { 0 };
@@ -428,6 +448,8 @@ static int serve(struct cmdline *cl, struct serve_opts *o, struct serve_cli *c)
         ret = open_images(cl, o, c, s, &e);
     if (ret == 0 && c->mirror.target)
         ret = serve_mirror_start(&c->mirror, s[0].bs, &e);
+    if (ret == 0 && c->control.path)
+        ret = start_control(c, &e);
     if (ret == 0)
         ret = listen_and_announce(o, c, &fd, &e);
     if (ret == 0) {
@@ -444,8 +466,11 @@ static int serve(struct cmdline *cl, struct serve_opts *o, struct serve_cli *c)
         if (o->socket_path)
             unlink(o->socket_path);
     }
-    /* The server is done: no client writes any more. */
+    /* The server is done: no client writes any more.  No control command
+     * either, but the last events still reach the control clients. */
+    serve_control_close(&c->control);
     int mirror_status = ret == 0 ? serve_mirror_finish(&c->mirror, &cancel_requested) : EXIT_OK;
+    serve_control_stop(&c->control);
     serve_mirror_free(&c->mirror);
     struct err e2 = { 0 };
     int ret2 = close_images(s, cl->nargs, &e2);
@@ -491,6 +516,8 @@ int cmd_serve(const struct command *cmd, int argc, const char **argv)
         { "allocation-depth", 'A', POPT_ARG_NONE, &o.allocation_depth, 0,
           "offer qemu:allocation-depth", NULL },
         { "output", '\0', POPT_ARG_STRING, &o.output, 0, "events as JSON lines", "human|json" },
+        { "control", '\0', POPT_ARG_STRING, &c.control.path, 0, "a QMP control socket for the "
+          "mirror job (imgtool job, QMP clients)", "PATH" },
         { "mirror", '\0', POPT_ARG_STRING, &c.mirror.target, 0, "mirror the image to TARGET "
           "while serving it", "TARGET" },
         { "copy-mode", '\0', POPT_ARG_STRING, &c.mirror.copy_mode, 0, "--mirror: copy in the "
