@@ -31,6 +31,18 @@ qnbd() {
         || die "qemu-nbd $* did not start"
     servers+=("$T/$name.pid")
 }
+# qsd_start SRC TGT: qemu-storage-daemon with the qcow2 images as nodes
+# "src" and "tgt", its QMP monitor on $T/qmp.sock, killed at exit like
+# the servers.
+qsd_start() {
+    rm -f "$T/qmp.sock"
+    qemu-storage-daemon \
+        --blockdev driver=file,filename="$1",node-name=sf --blockdev driver=qcow2,file=sf,node-name=src \
+        --blockdev driver=file,filename="$2",node-name=tf --blockdev driver=qcow2,file=tf,node-name=tgt \
+        --chardev socket,path="$T/qmp.sock",server=on,wait=off,id=m --monitor chardev=m \
+        --pidfile "$T/qsd.pid" --daemonize || die "qemu-storage-daemon did not start"
+    servers+=("$T/qsd.pid")
+}
 uri() { echo "nbd+unix:///${2:-}?socket=$T/$1.sock"; }
 # stop NAME [SIGNAL]: signal the server and wait until it is gone; the
 # exit status is not ours to see (it forked), so tests check the results.

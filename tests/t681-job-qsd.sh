@@ -5,19 +5,14 @@
 # speed, and completes the job once ready, waiting for BLOCK_JOB_COMPLETED
 # (QEMU replies before the job has finished).  The target then equals the
 # source.  Usage errors and a missing socket exit 1.
-. "$(dirname "$0")/lib.sh"
-need qemu-img qemu-io qemu-storage-daemon /usr/bin/python3
+. "$(dirname "$0")/serve-lib.sh"
+need qemu-storage-daemon /usr/bin/python3
 
 ok qemu-img create -f qcow2 src.qcow2 32M
 ok qemu-io -c 'write -P 7 0 8M' -c 'write -P 9 20M 1M' src.qcow2
 ok qemu-img create -f qcow2 tgt.qcow2 32M
-qemu-storage-daemon \
-    --blockdev driver=file,filename=src.qcow2,node-name=sf --blockdev driver=qcow2,file=sf,node-name=src \
-    --blockdev driver=file,filename=tgt.qcow2,node-name=tf --blockdev driver=qcow2,file=tf,node-name=tgt \
-    --chardev socket,path="$T/qmp.sock",server=on,wait=off,id=m --monitor chardev=m \
-    --pidfile "$T/qsd.pid" --daemonize || die "qemu-storage-daemon did not start"
+qsd_start src.qcow2 tgt.qcow2
 qsd=$(cat "$T/qsd.pid")
-trap 'kill "$qsd" 2>/dev/null; rm -rf "$T"' EXIT
 ctl=--control=$T/qmp.sock
 
 expect_status 2 imgtool job cancel "$ctl"

@@ -56,13 +56,8 @@ for e in events:
 PY
 # qemu-storage-daemon with a blockdev-mirror of qsrc.qcow2.
 ok qemu-img create -f qcow2 qtgt.qcow2 64M
-qemu-storage-daemon \
-    --blockdev driver=file,filename=qsrc.qcow2,node-name=sf --blockdev driver=qcow2,file=sf,node-name=src \
-    --blockdev driver=file,filename=qtgt.qcow2,node-name=tf --blockdev driver=qcow2,file=tf,node-name=tgt \
-    --chardev socket,path="$T/qmp.sock",server=on,wait=off,id=m --monitor chardev=m \
-    --pidfile "$T/qsd.pid" --daemonize || die "qemu-storage-daemon did not start"
+qsd_start qsrc.qcow2 qtgt.qcow2
 qsd=$(cat "$T/qsd.pid")
-trap 'kill "$qsd" 2>/dev/null; stop_all_servers; rm -rf "$T"' EXIT
 ok $py shapes.py "$T/qmp.sock" blockdev-mirror \
     '{"job-id": "j", "device": "src", "target": "tgt", "sync": "full", "speed": 1048576}'
 out | grep -v '^greeting' > qsd.shapes
