@@ -81,7 +81,7 @@ def main():
     if start:
         send(start["execute"], start.get("arguments"))
         reply()
-    proc = subprocess.Popen(writer) if writer else None
+    proc = subprocess.Popen(writer, stdout=subprocess.DEVNULL) if writer else None
     # READY may have come before we connected: ask, then wait for events.
     send("query-block-jobs")
     jobs = reply()
