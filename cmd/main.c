@@ -12,7 +12,7 @@ const struct command commands[] = {
     { "check",   cmd_check,   "check an image's metadata for errors and repair them", "[OPTIONS] FILENAME" },
     { "map",     cmd_map,     "show how the data of an image is laid out", "[OPTIONS] FILENAME" },
     { "compare", cmd_compare, "compare the contents of two images", "[OPTIONS] FILENAME1 FILENAME2" },
-    { "convert", cmd_convert, "copy an image, converting its format", "[OPTIONS] SOURCE TARGET" },
+    { "convert", cmd_convert, "copy an image, converting its format", "[OPTIONS] SOURCE... TARGET" },
     { "export",  cmd_export,  "write a full, incremental or differential backup of a disk", "[OPTIONS] DISK BACKUP" },
     { "mirror",  cmd_mirror,  "copy an image, the top of its chain or its changes to a target", "[OPTIONS] SOURCE TARGET | SOURCE=TARGET..." },
     { "commit",  cmd_commit,  "write an image's data down into its backing file", "[OPTIONS] FILENAME" },

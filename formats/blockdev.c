@@ -592,6 +592,30 @@ int blk_snapshot_apply(struct blockdev *bs, const char *id_or_name, struct err *
     return bs->drv->snapshot_apply(bs, id_or_name, e);
 }
 
+int blk_snapshot_load(struct blockdev *bs, const char *id, const char *name,
+                      const char *id_or_name, struct err *e)
+{
+    if (!bs->drv->snapshot_load)
+        return no_snapshots(bs, e);
+    if (!bs->read_only)
+        return err_set(e, EINVAL, "%s: a snapshot is loaded read-only", bs->filename);
+    int ret;
+    if (id_or_name) {
+        ret = bs->drv->snapshot_load(bs, id_or_name, NULL, e);
+        if (ret == -ENOENT)
+            ret = bs->drv->snapshot_load(bs, NULL, id_or_name, e);
+    } else {
+        ret = bs->drv->snapshot_load(bs, id, name, e);
+    }
+    if (ret == -ENOENT)
+        err_set(e, ENOENT, "%s: Can't find snapshot", bs->filename);
+    /* What was cached described the active disk. */
+    pthread_mutex_lock(&bs->status_lock);
+    bs->status_valid = false;
+    pthread_mutex_unlock(&bs->status_lock);
+    return ret;
+}
+
 static bool option_listed(const struct blk_option_desc *d, const char *key)
 {
     for (; d && d->name; d++)

@@ -254,6 +254,12 @@ struct blockdrv {
                            uint32_t date_nsec, struct err *e);
     int (*snapshot_delete)(struct blockdev *bs, const char *name, struct err *e);
     int (*snapshot_apply)(struct blockdev *bs, const char *id_or_name, struct err *e);
+    /* Make a read-only open read as the snapshot with that ID and name
+     * (NULL: any) did, until close (convert -l; QEMU's
+     * bdrv_snapshot_load_tmp, which keeps the image's virtual size).
+     * -ENOENT, with no message, when no snapshot matches.  Before any I/O. */
+    int (*snapshot_load)(struct blockdev *bs, const char *id, const char *name,
+                         struct err *e);
     /* Change the image's format options in place (amend -o); the keys are
      * those of amend_options, checked by blk_amend.  NULL: cannot amend. */
     int (*amend)(struct blockdev *bs, struct kvopts *opts, const struct blk_progress *progress,
@@ -321,6 +327,12 @@ int blk_snapshot_create(struct blockdev *bs, const char *name, uint32_t date_sec
                         uint32_t date_nsec, struct err *e);
 int blk_snapshot_delete(struct blockdev *bs, const char *name, struct err *e);
 int blk_snapshot_apply(struct blockdev *bs, const char *id_or_name, struct err *e);
+/* blockdrv.snapshot_load on a read-only open, before any I/O: with `id` or
+ * `name` (or both), the snapshot matching them; with only `id_or_name`,
+ * the one with that ID, else the one with that name (QEMU's
+ * bdrv_snapshot_load_tmp_by_id_or_name).  -ENOENT: none matches. */
+int blk_snapshot_load(struct blockdev *bs, const char *id, const char *name,
+                      const char *id_or_name, struct err *e);
 /* blockdrv.amend after checking every key against the format's
  * amend_options (a create-only option is named as such). */
 int blk_amend(struct blockdev *bs, struct kvopts *opts, const struct blk_progress *progress,

@@ -117,6 +117,12 @@ static bool cancel_requested(const struct copy_job *job)
 
 /* --- Work done by the workers (no engine state touched) --- */
 
+/* The source offset that target offset `off` is copied from. */
+static uint64_t src_at(const struct copy_job *job, uint64_t off)
+{
+    return off + (uint64_t)job->src_shift;     /* wraps as two's complement */
+}
+
 /* The target's status at `off` for copy_zeroes: where it reads zeroes
  * (through its chain), unless explicit zeroes are wanted, where only zeroes
  * allocated in the target itself count as already right. */
@@ -317,6 +323,32 @@ static int write_compressed(struct engine *eng, const uint8_t *buf, uint64_t off
     return 0;
 }
 
+static void report_salvaged(struct engine *eng, uint64_t off, const struct err *e);
+
+enum { SALVAGE_SECTOR = 512 };
+
+/* --salvage: read [off, off+len) of the source sector by sector after a
+ * failed read; sectors that fail read as zeroes and are reported. */
+static int read_salvaging(struct engine *eng, uint64_t off, uint8_t *buf, size_t len,
+                          struct copy_stats *st, struct err *e)
+{
+    size_t n;
+    for (size_t pos = 0; pos < len; pos += n) {
+        if (cancel_requested(eng->job))
+            return err_set(e, ECANCELED, "cancelled");
+        n = (size_t)min_u64(SALVAGE_SECTOR - (off + pos) % SALVAGE_SECTOR, len - pos);
+        struct err sector_error = { 0 };
+        if (blk_pread(eng->job->src, src_at(eng->job, off + pos), buf + pos, n,
+                      &sector_error) < 0) {
+            memset(buf + pos, 0, n);
+            report_salvaged(eng, src_at(eng->job, off + pos), &sector_error);
+        } else {
+            st->bytes_read += n;
+        }
+    }
+    return 0;
+}
+
 /* Read the chunk's data pieces into buf (zero pieces are not read, they
  * are zero; SKIP pieces are read through the chain only when compressing,
  * which needs whole clusters). */
@@ -327,10 +359,16 @@ static int fill_buffer(struct engine *eng, const struct chunk *c, uint8_t *buf,
     for (size_t i = 0; i < c->npieces; i++) {
         const struct piece *p = &c->pieces[i];
         if (p->kind == CHUNK_DATA || (p->kind == CHUNK_SKIP && eng->job->compress)) {
-            int ret = blk_pread(eng->job->src, c->off + pos, buf + pos, (size_t)p->len, e);
+            int ret = blk_pread(eng->job->src, src_at(eng->job, c->off + pos), buf + pos,
+                                (size_t)p->len, e);
+            if (ret < 0 && eng->job->salvage && ret != -ECANCELED) {
+                err_clear(e);
+                ret = read_salvaging(eng, c->off + pos, buf + pos, (size_t)p->len, st, e);
+            } else if (ret == 0) {
+                st->bytes_read += p->len;
+            }
             if (ret < 0)
                 return ret;
-            st->bytes_read += p->len;
         } else {
             memset(buf + pos, 0, (size_t)p->len);
         }
@@ -486,6 +524,16 @@ static void ignore_locked(struct engine *eng, unsigned slot, const struct copy_s
     complete_locked(eng, slot, 0, st, NULL);
 }
 
+/* A sector that --salvage read as zeroes, passed on one at a time. */
+static void report_salvaged(struct engine *eng, uint64_t off, const struct err *e)
+{
+    if (!eng->job->salvaged)
+        return;
+    pthread_mutex_lock(&eng->lock);
+    eng->job->salvaged(eng->job->opaque, off, e);
+    pthread_mutex_unlock(&eng->lock);
+}
+
 static void cancel_locked(struct engine *eng)
 {
     struct err e = { 0 };
@@ -591,15 +639,16 @@ static int cursor_load(struct engine *eng, struct cursor *cur, uint64_t off, str
         return 0;
     struct copy_job *job = eng->job;
     uint64_t src_size = job->src ? job->src->size : 0;
-    if (off >= src_size) {
+    uint64_t at = src_at(job, off);
+    if (at >= src_size) {
         /* Past the end of a short source (source_zero_past_end). */
         cur->len = eng->end - off;
         cur->kind = CHUNK_ZERO;
         return 0;
     }
     struct blk_extent ext;
-    int ret = blk_block_status_above(job->src, job->base, off,
-                                     min_u64(eng->end, src_size) - off, &ext, e);
+    int ret = blk_block_status_above(job->src, job->base, at,
+                                     min_u64(eng->end - off, src_size - at), &ext, e);
     if (ret < 0)
         return ret;
     cur->len = ext.length;
@@ -804,8 +853,12 @@ static int check_job(struct copy_job *job, struct err *e)
 {
     if (!job->src && !job->source_zero_past_end)
         return err_set(e, EINVAL, "no source to copy from");
+    uint64_t src_start = src_at(job, job->offset);
+    if (job->source_zero_past_end && job->src_shift)
+        return err_set(e, EINVAL, "a shifted source cannot read zeroes past its end");
     if (!job->source_zero_past_end &&
-        (job->offset > job->src->size || job->length > job->src->size - job->offset))
+        ((job->src_shift < 0 && 0 - (uint64_t)job->src_shift > job->offset) ||
+         src_start > job->src->size || job->length > job->src->size - src_start))
         return err_set(e, EINVAL, "%s: copy range is beyond the end of the image",
                        job->src->filename);
     if (job->offset > job->dst->size || job->length > job->dst->size - job->offset)
