@@ -91,7 +91,7 @@ struct convert {
     char *snapshot;                         /* -l */
     struct kvopts snapshot_kv;              /* -l snapshot.id=...,snapshot.name=... */
     int no_create, progress, quiet, force_share, target_is_zero, compress, out_of_order;
-    int max_in_flight, copy_bitmaps, skip_broken, connections, salvage;
+    int max_in_flight, copy_bitmaps, skip_broken, connections, salvage, copy_offload;
     struct convert_args a;
     size_t buf_size;
     uint64_t sparse_size, rate;
@@ -125,6 +125,12 @@ static int check_options(struct cmdline *cl, struct convert *c)
         return cmd_usage_error(cl, "-o cannot be used with -n (the target exists)");
     if (c->connections < 1 || c->connections > 16)
         return cmd_usage_error(cl, "--connections must be from 1 to 16");
+    if (c->copy_offload && c->compress)
+        return cmd_usage_error(cl, "Cannot enable copy offloading when -c is used");
+    if (c->copy_offload && c->sparse_s)
+        return cmd_usage_error(cl, "Cannot enable copy offloading when -S is used");
+    if (c->copy_offload && c->salvage)
+        return cmd_usage_error(cl, "Cannot use copy offloading in salvaging mode");
     c->o_backing = kvopts_get(&c->a.opts, "backing_file");
     c->o_backing_fmt = kvopts_get(&c->a.opts, "backing_fmt");
     if (c->nsrcs > 1 && c->copy_bitmaps)
@@ -248,6 +254,8 @@ static int copy_sources(const struct convert *c, struct blockdev **srcs, struct 
             .max_in_flight = (unsigned)c->max_in_flight,
             .compress = c->compress,
             .salvage = c->salvage, .salvaged = on_salvaged,
+            /* -B compares what it writes: nothing to offload. */
+            .copy_offload = c->copy_offload && !c->backing,
             .progress = on_progress, .opaque = &cp,
             .cancel = &cancel_requested,
         };
@@ -308,6 +316,9 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
         { NULL, 'l', POPT_ARG_STRING, &c.snapshot, 0,
           "read the source as its internal snapshot SNAPSHOT recorded it",
           "snapshot.id=ID,snapshot.name=NAME|ID_OR_NAME" },
+        { NULL, 'C', POPT_ARG_NONE, &c.copy_offload, 0,
+          "copy offloading: data goes from file to file in the kernel (copy_file_range)",
+          NULL },
         { "salvage", '\0', POPT_ARG_NONE, &c.salvage, 0,
           "on a read error, write zeroes for that range, warn and go on", NULL },
         { "bitmaps", '\0', POPT_ARG_NONE, &c.copy_bitmaps, 0,

@@ -874,6 +874,51 @@ int blk_pwrite(struct blockdev *bs, uint64_t off, const void *buf, size_t len, s
     return blk_pwritev(bs, off, &iov, 1, e);
 }
 
+/* blk_copy_range, with both ranges held. */
+static int copy_range_runs(struct blockdev *dst, uint64_t off, struct blockdev *src,
+                           uint64_t src_off, uint64_t len, struct err *e)
+{
+    while (len) {
+        struct blk_extent ext;
+        int ret = blk_block_status(src, src_off, len, &ext, e);
+        if (ret < 0)
+            return ret;
+        unsigned need = BLK_STATUS_DATA | BLK_STATUS_OFFSET;
+        if ((ext.flags & (need | BLK_STATUS_ZERO)) != need || !ext.layer)
+            return err_set(e, ENOTSUP, "%s: no host data to offload at offset %llu",
+                           src->filename, (unsigned long long)src_off);
+        ret = dst->drv->copy_range_to(dst, off, ext.length, ext.layer->file, ext.host_offset,
+                                      e);
+        if (ret < 0)
+            return ret;
+        off += ext.length;
+        src_off += ext.length;
+        len -= ext.length;
+    }
+    return 0;
+}
+
+int blk_copy_range(struct blockdev *dst, uint64_t off, struct blockdev *src, uint64_t src_off,
+                   uint64_t len, struct err *e)
+{
+    /* A probed target's first sector is checked by blk_pwritev. */
+    if (!dst->drv->copy_range_to || dst->probed)
+        return err_set(e, ENOTSUP, "%s: format '%s' cannot take offloaded copies",
+                       dst->filename, dst->drv->name);
+    int ret = check_range(src, src_off, len, e);
+    if (ret == 0)
+        ret = begin_guest_write(dst, off, len, e);
+    if (ret < 0 || len == 0)
+        return ret;
+    struct range_lock wreq, rreq;
+    request_begin(src, &rreq, src_off, len, false);
+    request_begin(dst, &wreq, off, len, true);
+    ret = copy_range_runs(dst, off, src, src_off, len, e);
+    request_end(dst, &wreq);
+    request_end(src, &rreq);
+    return ret;
+}
+
 int blk_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned flags,
                      struct err *e)
 {

@@ -100,6 +100,7 @@ struct engine {
     unsigned nignored;          /* chunks that failed and were ignored */
     struct err ignored_error;   /* ... the first one's message */
     uint64_t io_dispatched;     /* bytes that cost I/O, for the rate limit */
+    atomic_bool offload_failed; /* copy_offload: a chunk could not be offloaded */
     struct timespec start;
     struct copy_stats stats;
 };
@@ -175,7 +176,7 @@ static int write_detecting_zeroes(struct engine *eng, const uint8_t *buf, uint64
 {
     uint32_t unit = eng->unit;
     size_t pos = 0;
-    if (eng->job->write_zeroes_as_data) {
+    if (eng->job->write_zeroes_as_data || eng->job->copy_offload) {
         int ret = blk_pwrite(eng->job->dst, off, buf, len, e);
         if (ret == 0)
             st->bytes_written += len;
@@ -377,9 +378,47 @@ static int fill_buffer(struct engine *eng, const struct chunk *c, uint8_t *buf,
     return 0;
 }
 
+static void add_stats(struct copy_stats *to, const struct copy_stats *from);
+
+/* copy_offload: the chunk's data pieces by blk_copy_range, its zero
+ * pieces as usual.  -ENOTSUP: some piece cannot be offloaded. */
+static int offload_chunk(struct engine *eng, const struct chunk *c, struct copy_stats *st,
+                         struct err *e)
+{
+    struct copy_job *job = eng->job;
+    uint64_t pos = 0;
+    for (size_t i = 0; i < c->npieces; pos += c->pieces[i++].len) {
+        const struct piece *p = &c->pieces[i];
+        int ret = 0;
+        if (p->kind == CHUNK_DATA) {
+            ret = blk_copy_range(job->dst, c->off + pos, job->src, src_at(job, c->off + pos),
+                                 p->len, e);
+            if (ret == 0)
+                st->bytes_written += p->len;
+        } else if (p->kind == CHUNK_ZERO) {
+            ret = copy_zeroes(job, c->off + pos, p->len, st, e);
+        } else {
+            st->bytes_skipped += p->len;
+        }
+        if (ret < 0)
+            return ret;
+    }
+    return 0;
+}
+
 static int copy_data_chunk(struct engine *eng, const struct chunk *c, uint8_t *buf,
                            struct copy_stats *st, struct err *e, bool *source_error)
 {
+    if (eng->job->copy_offload && !atomic_load(&eng->offload_failed)) {
+        struct copy_stats tried = { 0 };
+        int ret = offload_chunk(eng, c, &tried, e);
+        if (ret != -ENOTSUP) {
+            add_stats(st, &tried);
+            return ret;
+        }
+        atomic_store(&eng->offload_failed, true);   /* the rest goes through buffers */
+        err_clear(e);
+    }
     int ret = fill_buffer(eng, c, buf, st, e);
     if (ret < 0) {
         *source_error = true;
@@ -409,8 +448,6 @@ static int copy_data_chunk(struct engine *eng, const struct chunk *c, uint8_t *b
     }
     return 0;
 }
-
-static void add_stats(struct copy_stats *to, const struct copy_stats *from);
 
 /* Do a chunk's work; a failure sets *source_error when it was a read of
  * the source (everything else touches the target). */
@@ -866,6 +903,8 @@ static int check_job(struct copy_job *job, struct err *e)
                        "copy", job->dst->filename, (unsigned long long)job->dst->size);
     if (job->explicit_zeroes && job->target_is_zero)
         return err_set(e, EINVAL, "explicit zeroes and target_is_zero exclude each other");
+    if (job->copy_offload && (job->compress || job->skip_identical))
+        return err_set(e, EINVAL, "copy_offload excludes compress and skip_identical");
     if (job->skip_identical && (job->compress || job->target_is_zero || job->explicit_zeroes))
         return err_set(e, EINVAL, "skip_identical excludes compress, target_is_zero and "
                        "explicit zeroes");

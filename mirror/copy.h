@@ -92,6 +92,14 @@ struct copy_job {
      * the target ends up fully allocated (SKIP runs above `base` are still
      * left alone).  Excludes target_is_zero's shortcut (nothing is skipped). */
     bool write_zeroes_as_data;
+    /* convert -C: the source's data runs are copied by blk_copy_range
+     * (copy_file_range between host files) instead of through a buffer,
+     * and, as with qemu-img -C, written as they are, without zero
+     * detection.  At the first chunk that cannot be offloaded (a compressed
+     * cluster, a qcow2 or NBD target ...) the engine stops trying and copies
+     * that chunk and the rest through its buffers, still without zero
+     * detection.  Excludes compress and skip_identical. */
+    bool copy_offload;
     /* Called as requests complete, always from the thread that called
      * copy_run (never concurrently), with the bytes of the range completed
      * so far: `done` only grows and reaches `total` on success.  May be
