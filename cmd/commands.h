@@ -23,5 +23,6 @@ DECLARE_COMMAND(cmd_serve);
 DECLARE_COMMAND(cmd_measure);
 DECLARE_COMMAND(cmd_amend);
 DECLARE_COMMAND(cmd_snapshot);
+DECLARE_COMMAND(cmd_dd);
 
 #endif

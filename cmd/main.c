@@ -21,6 +21,7 @@ const struct command commands[] = {
     { "measure", cmd_measure, "compute the size a new image needs", "[OPTIONS] [--size SIZE | FILENAME]" },
     { "amend",   cmd_amend,   "change the format options of an image", "[OPTIONS] -o OPT=VAL,... FILENAME" },
     { "snapshot", cmd_snapshot, "list, create, apply and delete internal snapshots", "[OPTIONS] (-l | -c NAME | -a SNAPSHOT | -d NAME) FILENAME" },
+    { "dd",      cmd_dd,      "copy part of an image, block by block, into a new image", "[OPTIONS] [bs=SIZE] [count=N] [skip=N] if=INPUT of=OUTPUT" },
     { "io",      cmd_io,      "read, write, zero and discard ranges of an image", "[OPTIONS] -c COMMAND... FILENAME" },
     { "bitmap",  cmd_bitmap,  "add, remove, merge, list and dump persistent dirty bitmaps", "(--add | --remove | --clear | --enable | --disable | --merge SOURCE)... [OPTIONS] FILENAME BITMAP, or --list FILENAME, or --dump FILENAME BITMAP" },
     { "serve",   cmd_serve,   "export disk images over NBD", "[OPTIONS] IMAGE..." },
