@@ -13,30 +13,12 @@
 #include "formats/blockdev-bitmaps.h"
 #include "mirror/copy.h"
 
-enum { OPT_O = 1 };
-
-struct convert_args {
-    struct kvopts opts;
-    bool help;              /* -o help */
-    struct err e;
-};
-
 /* What the copy callbacks need: the bar, and where the source being
  * copied starts in the target (sources are copied one after the other). */
 struct convert_progress {
     struct progress bar;
     uint64_t base;
 };
-
-static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
-{
-    struct convert_args *a = opaque;
-    if (val == OPT_O && cmd_opts_want_help(arg))
-        a->help = true;
-    else if (val == OPT_O && kvopts_parse(&a->opts, arg, &a->e) < 0)
-        return cmd_usage_error(cl, "-o %s: %s", arg, a->e.msg);
-    return -1;
-}
 
 static void on_progress(void *opaque, uint64_t done, uint64_t total)
 {
@@ -92,7 +74,7 @@ struct convert {
     struct kvopts snapshot_kv;              /* -l snapshot.id=...,snapshot.name=... */
     int no_create, progress, quiet, force_share, target_is_zero, compress, out_of_order;
     int max_in_flight, copy_bitmaps, skip_broken, connections, salvage, copy_offload;
-    struct convert_args a;
+    struct cmd_format_opts a;
     size_t buf_size;
     uint64_t sparse_size, rate;
     const char *o_backing, *o_backing_fmt;  /* -o backing_file, backing_fmt */
@@ -280,7 +262,7 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
           "FMT" },
         { "target-format", 'O', POPT_ARG_STRING, &c.dst_fmt, 0, "target format (default raw)",
           "FMT" },
-        { "options", 'o', POPT_ARG_STRING, NULL, OPT_O, "target format options", "OPT=VAL,..." },
+        { "options", 'o', POPT_ARG_STRING, NULL, CMD_OPT_O, "target format options", "OPT=VAL,..." },
         { "no-create", 'n', POPT_ARG_NONE, &c.no_create, 0,
           "write into an existing target instead of creating one", NULL },
         { "target-is-zero", '\0', POPT_ARG_NONE, &c.target_is_zero, 0,
@@ -332,7 +314,7 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     struct err e = { 0 };
     char *tmp_path = NULL;
     const char *dst_name = NULL;
-    int status = cmd_parse(&cl, cmd, argc, argv, options, 0, -1, on_option, &c.a);
+    int status = cmd_parse(&cl, cmd, argc, argv, options, 0, -1, cmd_on_format_option, &c.a);
     if (status >= 0)
         goto out;
     const struct blockdrv *help_drv = blk_find_driver(c.dst_fmt ? c.dst_fmt : "raw");
