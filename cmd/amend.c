@@ -49,13 +49,13 @@ int cmd_amend(const struct command *cmd, int argc, const char **argv)
     int quiet = 0, progress = 0;
     struct cmd_format_opts a = { 0 };
     struct poptOption options[] = {
-        { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
+        CMD_OPTION_FORMAT(format),
         { "options", 'o', POPT_ARG_STRING, NULL, CMD_OPT_O,
           "options to change, e.g. compat=1.1,refcount_bits=16 (-o help lists them)",
           "OPT=VAL,..." },
         { "progress", 'p', POPT_ARG_NONE, &progress, 0, "show a progress bar on a terminal",
           NULL },
-        { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
+        CMD_OPTION_QUIET(quiet),
         POPT_TABLEEND
     };
     struct cmdline cl = { 0 };

@@ -89,6 +89,17 @@ bool cmd_opts_want_help(const char *text);
 /* The -o options of create, convert, amend and measure, from every -o
  * (popt val CMD_OPT_O, no arg pointer): their items, and whether one of
  * them asked for help (cmd_opts_want_help). */
+/* popt entries that several commands share, spelled and explained once
+ * (a command whose entry says more keeps its own). */
+#define CMD_OPTION_FORMAT(var) \
+    { "format", 'f', POPT_ARG_STRING, &(var), 0, "image format (default: probe)", "FMT" }
+#define CMD_OPTION_OUTPUT(var) \
+    { "output", '\0', POPT_ARG_STRING, &(var), 0, "output format", "human|json" }
+#define CMD_OPTION_FORCE_SHARE(var) \
+    { "force-share", 'U', POPT_ARG_NONE, &(var), 0, \
+      "open even if another process is writing the image", NULL }
+#define CMD_OPTION_QUIET(var) \
+    { "quiet", 'q', POPT_ARG_NONE, &(var), 0, "print nothing on success", NULL }
 enum { CMD_OPT_O = 1 };
 struct cmd_format_opts {
     struct kvopts opts;

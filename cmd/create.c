@@ -70,7 +70,7 @@ int cmd_create(const struct command *cmd, int argc, const char **argv)
           "FMT" },
         { "unsafe", 'u', POPT_ARG_NONE, &unsafe, 0,
           "do not open the backing file (it may not exist yet; give the size)", NULL },
-        { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
+        CMD_OPTION_QUIET(quiet),
         POPT_TABLEEND
     };
     struct cmdline cl = { 0 };

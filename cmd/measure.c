@@ -62,9 +62,8 @@ int cmd_measure(const struct command *cmd, int argc, const char **argv)
           "OPT=VAL,..." },
         { "size", '\0', POPT_ARG_STRING, &size_s, 0, "virtual size of an empty new image",
           "SIZE" },
-        { "output", '\0', POPT_ARG_STRING, &output, 0, "output format", "human|json" },
-        { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
-          "open even if another process is writing the image", NULL },
+        CMD_OPTION_OUTPUT(output),
+        CMD_OPTION_FORCE_SHARE(force_share),
         POPT_TABLEEND
     };
     struct cmdline cl = { 0 };
