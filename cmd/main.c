@@ -12,7 +12,7 @@ const struct command commands[] = {
     { "check",   cmd_check,   "check an image's metadata for errors and repair them", "[OPTIONS] FILENAME" },
     { "map",     cmd_map,     "show how the data of an image is laid out", "[OPTIONS] FILENAME" },
     { "compare", cmd_compare, "compare the contents of two images", "[OPTIONS] FILENAME1 FILENAME2" },
-    { "convert", cmd_convert, "copy an image, converting its format", "[OPTIONS] SOURCE TARGET" },
+    { "convert", cmd_convert, "copy an image, converting its format", "[OPTIONS] SOURCE... TARGET" },
     { "export",  cmd_export,  "write a full, incremental or differential backup of a disk", "[OPTIONS] DISK BACKUP" },
     { "mirror",  cmd_mirror,  "copy an image, the top of its chain or its changes to a target", "[OPTIONS] SOURCE TARGET | SOURCE=TARGET..." },
     { "commit",  cmd_commit,  "write an image's data down into its backing file", "[OPTIONS] FILENAME" },
@@ -21,9 +21,11 @@ const struct command commands[] = {
     { "measure", cmd_measure, "compute the size a new image needs", "[OPTIONS] [--size SIZE | FILENAME]" },
     { "amend",   cmd_amend,   "change the format options of an image", "[OPTIONS] -o OPT=VAL,... FILENAME" },
     { "snapshot", cmd_snapshot, "list, create, apply and delete internal snapshots", "[OPTIONS] (-l | -c NAME | -a SNAPSHOT | -d NAME) FILENAME" },
+    { "dd",      cmd_dd,      "copy part of an image, block by block, into a new image", "[OPTIONS] [bs=SIZE] [count=N] [skip=N] if=INPUT of=OUTPUT" },
     { "io",      cmd_io,      "read, write, zero and discard ranges of an image", "[OPTIONS] -c COMMAND... FILENAME" },
     { "bitmap",  cmd_bitmap,  "add, remove, merge, list and dump persistent dirty bitmaps", "(--add | --remove | --clear | --enable | --disable | --merge SOURCE)... [OPTIONS] FILENAME BITMAP, or --list FILENAME, or --dump FILENAME BITMAP" },
     { "serve",   cmd_serve,   "export disk images over NBD", "[OPTIONS] IMAGE..." },
+    { "job",     cmd_job,     "complete, cancel, tune or query the mirror job of a running serve", "(complete | cancel | set-speed SPEED | change | query) --control=PATH [OPTIONS] [JOB-ID]" },
     { NULL, NULL, NULL, NULL },
 };
 
