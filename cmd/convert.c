@@ -82,8 +82,7 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
           "write compressed clusters (qcow2: -o compression_type=zlib|zstd)", NULL },
         { NULL, 'W', POPT_ARG_NONE, &out_of_order, 0,
           "write out of order (always done; accepted for qemu-img compatibility)", NULL },
-        { "connections", '\0', POPT_ARG_INT, &connections, 0,
-          "NBD connections per URI when the server allows several (default 1)", "N" },
+        CMD_OPTION_CONNECTIONS(connections),
         { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
           "read the source even if another process is writing it", NULL },
         { "progress", 'p', POPT_ARG_NONE, &progress, 0, "show a progress bar on a terminal",
@@ -156,11 +155,9 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
         status = cmd_usage_error(&cl, "-o cannot be used with -n (the target exists)");
         goto out;
     }
-    if (connections < 1 || connections > 16) {
-        status = cmd_usage_error(&cl, "--connections must be from 1 to 16");
+    const struct blk_open_opts *oo;
+    if ((status = cmd_parse_connections(&cl, connections, cl.args, 2, &oo)) >= 0)
         goto out;
-    }
-    const struct blk_open_opts *oo = cmd_open_opts_connections((unsigned)connections);
     src_name = cl.args[0];
     dst_name = cl.args[1];
     int ret;
@@ -218,6 +215,19 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
                 "(%" PRIu64 " bytes); resize it first", dst_name, dst->size, src->size);
         goto fail;
     }
+    /* An existing target without a backing file is zeroed first where
+     * that is fast (an NBD server's NBD_CMD_FLAG_FAST_ZERO), so that the
+     * copy skips the source's zero runs instead of zeroing (and checking)
+     * the target run by run; a server that would be slow says so, and the
+     * copy writes the zero runs itself. */
+    bool zeroed = false;
+    if (no_create && !target_is_zero && !dst->backing && !o_backing && blk_can_zero_fast(dst)) {
+        ret = blk_make_zero(dst, 0, src->size, BLK_ZERO_MAY_UNMAP | BLK_ZERO_FAST, &e);
+        if (ret < 0 && ret != -ENOTSUP)
+            goto fail;
+        err_clear(&e);
+        zeroed = ret == 0;
+    }
     struct progress bar;
     progress_init(&bar, progress && !quiet, src->size);
     install_cancel_handlers();
@@ -227,7 +237,10 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
          * source holds the same is not written (the rebase comparison).
          * With -o backing_file only the source's top layer is copied. */
         .base = !backing && o_backing ? src->backing : NULL,
-        .target_is_zero = !backing && ((!no_create && !o_backing) || target_is_zero),
+        /* ... or, from an NBD export of a chain, what its top layer
+         * allocates (qemu:allocation-depth). */
+        .top_layer_only = !backing && o_backing && !src->backing,
+        .target_is_zero = !backing && ((!no_create && !o_backing) || target_is_zero || zeroed),
         .skip_identical = backing != NULL,
         .zero_detect = (uint32_t)sparse_size,
         .speed = rate,

@@ -1123,11 +1123,14 @@ static int nbd_tp_write_zeroes(struct transport *t, uint64_t off, uint64_t len, 
             return err_set(e, ENOTSUP, "%s: the server cannot zero fast", nt->uri_text);
         return write_zero_buffers(nt, off, len, e);
     }
-    /* Unaligned edges are written as data; the middle is zeroed. */
+    /* Unaligned edges are written as data; the middle is zeroed.  A fast
+     * zero writes no data at all, or fails. */
     uint64_t a = align_up(off, nt->min_block), b = align_down(off + len, nt->min_block);
+    if (fast && (a != off || b != off + len))
+        return err_set(e, ENOTSUP, "%s: cannot zero a range that is not aligned to %u bytes "
+                       "fast", nt->uri_text, nt->min_block);
     if (a >= b)
-        return fast ? err_set(e, ENOTSUP, "%s: range too small to zero fast", nt->uri_text)
-                    : write_zero_buffers(nt, off, len, e);
+        return write_zero_buffers(nt, off, len, e);
     if (a > off && (ret = write_zero_buffers(nt, off, a - off, e)) < 0)
         return ret;
     uint16_t cf = (flags & TRANSPORT_ZERO_MAY_UNMAP ? 0 : NBD_CMD_FLAG_NO_HOLE) |
@@ -1299,6 +1302,30 @@ static int nbd_tp_dirty_status(struct transport *t, const char *bitmap, uint64_t
     return ret;
 }
 
+/* qemu:allocation-depth (QEMU's docs/interop/nbd.rst): the descriptor's
+ * flags are the depth of the layer that allocates the run: 0 none, 1 the
+ * export's top layer, 2 and more its backing files. */
+static int nbd_tp_top_layer_status(struct transport *t, uint64_t off, uint64_t bytes,
+                                   bool *top, uint64_t *run, struct err *e)
+{
+    struct nbd_transport *nt = to_nbd(t);
+    int ci = context_index(nt, NBD_CONTEXT_ALLOCATION_DEPTH);
+    if (ci < 0)
+        return -ENOTSUP;
+    uint32_t depth;
+    int ret = context_status(nt, ci, off, bytes, &depth, run, e);
+    if (ret == 0)
+        *top = depth == 1;
+    return ret;
+}
+
+static bool nbd_tp_can_zero_fast(struct transport *t)
+{
+    struct nbd_transport *nt = to_nbd(t);
+    return nt->writable && (nt->flags & NBD_FLAG_SEND_WRITE_ZEROES) &&
+           (nt->flags & NBD_FLAG_SEND_FAST_ZERO);
+}
+
 static bool nbd_tp_is_named(struct transport *t, const char *name)
 {
     struct nbd_uri u;
@@ -1327,6 +1354,8 @@ static const struct transport_ops nbd_transport_ops = {
     .data_status = nbd_tp_data_status,
     .dirty_bitmaps = nbd_tp_dirty_bitmaps,
     .dirty_status = nbd_tp_dirty_status,
+    .top_layer_status = nbd_tp_top_layer_status,
+    .can_zero_fast = nbd_tp_can_zero_fast,
     .is_named = nbd_tp_is_named,
     .same = nbd_tp_same,
     .close = nbd_tp_close,
