@@ -157,6 +157,7 @@ struct qcow2_cache {
     struct qcow2_cache_entry *entries;
     size_t count;
     uint64_t clock;
+    size_t last;                /* the entry qcow2_cache_get returned last */
     bool is_l2;                 /* selects the write-ordering dependency */
 };
 
@@ -287,6 +288,10 @@ uint64_t qcow2_refcount_entry_get(const uint8_t *block, uint64_t i, uint32_t ord
 void qcow2_refcount_entry_set(uint8_t *block, uint64_t i, uint32_t order, uint64_t v);
 int qcow2_refcount_init(struct qcow2_state *s, struct err *e);
 /* Refcount of cluster `index` (0 past the refcount table). */
+/* The cached refcount block holding cluster `index`'s refcount (entry
+ * index & ((1 << rb_bits) - 1)), or NULL when there is none (refcount 0);
+ * valid until the next use of the refcount block cache. */
+int qcow2_get_refblock(struct qcow2_state *s, uint64_t index, uint8_t **block, struct err *e);
 int qcow2_get_refcount(struct qcow2_state *s, uint64_t index, uint64_t *refcount,
                        struct err *e);
 /* Add `delta` to the refcounts of the clusters covering [offset,
@@ -365,6 +370,10 @@ int qcow2_snapshot_create_locked(struct qcow2_state *s, const char *name, uint32
                                  uint32_t date_nsec, struct err *e);
 int qcow2_snapshot_delete_locked(struct qcow2_state *s, int index, struct err *e);
 int qcow2_snapshot_apply_locked(struct qcow2_state *s, int index, struct err *e);
+/* A read-only open reads as snapshot `index` until close (QEMU's
+ * qcow2_snapshot_load_tmp): its L1 table replaces the active one; the
+ * virtual size stays the image's, as in QEMU. */
+int qcow2_snapshot_load_locked(struct qcow2_state *s, int index, struct err *e);
 
 /* --- check.c --- */
 /* blockdrv.check: verify refcounts against every reference, L1/L2 entries
@@ -374,6 +383,10 @@ int qcow2_check(struct blockdev *bs, struct blk_check_result *res, unsigned fix,
 
 /* --- cluster.c --- */
 int qcow2_l1_init(struct qcow2_state *s, struct err *e);
+/* Each L2 table offset of the n host-order entries is cluster aligned and
+ * inside the file of file_size bytes. */
+int qcow2_l1_entries_check(struct qcow2_state *s, const uint64_t *l1, uint32_t n,
+                           uint64_t file_size, struct err *e);
 /* What a whole L2 entry is, as QEMU's qcow2_get_cluster_type (the zero
  * flag means nothing with extended L2 entries: their bitmap says it). */
 enum qcow2_cluster_type {
