@@ -687,6 +687,12 @@ struct new_reftable {
     uint64_t size;              /* entries (a whole number of clusters' worth) */
 };
 
+/* The refcount table and blocks being replaced by a rebuild: the counts
+ * may call their clusters free (a damaged table does not reference them),
+ * so the new structure may be written over them; every other kind of
+ * metadata stays protected (overlap.c). */
+#define OLD_REFCOUNT_STRUCTURE (QCOW2_OL_REFCOUNT_TABLE | QCOW2_OL_REFCOUNT_BLOCK)
+
 /* Write a refcount block for every block of clusters in [first, end) that
  * has a reference, allocating the blocks that do not exist yet; each is
  * written as the slice of the in-memory counts it covers.  *grown tells
@@ -723,8 +729,8 @@ static int write_refblocks(struct check *c, uint64_t first, uint64_t end,
             }
             rt->entries[index] = offset;
         }
-        ret = transport_pwrite(s->bs->file, offset, c->refs + index * s->cluster_size,
-                              s->cluster_size, e);
+        ret = qcow2_pwrite_checked(s, OLD_REFCOUNT_STRUCTURE, offset,
+                                   c->refs + index * s->cluster_size, s->cluster_size, e);
         if (ret < 0)
             return ret;
         cluster = start + per_block - 1;
@@ -769,9 +775,10 @@ static int rebuild_refcount_structure(struct check *c, struct err *e)
     uint8_t hdr[12];
     be64_write(hdr, offset);
     be32_write(hdr + 8, (uint32_t)clusters);
-    if ((ret = transport_pwrite(s->bs->file, offset, buf, clusters << s->cluster_bits, e)) < 0 ||
+    if ((ret = qcow2_pwrite_checked(s, OLD_REFCOUNT_STRUCTURE, offset, buf,
+                                    clusters << s->cluster_bits, e)) < 0 ||
         (ret = transport_flush(s->bs->file, e)) < 0 ||
-        (ret = transport_pwrite(s->bs->file, 48, hdr, sizeof(hdr), e)) < 0 ||
+        (ret = qcow2_pwrite_checked(s, QCOW2_OL_HEADER, 48, hdr, sizeof(hdr), e)) < 0 ||
         (ret = transport_flush(s->bs->file, e)) < 0)
         goto out;
     /* The header points at the new structure: forget the old one. */
@@ -831,8 +838,8 @@ static int check_oflag_copied(struct check *c, unsigned fix, struct err *e)
                 uint64_t fixed = refcount == 1 ? l1e | QCOW2_OFLAG_COPIED
                                                : l1e & ~QCOW2_OFLAG_COPIED;
                 be64_write(buf, fixed);
-                if ((ret = transport_pwrite(s->bs->file, s->l1_offset + 8ull * i, buf, 8,
-                                           e)) < 0) {
+                if ((ret = qcow2_pwrite_checked(s, QCOW2_OL_ACTIVE_L1, s->l1_offset + 8ull * i,
+                                                buf, 8, e)) < 0) {
                     c->res->check_errors++;
                     goto out;
                 }
