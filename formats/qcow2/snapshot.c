@@ -67,6 +67,7 @@ int qcow2_write_snapshot_table(struct qcow2_state *s, struct err *e)
     uint64_t clusters = div_round_up(size, s->cluster_size);
     uint8_t *buf = NULL;
     int ret = 0;
+    qcow2_overlap_invalidate(s);    /* the caller changed the list */
     if (clusters) {
         if (!(buf = calloc(clusters, s->cluster_size)))
             return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
@@ -261,8 +262,10 @@ static int append_snapshot(struct qcow2_state *s, struct qcow2_snapshot *sn, str
     s->snapshots = list;
     list[s->nb_snapshots++] = *sn;
     int ret = qcow2_write_snapshot_table(s, e);
-    if (ret < 0)
+    if (ret < 0) {
         s->nb_snapshots--;     /* the entry's strings stay with the caller */
+        qcow2_overlap_invalidate(s);
+    }
     return ret;
 }
 
@@ -327,6 +330,7 @@ int qcow2_snapshot_delete_locked(struct qcow2_state *s, int index, struct err *e
                 (s->nb_snapshots - (uint32_t)index) * sizeof(sn));
         s->snapshots[index] = sn;
         s->nb_snapshots++;
+        qcow2_overlap_invalidate(s);
         free(l1);
         return ret;
     }
@@ -383,6 +387,7 @@ int qcow2_snapshot_apply_locked(struct qcow2_state *s, int index, struct err *e)
     uint64_t old_offset = s->l1_offset;
     s->l1 = l1;
     s->l1_size = n;
+    qcow2_overlap_invalidate(s);
     s->l1_offset = offset;
     s->size = sn->disk_size;
     s->bs->size = sn->disk_size;
