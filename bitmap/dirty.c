@@ -13,6 +13,7 @@ struct dirty_bitmap {
     bool enabled;
     bool persistent;
     bool inconsistent;
+    bool write_ahead;
 };
 
 bool dirty_bitmap_name_valid(const char *name, size_t len)
@@ -150,6 +151,16 @@ int dirty_bitmap_set_enabled(struct dirty_bitmap *bm, bool enabled, struct err *
 void dirty_bitmap_set_persistent(struct dirty_bitmap *bm, bool persistent)
 {
     bm->persistent = persistent;
+}
+
+bool dirty_bitmap_write_ahead(const struct dirty_bitmap *bm)
+{
+    return bm->write_ahead;
+}
+
+void dirty_bitmap_set_write_ahead(struct dirty_bitmap *bm, bool write_ahead)
+{
+    bm->write_ahead = write_ahead;
 }
 
 void dirty_bitmap_set_inconsistent(struct dirty_bitmap *bm, bool inconsistent)

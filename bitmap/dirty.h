@@ -65,6 +65,13 @@ bool dirty_bitmap_inconsistent(const struct dirty_bitmap *bm);
 int dirty_bitmap_set_enabled(struct dirty_bitmap *bm, bool enabled, struct err *e);
 void dirty_bitmap_set_persistent(struct dirty_bitmap *bm, bool persistent);
 void dirty_bitmap_set_inconsistent(struct dirty_bitmap *bm, bool inconsistent);
+/* A write-ahead bitmap is stored without the in-use flag even while the
+ * image is open for writing: its owner (the live mirror of a --sync=bitmap
+ * job, mirror/active.c) stores it before any write it records reaches the
+ * disk, so the copy on disk never misses a write and a crash leaves it
+ * consistent (a superset of what changed). */
+bool dirty_bitmap_write_ahead(const struct dirty_bitmap *bm);
+void dirty_bitmap_set_write_ahead(struct dirty_bitmap *bm, bool write_ahead);
 
 /* The underlying bits, for reading (iteration, serialization).  While the
  * bitmap is frozen these are the frozen parent's bits. */

@@ -37,8 +37,8 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
     progress_update(opaque, done);
 }
 
-/* -S: qemu-img's sparse detection unit, a multiple of 512 up to 16 MiB.
- * 0 (no detection, a fully allocated target) is not implemented. */
+/* -S: qemu-img's sparse detection unit, a multiple of 512 up to 16 MiB;
+ * 0: no detection, a fully allocated target. */
 static int parse_sparse_size(struct cmdline *cl, const char *s, uint64_t *out)
 {
     int status = cmd_parse_size_arg(cl, "sparse size", s, out);
@@ -46,9 +46,8 @@ static int parse_sparse_size(struct cmdline *cl, const char *s, uint64_t *out)
         return status;
     if (*out % 512 || *out > (16u << 20))
         return cmd_usage_error(cl, "Invalid buffer size for sparse output specified. Valid "
-                               "sizes are multiples of 512 up to 16777216.");
-    if (*out == 0)
-        return cmd_usage_error(cl, "-S 0 (a fully allocated target) is not supported");
+                               "sizes are multiples of 512 up to 16777216. Select 0 to "
+                               "disable sparse detection (fully allocates output).");
     return -1;
 }
 
@@ -230,6 +229,7 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
         .target_is_zero = !backing && ((!no_create && !o_backing) || target_is_zero),
         .skip_identical = backing != NULL,
         .zero_detect = (uint32_t)sparse_size,
+        .write_zeroes_as_data = sparse_s && sparse_size == 0,
         .speed = rate,
         .buf_size = (size_t)buf_size,
         .max_in_flight = (unsigned)max_in_flight,

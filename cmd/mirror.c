@@ -9,6 +9,7 @@
 
 #include "cmd/commands.h"
 #include "cmd/job-progress.h"
+#include "cmd/mirror-options.h"
 #include "cmd/signals.h"
 #include "mirror/job.h"
 
@@ -219,69 +220,17 @@ int cmd_mirror(const struct command *cmd, int argc, const char **argv)
     int status = cmd_parse(&cl, cmd, argc, argv, options, 2, -1, on_option, &c);
     if (status >= 0 || (status = cmd_parse_output(&cl, output, &c.mode)) >= 0)
         goto out;
-    bool incremental = false;
-    if (sync_s && mirror_parse_sync(sync_s, &proto.sync, &incremental) < 0) {
-        status = cmd_usage_error(&cl, "--sync must be full, top, none, bitmap or incremental");
+    struct mirror_options mo = {
+        .sync = sync_s, .bitmap = bitmap, .bitmap_mode = bitmap_mode_s,
+        .target_format = dst_fmt, .mode = mode_s, .speed = speed_s, .buf_size = buf_size_s,
+        .on_source_error = src_err_s, .on_target_error = dst_err_s,
+        .max_in_flight = max_in_flight, .target_opts = &c.opts,
+        .network_source = cl.nargs == 2 && blk_name_is_network(cl.args[0]),
+        .sync_names = "full, top, none, bitmap or incremental",
+    };
+    if ((status = mirror_options_apply(&cl, &mo, &proto)) >= 0)
         goto out;
-    }
-    /* A URI's bitmap is the server's: read, never cleared (see job.c). */
-    proto.bitmap_mode = cl.nargs == 2 && blk_name_is_network(cl.args[0]) && !incremental
-                        ? MIRROR_BITMAP_NEVER : MIRROR_BITMAP_ON_SUCCESS;
-    if (bitmap_mode_s) {
-        if (mirror_parse_bitmap_mode(bitmap_mode_s, &proto.bitmap_mode) < 0) {
-            status = cmd_usage_error(&cl, "--bitmap-mode must be on-success, always or never");
-            goto out;
-        }
-        if (incremental && proto.bitmap_mode != MIRROR_BITMAP_ON_SUCCESS) {
-            status = cmd_usage_error(&cl, "--sync=incremental means --bitmap-mode=on-success; "
-                                     "use --sync=bitmap for other modes");
-            goto out;
-        }
-    }
-    if ((proto.sync == MIRROR_SYNC_BITMAP) != (bitmap != NULL)) {
-        status = cmd_usage_error(&cl, bitmap ? "--bitmap needs --sync=bitmap or incremental"
-                                             : "--sync=%s needs --bitmap=NAME", sync_s);
-        goto out;
-    }
-    if (bitmap_mode_s && !bitmap) {
-        status = cmd_usage_error(&cl, "--bitmap-mode needs --bitmap");
-        goto out;
-    }
-    if (mode_s && mirror_parse_target_mode(mode_s, &proto.target_mode) < 0) {
-        status = cmd_usage_error(&cl, "--mode must be existing, absolute-paths or "
-                                 "relative-paths");
-        goto out;
-    }
-    if ((src_err_s && mirror_parse_error_action(src_err_s, &proto.on_source_error) < 0) ||
-        (dst_err_s && mirror_parse_error_action(dst_err_s, &proto.on_target_error) < 0)) {
-        status = cmd_usage_error(&cl, "--on-source-error and --on-target-error take report, "
-                                 "ignore or retry");
-        goto out;
-    }
-    uint64_t v;
-    if (speed_s) {
-        if ((status = cmd_parse_size_arg(&cl, "speed", speed_s, &v)) >= 0)
-            goto out;
-        proto.speed = v;
-    }
-    if (buf_size_s && (status = cmd_parse_buf_size(&cl, buf_size_s, &proto.buf_size)) >= 0)
-        goto out;
-    if (max_in_flight < 0 || max_in_flight > COPY_MAX_IN_FLIGHT) {
-        status = cmd_usage_error(&cl, "--max-in-flight must be between 1 and 64");
-        goto out;
-    }
-    proto.max_in_flight = max_in_flight;
     proto.source_format = src_fmt;
-    proto.target_format = dst_fmt;
-    proto.target_opts = &c.opts;
-    /* -o backing_file=...,backing_fmt=... as in qemu-img: the new target is
-     * backed by that image (relative to the target) instead. */
-    proto.target_backing = kvopts_get(&c.opts, "backing_file");
-    proto.target_backing_format = kvopts_get(&c.opts, "backing_fmt");
-    if (proto.target_backing_format && !proto.target_backing) {
-        status = cmd_usage_error(&cl, "-o backing_fmt needs -o backing_file");
-        goto out;
-    }
     proto.base = base;
     proto.bitmap = bitmap;
     proto.force_bitmap = force;

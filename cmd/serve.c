@@ -13,16 +13,18 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "bitmap/dirty.h"
 #include "cmd/commands.h"
+#include "cmd/serve-mirror.h"
 #include "cmd/signals.h"
 #include "formats/blockdev-bitmaps.h"
 #include "formats/nbd/proto.h"
 #include "formats/nbd/server.h"
 
-enum { OPT_EXPORT_NAME = 1, OPT_DESCRIPTION, OPT_BITMAP };
+enum { OPT_EXPORT_NAME = 1, OPT_DESCRIPTION, OPT_BITMAP, OPT_TARGET_OPTS };
 
 #define MAX_EXPORTS 64
 #define MAX_BITMAPS 64
@@ -35,6 +37,7 @@ struct serve_cli {
     const char *bitmaps[MAX_BITMAPS];
     int nbitmaps;
     enum output_mode mode;
+    struct serve_mirror mirror;     /* --mirror */
 };
 
 static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
@@ -58,6 +61,12 @@ static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
             return cmd_usage_error(cl, "at most %d bitmaps", MAX_BITMAPS);
         c->bitmaps[c->nbitmaps++] = arg;
         break;
+    case OPT_TARGET_OPTS: {
+        struct err e = { 0 };
+        if (kvopts_parse(&c->mirror.opts, arg, &e) < 0)
+            return cmd_usage_error(cl, "-o %s: %s", arg, e.msg);
+        break;
+    }
     }
     return -1;
 }
@@ -69,6 +78,7 @@ static void print_event(struct serve_cli *c, const char *name, const char *k1,
 {
     if (c->mode != OUTPUT_JSON)
         return;
+    flockfile(stdout);     /* the mirror's events come from its thread */
     printf("{\"event\": \"%s\"", name);
     if (k1 && v1) {
         printf(", \"%s\": ", k1);
@@ -80,6 +90,7 @@ static void print_event(struct serve_cli *c, const char *name, const char *k1,
     }
     printf("}\n");
     fflush(stdout);
+    funlockfile(stdout);
 }
 
 static void on_server_event(void *opaque, const struct nbd_server_event *ev)
@@ -245,32 +256,64 @@ static int write_pid_file(const char *path, pid_t pid, struct err *e)
     return 0;
 }
 
-/* --fork: the parent returns once the child serves (the sockets listen
- * already), leaving the pid file behind. */
-static int daemonize(const char *pid_file, struct err *e)
+/* --fork: fork first, before anything starts a thread (an NBD source's
+ * connection, the mirror's job): a child forked later would have none of
+ * them.  The parent waits until the child listens (one byte through a
+ * pipe) and returns 0, or returns the child's exit status if it failed
+ * (the child printed why). */
+static int fork_early(int *ready_fd, struct err *e)
 {
+    int fds[2];
+    if (pipe(fds) < 0)
+        return err_errno(e, errno, "cannot create a pipe");
     fflush(stdout);
     pid_t pid = fork();
-    if (pid < 0)
+    if (pid < 0) {
+        close(fds[0]);
+        close(fds[1]);
         return err_errno(e, errno, "cannot fork");
-    if (pid > 0) {
-        int ret = pid_file ? write_pid_file(pid_file, pid, e) : 0;
-        if (ret < 0)
-            kill(pid, SIGTERM);
-        _exit(ret < 0 ? EXIT_ERROR : EXIT_OK);
     }
+    if (pid > 0) {
+        close(fds[1]);
+        char byte;
+        ssize_t n;
+        while ((n = read(fds[0], &byte, 1)) < 0 && errno == EINTR)
+            ;
+        if (n == 1)
+            _exit(EXIT_OK);
+        int status;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+        _exit(WIFEXITED(status) && WEXITSTATUS(status) ? WEXITSTATUS(status) : EXIT_ERROR);
+    }
+    close(fds[0]);
+    fcntl(fds[1], F_SETFD, FD_CLOEXEC);
     setsid();
     int null = open("/dev/null", O_RDWR);
     if (null >= 0) {
         dup2(null, STDIN_FILENO);
         close(null);
     }
+    *ready_fd = fds[1];
     return 0;
+}
+
+/* The child listens: the parent may return. */
+static void report_ready(int *ready_fd)
+{
+    if (*ready_fd < 0)
+        return;
+    ssize_t n;
+    while ((n = write(*ready_fd, "", 1)) < 0 && errno == EINTR)
+        ;
+    close(*ready_fd);
+    *ready_fd = -1;
 }
 
 struct serve_opts {
     char *format, *socket_path, *bind_addr, *port, *cache, *discard, *output, *pid_file;
     int read_only, shared, persistent, fork, allocation_depth;
+    int ready_fd;                   /* --fork: the pipe to the waiting parent */
 };
 
 static int open_images(struct cmdline *cl, const struct serve_opts *o,
@@ -311,8 +354,27 @@ static void fill_exports(struct cmdline *cl, const struct serve_opts *o,
     }
 }
 
+static int check_mirror_usage(struct cmdline *cl, const struct serve_opts *o,
+                              struct serve_cli *c)
+{
+    struct serve_mirror *m = &c->mirror;
+    bool mirror_options = m->sync || m->bitmap || m->bitmap_mode || m->target_format ||
+                          m->mode || m->speed || m->on_source_error || m->on_target_error ||
+                          m->copy_mode || m->opts.count;
+    if (!m->target)
+        return mirror_options ? cmd_usage_error(cl, "the mirror options need --mirror=TARGET")
+                              : -1;
+    if (cl->nargs != 1)
+        return cmd_usage_error(cl, "--mirror serves one image");
+    if (o->read_only)
+        return cmd_usage_error(cl, "--mirror mirrors a disk in use: it cannot be combined "
+                               "with -r (use imgtool mirror for a copy of an idle image)");
+    m->json = c->mode == OUTPUT_JSON;
+    return serve_mirror_check(cl, m);
+}
+
 static int check_usage(struct cmdline *cl, const struct serve_opts *o,
-                       const struct serve_cli *c)
+                       struct serve_cli *c)
 {
     if (!o->socket_path && !o->port && !o->bind_addr)
         return cmd_usage_error(cl, "give -k SOCKET, or -p PORT (and -b ADDRESS) for TCP");
@@ -333,10 +395,10 @@ static int check_usage(struct cmdline *cl, const struct serve_opts *o,
         for (int k = 0; k < i; k++)
             if (!strcmp(c->names[i], c->names[k]))
                 return cmd_usage_error(cl, "export name '%s' given twice", c->names[i]);
-    return -1;
+    return check_mirror_usage(cl, o, c);
 }
 
-static int listen_and_announce(const struct serve_opts *o, struct serve_cli *c, int *fd,
+static int listen_and_announce(struct serve_opts *o, struct serve_cli *c, int *fd,
                                struct err *e)
 {
     int ret = o->socket_path ? listen_unix(o->socket_path, fd, e)
@@ -344,10 +406,9 @@ static int listen_and_announce(const struct serve_opts *o, struct serve_cli *c, 
                                           o->port ? o->port : "10809", fd, e);
     if (ret < 0)
         return ret;
-    if (o->fork && (ret = daemonize(o->pid_file, e)) < 0)
+    if (o->pid_file && (ret = write_pid_file(o->pid_file, getpid(), e)) < 0)
         return ret;
-    if (!o->fork && o->pid_file && (ret = write_pid_file(o->pid_file, getpid(), e)) < 0)
-        return ret;
+    report_ready(&o->ready_fd);
     if (o->socket_path)
         print_event(c, "listening", "socket", o->socket_path, NULL, NULL);
     else
@@ -362,7 +423,11 @@ static int serve(struct cmdline *cl, struct serve_opts *o, struct serve_cli *c)
     struct nbd_server_export x[MAX_EXPORTS];
     struct err e = { 0 };
     int fd = -1;
-    int ret = open_images(cl, o, c, s, &e);
+    int ret = o->fork ? fork_early(&o->ready_fd, &e) : 0;
+    if (ret == 0)
+        ret = open_images(cl, o, c, s, &e);
+    if (ret == 0 && c->mirror.target)
+        ret = serve_mirror_start(&c->mirror, s[0].bs, &e);
     if (ret == 0)
         ret = listen_and_announce(o, c, &fd, &e);
     if (ret == 0) {
@@ -379,6 +444,9 @@ static int serve(struct cmdline *cl, struct serve_opts *o, struct serve_cli *c)
         if (o->socket_path)
             unlink(o->socket_path);
     }
+    /* The server is done: no client writes any more. */
+    int mirror_status = ret == 0 ? serve_mirror_finish(&c->mirror, &cancel_requested) : EXIT_OK;
+    serve_mirror_free(&c->mirror);
     struct err e2 = { 0 };
     int ret2 = close_images(s, cl->nargs, &e2);
     if (ret == 0 && ret2 < 0) {
@@ -390,12 +458,12 @@ static int serve(struct cmdline *cl, struct serve_opts *o, struct serve_cli *c)
         return EXIT_ERROR;
     }
     print_event(c, "stopped", NULL, NULL, NULL, NULL);
-    return EXIT_OK;
+    return mirror_status;
 }
 
 int cmd_serve(const struct command *cmd, int argc, const char **argv)
 {
-    struct serve_opts o = { .shared = 1 };
+    struct serve_opts o = { .shared = 1, .ready_fd = -1 };
     struct serve_cli c = { 0 };
     struct poptOption options[] = {
         { "format", 'f', POPT_ARG_STRING, &o.format, 0, "image format (default: probe)", "FMT" },
@@ -423,6 +491,29 @@ int cmd_serve(const struct command *cmd, int argc, const char **argv)
         { "allocation-depth", 'A', POPT_ARG_NONE, &o.allocation_depth, 0,
           "offer qemu:allocation-depth", NULL },
         { "output", '\0', POPT_ARG_STRING, &o.output, 0, "events as JSON lines", "human|json" },
+        { "mirror", '\0', POPT_ARG_STRING, &c.mirror.target, 0, "mirror the image to TARGET "
+          "while serving it", "TARGET" },
+        { "copy-mode", '\0', POPT_ARG_STRING, &c.mirror.copy_mode, 0, "--mirror: copy in the "
+          "background only (default), or also write client writes through",
+          "background|write-blocking" },
+        { "sync", '\0', POPT_ARG_STRING, &c.mirror.sync, 0, "--mirror: what to copy: full "
+          "(default), top, bitmap", "MODE" },
+        { "mirror-bitmap", '\0', POPT_ARG_STRING, &c.mirror.bitmap, 0, "--mirror "
+          "--sync=bitmap: the bitmap whose dirty ranges are copied", "NAME" },
+        { "bitmap-mode", '\0', POPT_ARG_STRING, &c.mirror.bitmap_mode, 0,
+          "--mirror: when to clear the bitmap: on-success, always, never", "MODE" },
+        { "target-format", 'O', POPT_ARG_STRING, &c.mirror.target_format, 0,
+          "--mirror: format of a new target (default: the image's)", "FMT" },
+        { "options", 'o', POPT_ARG_STRING, NULL, OPT_TARGET_OPTS,
+          "--mirror: options of a new target", "OPT=VAL,..." },
+        { "mode", '\0', POPT_ARG_STRING, &c.mirror.mode, 0, "--mirror: existing (default when "
+          "TARGET exists), absolute-paths (default otherwise), relative-paths", "MODE" },
+        { "speed", '\0', POPT_ARG_STRING, &c.mirror.speed, 0, "--mirror: rate limit in bytes "
+          "per second", "SIZE" },
+        { "on-source-error", '\0', POPT_ARG_STRING, &c.mirror.on_source_error, 0,
+          "--mirror: report (default), ignore or retry", "ACTION" },
+        { "on-target-error", '\0', POPT_ARG_STRING, &c.mirror.on_target_error, 0,
+          "--mirror: report (default), ignore or retry", "ACTION" },
         POPT_TABLEEND
     };
     struct cmdline cl = { 0 };

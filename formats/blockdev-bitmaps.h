@@ -19,6 +19,9 @@
  *     change the image sees, whole or not at all;
  *   - a read-only open touches nothing; blk_bitmaps_load reads the bitmaps
  *     when a command wants them.
+ * One exception: a write-ahead bitmap (dirty_bitmap_set_write_ahead, the
+ * live mirror's) is stored without the flag; its owner stores the set
+ * before any write it records reaches the disk.
  * A bitmap that was marked in use when loaded is inconsistent: it is listed,
  * may be removed, and every other use fails (dirty_bitmap_inconsistent).
  *

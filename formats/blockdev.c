@@ -317,6 +317,8 @@ static int open_layer(const char *filename, const char *format, unsigned flags,
         bs->opts = *opts;
     blk_bitmaps_init(bs);
     range_lock_set_init(&bs->requests);
+    pthread_mutex_init(&bs->notifiers_lock, NULL);
+    pthread_cond_init(&bs->notifiers_idle, NULL);
     int ret = transport_open(filename, fflags, &bs->opts.transport, &bs->file, e);
     if (ret < 0)
         goto fail;
@@ -391,6 +393,8 @@ void blk_close(struct blockdev *bs)
             bs->drv->close(bs);
         transport_close(bs->file);
         range_lock_set_destroy(&bs->requests);
+        pthread_mutex_destroy(&bs->notifiers_lock);
+        pthread_cond_destroy(&bs->notifiers_idle);
         pthread_mutex_destroy(&bs->status_lock);
         free(bs->filename);
         free(bs->backing_name);
@@ -808,6 +812,145 @@ void blk_drain(struct blockdev *bs)
     range_lock_drain(&bs->requests);
 }
 
+/* --- Write notifiers (blockdev.h) --- */
+
+/* The notifiers one write called `before` on, with their tokens. */
+struct notified_write {
+    struct blk_write_notifier *n[BLK_MAX_WRITE_NOTIFIERS];
+    void *token[BLK_MAX_WRITE_NOTIFIERS];
+    size_t count;
+};
+
+/* Wait until the list may change: nobody else changes it, and no write is
+ * between its before and after calls (lock held). */
+static void notifiers_begin_change(struct blockdev *bs)
+{
+    while (bs->notifiers_changing)
+        pthread_cond_wait(&bs->notifiers_idle, &bs->notifiers_lock);
+    bs->notifiers_changing = true;
+    while (bs->notifiers_users)
+        pthread_cond_wait(&bs->notifiers_idle, &bs->notifiers_lock);
+}
+
+static void notifiers_end_change(struct blockdev *bs)
+{
+    bs->notifiers_changing = false;
+    pthread_cond_broadcast(&bs->notifiers_idle);
+    pthread_mutex_unlock(&bs->notifiers_lock);
+}
+
+int blk_add_write_notifier(struct blockdev *bs, struct blk_write_notifier *n, struct err *e)
+{
+    pthread_mutex_lock(&bs->notifiers_lock);
+    notifiers_begin_change(bs);
+    int ret = 0;
+    if (bs->nnotifiers == BLK_MAX_WRITE_NOTIFIERS)
+        ret = err_set(e, ENOSPC, "%s: already %d write notifiers", bs->filename,
+                      BLK_MAX_WRITE_NOTIFIERS);
+    else
+        bs->notifiers[bs->nnotifiers++] = n;
+    notifiers_end_change(bs);
+    return ret;
+}
+
+void blk_remove_write_notifier(struct blockdev *bs, struct blk_write_notifier *n)
+{
+    pthread_mutex_lock(&bs->notifiers_lock);
+    notifiers_begin_change(bs);
+    for (size_t i = 0; i < bs->nnotifiers; i++) {
+        if (bs->notifiers[i] == n) {
+            memmove(&bs->notifiers[i], &bs->notifiers[i + 1],
+                    (bs->nnotifiers - i - 1) * sizeof(bs->notifiers[0]));
+            bs->nnotifiers--;
+            break;
+        }
+    }
+    notifiers_end_change(bs);
+}
+
+/* The write is done with the notifiers it saw: the list may change. */
+static void notifiers_leave(struct blockdev *bs)
+{
+    pthread_mutex_lock(&bs->notifiers_lock);
+    if (--bs->notifiers_users == 0)
+        pthread_cond_broadcast(&bs->notifiers_idle);
+    pthread_mutex_unlock(&bs->notifiers_lock);
+}
+
+static void notify_after(struct blockdev *bs, const struct blk_write_request *r,
+                         const struct notified_write *w, size_t count, int ret)
+{
+    for (size_t i = 0; i < count; i++)
+        w->n[i]->after(w->n[i]->opaque, r, ret, w->token[i]);
+    if (w->count)
+        notifiers_leave(bs);
+}
+
+/* Call every notifier's before; if one refuses the write, those already
+ * called get their after with its error, and the write fails. */
+static int notify_before(struct blockdev *bs, const struct blk_write_request *r,
+                         struct notified_write *w, struct err *e)
+{
+    pthread_mutex_lock(&bs->notifiers_lock);
+    while (bs->notifiers_changing)
+        pthread_cond_wait(&bs->notifiers_idle, &bs->notifiers_lock);
+    w->count = bs->nnotifiers;
+    memcpy(w->n, bs->notifiers, w->count * sizeof(w->n[0]));
+    if (w->count)
+        bs->notifiers_users++;
+    pthread_mutex_unlock(&bs->notifiers_lock);
+    for (size_t i = 0; i < w->count; i++) {
+        w->token[i] = NULL;
+        int ret = w->n[i]->before ? w->n[i]->before(w->n[i]->opaque, r, &w->token[i], e) : 0;
+        if (ret < 0) {
+            notify_after(bs, r, w, i, ret);
+            return ret;
+        }
+    }
+    return 0;
+}
+
+/* The driver calls of the four kinds of write. */
+static int driver_pwritev(struct blockdev *bs, const struct blk_write_request *r, struct err *e)
+{
+    return bs->drv->pwritev(bs, r->offset, r->iov, r->iovcnt, e);
+}
+
+static int driver_write_zeroes(struct blockdev *bs, const struct blk_write_request *r,
+                               struct err *e)
+{
+    return bs->drv->write_zeroes(bs, r->offset, r->length, r->flags, e);
+}
+
+static int driver_discard(struct blockdev *bs, const struct blk_write_request *r, struct err *e)
+{
+    return bs->drv->discard(bs, r->offset, r->length, e);
+}
+
+static int driver_pwrite_compressed(struct blockdev *bs, const struct blk_write_request *r,
+                                    struct err *e)
+{
+    return bs->drv->pwrite_compressed(bs, r->offset, r->iov[0].iov_base, r->length, e);
+}
+
+/* A write that changes the disk, between its notifications, holding its
+ * range exclusively while the driver works. */
+static int run_write(struct blockdev *bs, const struct blk_write_request *r,
+                     int (*fn)(struct blockdev *, const struct blk_write_request *, struct err *),
+                     struct err *e)
+{
+    struct notified_write w;
+    int ret = notify_before(bs, r, &w, e);
+    if (ret < 0)
+        return ret;
+    struct range_lock req;
+    request_begin(bs, &req, r->offset, r->length, true);
+    ret = fn(bs, r, e);
+    request_end(bs, &req);
+    notify_after(bs, r, &w, w.count, ret);
+    return ret;
+}
+
 int blk_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
                struct err *e)
 {
@@ -831,11 +974,9 @@ int blk_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *iov, int 
         ret = begin_guest_write(bs, off, len, e);
     if (ret < 0 || len == 0)
         return ret;
-    struct range_lock req;
-    request_begin(bs, &req, off, len, true);
-    ret = bs->drv->pwritev(bs, off, iov, iovcnt, e);
-    request_end(bs, &req);
-    return ret;
+    struct blk_write_request r = { .kind = BLK_WRITE_DATA, .offset = off, .length = len,
+                                   .iov = iov, .iovcnt = iovcnt };
+    return run_write(bs, &r, driver_pwritev, e);
 }
 
 int blk_pread(struct blockdev *bs, uint64_t off, void *buf, size_t len, struct err *e)
@@ -856,11 +997,9 @@ int blk_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned f
     int ret = begin_guest_write(bs, off, len, e);
     if (ret < 0 || len == 0)
         return ret;
-    struct range_lock req;
-    request_begin(bs, &req, off, len, true);
-    ret = bs->drv->write_zeroes(bs, off, len, flags, e);
-    request_end(bs, &req);
-    return ret;
+    struct blk_write_request r = { .kind = BLK_WRITE_ZEROES, .offset = off, .length = len,
+                                   .flags = flags };
+    return run_write(bs, &r, driver_write_zeroes, e);
 }
 
 int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
@@ -874,11 +1013,8 @@ int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
         return 0;   /* discard is a hint: nothing changes, nothing is marked */
     if ((ret = begin_guest_write(bs, off, len, e)) < 0)
         return ret;
-    struct range_lock req;
-    request_begin(bs, &req, off, len, true);
-    ret = bs->drv->discard(bs, off, len, e);
-    request_end(bs, &req);
-    return ret;
+    struct blk_write_request r = { .kind = BLK_WRITE_DISCARD, .offset = off, .length = len };
+    return run_write(bs, &r, driver_discard, e);
 }
 
 int blk_flush(struct blockdev *bs, struct err *e)
@@ -1040,11 +1176,10 @@ int blk_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *buf, si
         return ret;
     if ((ret = begin_guest_write(bs, off, len, e)) < 0 || len == 0)
         return ret;
-    struct range_lock req;
-    request_begin(bs, &req, off, len, true);
-    ret = bs->drv->pwrite_compressed(bs, off, buf, len, e);
-    request_end(bs, &req);
-    return ret;
+    struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+    struct blk_write_request r = { .kind = BLK_WRITE_COMPRESSED, .offset = off, .length = len,
+                                   .iov = &iov, .iovcnt = 1 };
+    return run_write(bs, &r, driver_pwrite_compressed, e);
 }
 
 int blk_check_compression(const struct blockdrv *drv, const char *filename, struct err *e)

@@ -260,6 +260,59 @@ struct blockdrv {
                  struct err *e);
 };
 
+/* --- Write notifiers ---
+ *
+ * One generic hook for whoever must see the guest writes of an image as
+ * they happen (the live mirror of `imgtool serve --mirror`, mirror/active.h):
+ * every write, zero write, discard and compressed write through the blk_*
+ * functions calls each notifier's `before` once the request is checked
+ * and the dirty bitmaps are marked, but before the request takes its
+ * range in bs->requests, and `after` once the driver is done and the range
+ * is released, before the caller (an NBD client's request) sees the
+ * result.  A discard the driver cannot do changes nothing and notifies
+ * nobody.
+ *
+ * Concurrency rules:
+ *   - before/after run in the writing thread, concurrently for different
+ *     writes (any ranges); `before` may block (to order the write after a
+ *     job's own I/O on the range) and may refuse the write with a negative
+ *     errno (after is then not called, the write fails with that error);
+ *   - a notifier may take locks of its own in `before` and release them in
+ *     `after`: no bs->requests range is held meanwhile, so a notifier may
+ *     do I/O on bs (reads of the range) or on other images without a
+ *     deadlock, as long as its own locks are always taken before the
+ *     block layer's (never while holding a bs->requests range);
+ *   - `token` is one pointer per notifier and write, from before to after;
+ *   - blk_add_write_notifier and blk_remove_write_notifier may be called
+ *     while I/O runs: they wait until the writes between before and after
+ *     are done (new writes wait meanwhile), so every write sees a notifier
+ *     either for both calls or for neither.  Never call them from a
+ *     notifier, nor while a thread of yours waits in `before`. */
+enum { BLK_MAX_WRITE_NOTIFIERS = 4 };
+
+enum blk_write_kind {
+    BLK_WRITE_DATA,         /* blk_pwritev: iov holds the data */
+    BLK_WRITE_ZEROES,       /* blk_write_zeroes: flags are BLK_ZERO_* */
+    BLK_WRITE_DISCARD,      /* blk_discard: reads may return anything the format says */
+    BLK_WRITE_COMPRESSED,   /* blk_pwrite_compressed: iov holds the data */
+};
+
+struct blk_write_request {
+    enum blk_write_kind kind;
+    uint64_t offset, length;
+    const struct iovec *iov;    /* DATA, COMPRESSED */
+    int iovcnt;
+    unsigned flags;             /* ZEROES */
+};
+
+struct blk_write_notifier {
+    int (*before)(void *opaque, const struct blk_write_request *r, void **token,
+                  struct err *e);
+    /* ret: the driver's result (0 or a negative errno). */
+    void (*after)(void *opaque, const struct blk_write_request *r, int ret, void *token);
+    void *opaque;
+};
+
 struct blockdev {
     const struct blockdrv *drv;
     char *filename;             /* as given by the user */
@@ -300,6 +353,15 @@ struct blockdev {
     /* The reads and writes in flight, with their cluster-widened ranges
      * (see "Threads" above). */
     struct range_lock_set requests;
+    /* Write notifiers (see blk_add_write_notifier): the list, and the
+     * writes between their before and after calls (notifiers_users);
+     * notifiers_lock guards both. */
+    pthread_mutex_t notifiers_lock;
+    pthread_cond_t notifiers_idle;
+    struct blk_write_notifier *notifiers[BLK_MAX_WRITE_NOTIFIERS];
+    size_t nnotifiers;
+    unsigned notifiers_users;
+    bool notifiers_changing;
 };
 
 /* --- Driver table and probing --- */
@@ -361,6 +423,11 @@ int blk_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, unsigned f
                      struct err *e);
 int blk_discard(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e);
 int blk_flush(struct blockdev *bs, struct err *e);
+/* Add or remove a write notifier (see "Write notifiers" above; the caller
+ * owns *n until it is removed).  -ENOSPC when BLK_MAX_WRITE_NOTIFIERS are
+ * there already. */
+int blk_add_write_notifier(struct blockdev *bs, struct blk_write_notifier *n, struct err *e);
+void blk_remove_write_notifier(struct blockdev *bs, struct blk_write_notifier *n);
 /* Wait until no read or write is in flight on bs (the caller stops
  * issuing new ones first: a server that stops, a job that completes). */
 void blk_drain(struct blockdev *bs);

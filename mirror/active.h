@@ -74,13 +74,17 @@ int active_mirror_start(const struct active_mirror_params *p, struct active_mirr
  * message).  Drains client writes, copies what is left, flushes the
  * target, renames a new target into place, clears bitmap bits as the mode
  * says, emits COMPLETED.  After it returns 0 the caller may keep serving
- * from the target (it is in sync) or stop. */
+ * from the target (it is in sync) or stop.  (mirror/active.c: from then
+ * until active_mirror_free, client writes to the source fail with EIO, so
+ * that none reaches the source alone while the caller switches to the
+ * target; reads go on.) */
 int active_mirror_complete(struct active_mirror *m, struct err *e);
 
 /* block-job-cancel: stop the job, leave the target consistent (flushed),
  * remove a new target unless the job was READY, leave bitmaps as their
  * mode says for a cancelled job (the bitmap keeps what is still to copy,
- * so a later run resumes).  Emits CANCELLED. */
+ * so a later run resumes).  Emits CANCELLED.  (mirror/active.c: -EINVAL
+ * once the job has concluded; a failure while cancelling is returned.) */
 int active_mirror_cancel(struct active_mirror *m, struct err *e);
 
 /* block-job-set-speed (bytes per second, 0 = unlimited) and

@@ -169,6 +169,12 @@ static int write_detecting_zeroes(struct engine *eng, const uint8_t *buf, uint64
 {
     uint32_t unit = eng->unit;
     size_t pos = 0;
+    if (eng->job->write_zeroes_as_data) {
+        int ret = blk_pwrite(eng->job->dst, off, buf, len, e);
+        if (ret == 0)
+            st->bytes_written += len;
+        return ret;
+    }
     while (pos < len) {
         /* A run of blocks that are all zero, or all not. */
         size_t blk = (size_t)min_u64(unit - (off + pos) % unit, len - pos);
@@ -295,7 +301,7 @@ static int write_compressed(struct engine *eng, const uint8_t *buf, uint64_t off
         size_t n = (size_t)min_u64(eng->align - at % eng->align, len - pos);
         bool whole = at % eng->align == 0 && (n == eng->align || at + n == dst->size);
         int ret;
-        if (buffer_is_zero(buf + pos, n)) {
+        if (!eng->job->write_zeroes_as_data && buffer_is_zero(buf + pos, n)) {
             ret = copy_zeroes(eng->job, at, n, st, e);
         } else if (whole) {
             ret = blk_pwrite_compressed(dst, at, buf + pos, n, e);
@@ -639,6 +645,13 @@ static int add_piece(struct chunk *c, enum chunk_kind kind, uint64_t len, struct
     return 0;
 }
 
+/* Whether a run of this kind makes chunks of its own (else it is a piece
+ * of a DATA chunk; with write_zeroes_as_data zero runs are written as data). */
+static bool own_chunk_kind(const struct engine *eng, enum chunk_kind kind)
+{
+    return kind == CHUNK_SKIP || (kind == CHUNK_ZERO && !eng->job->write_zeroes_as_data);
+}
+
 /* Cut the next chunk at `off` from the source's block status. */
 static int build_chunk(struct engine *eng, struct cursor *cur, uint64_t off, struct chunk *c,
                        struct err *e)
@@ -649,7 +662,7 @@ static int build_chunk(struct engine *eng, struct cursor *cur, uint64_t off, str
     c->off = off;
     c->len = 0;
     c->npieces = 0;
-    if (cur->kind != CHUNK_DATA) {
+    if (own_chunk_kind(eng, cur->kind)) {
         uint64_t stop = whole_cluster_end(eng, off, cur->len);
         if (stop > off) {
             c->kind = cur->kind;
@@ -669,7 +682,7 @@ static int build_chunk(struct engine *eng, struct cursor *cur, uint64_t off, str
         if ((ret = cursor_load(eng, cur, pos, e)) < 0)
             return ret;
         uint64_t take = min_u64(cur->len, limit - pos);
-        if (cur->kind != CHUNK_DATA && eng->align > 1)
+        if (own_chunk_kind(eng, cur->kind) && eng->align > 1)
             take = min_u64(take, align_down(pos, eng->align) + eng->align - pos);
         if ((ret = add_piece(c, cur->kind, take, e)) < 0)
             return ret;
@@ -683,11 +696,11 @@ static int build_chunk(struct engine *eng, struct cursor *cur, uint64_t off, str
              * follow (they make their own chunk). */
             if ((ret = cursor_load(eng, cur, pos, e)) < 0)
                 return ret;
-            if (cur->kind != CHUNK_DATA && whole_cluster_end(eng, pos, cur->len) > pos)
+            if (own_chunk_kind(eng, cur->kind) && whole_cluster_end(eng, pos, cur->len) > pos)
                 break;
         }
     }
-    if (!has_data && c->npieces == 1)
+    if (!has_data && c->npieces == 1 && own_chunk_kind(eng, c->pieces[0].kind))
         c->kind = c->pieces[0].kind;    /* e.g. zero runs from two layers */
     return 0;
 }

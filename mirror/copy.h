@@ -82,6 +82,11 @@ struct copy_job {
     /* Smallest unit in which zero data is detected and skipped; 0 means
      * 4 KiB or the target's write alignment, whichever is larger. */
     uint32_t zero_detect;
+    /* No zero detection at all (convert -S 0): every byte of the range is
+     * written as data, the source's zero and unallocated runs too, so that
+     * the target ends up fully allocated (SKIP runs above `base` are still
+     * left alone).  Excludes target_is_zero's shortcut (nothing is skipped). */
+    bool write_zeroes_as_data;
     /* Called as requests complete, always from the thread that called
      * copy_run (never concurrently), with the bytes of the range completed
      * so far: `done` only grows and reaches `total` on success.  May be

@@ -29,6 +29,11 @@ struct mirror_job {
     uint64_t total, done;
     struct copy_stats stats;
     const struct mirror_set_options *opts;
+    bool src_borrowed;              /* the caller's open source (mirror_job_prepare) */
+    /* The live mirror's bitmap is not frozen but written ahead (bitmap/dirty.h):
+     * it keeps every bit, and the writes made meanwhile, until the job
+     * completes in sync; a crash leaves it consistent, so a later run resumes. */
+    bool live, write_ahead;
     struct chain_state chain;       /* export's backup record */
     bool forget_chain;              /* a forced job clears an export chain's bitmap */
 };
@@ -304,7 +309,10 @@ static int prepare_bitmap(struct mirror_job *job, struct err *e)
         return err_set(e, EINVAL, "%s: bitmap '%s' is inconsistent (the image was not closed "
                        "cleanly while it recorded writes): remove it, take a full copy and "
                        "add a new bitmap", p->source, p->bitmap);
-    if (p->bitmap_mode != MIRROR_BITMAP_NEVER) {
+    if (p->bitmap_mode != MIRROR_BITMAP_NEVER && job->live) {
+        dirty_bitmap_set_write_ahead(job->bitmap, true);
+        job->write_ahead = true;
+    } else if (p->bitmap_mode != MIRROR_BITMAP_NEVER) {
         if ((ret = dirty_bitmap_freeze(job->bitmap, e)) < 0)
             return ret;
         job->frozen = true;
@@ -334,6 +342,8 @@ static int check_remote_source(const struct mirror_params *p, struct err *e)
     return 0;
 }
 
+static int prepare_on_source(struct mirror_job *job, struct err *e);
+
 static int prepare(struct mirror_job *job, struct err *e)
 {
     const struct mirror_params *p = job->p;
@@ -355,6 +365,14 @@ static int prepare(struct mirror_job *job, struct err *e)
     ret = blk_open(p->source, p->source_format, sflags, job->opts->open_opts, &job->src, e);
     if (ret < 0)
         return ret;
+    return prepare_on_source(job, e);
+}
+
+/* Everything but opening the source: base, target, bitmap. */
+static int prepare_on_source(struct mirror_job *job, struct err *e)
+{
+    const struct mirror_params *p = job->p;
+    int ret;
     if (p->base) {
         if (p->sync != MIRROR_SYNC_FULL && p->sync != MIRROR_SYNC_TOP)
             return err_set(e, EINVAL, "--base works with --sync=full or top, not %s",
@@ -523,15 +541,27 @@ static int run_copy(struct mirror_job *job, struct err *e)
  * bitmap keeps only writes made meanwhile, none offline); on failure it
  * gets back what was not copied (always) or everything (on-success).
  * Then store it, unless nothing changed. */
-static int finish_bitmap(struct mirror_job *job, bool success, struct err *e)
+static int finish_bitmap(struct mirror_job *job, bool success, bool in_sync, struct err *e)
 {
     const struct mirror_params *p = job->p;
     bool changed = false;
     int ret = 0;
+    if (job->write_ahead) {
+        /* Stored as the other bitmaps again (in use while served). */
+        job->write_ahead = false;
+        dirty_bitmap_set_write_ahead(job->bitmap, false);
+        if (success && in_sync && (ret = dirty_bitmap_clear(job->bitmap, e)) < 0)
+            return ret;
+        changed = true;
+    }
     if (job->frozen) {
         job->frozen = false;
         ret = success ? dirty_bitmap_abdicate(job->bitmap, e)
                       : dirty_bitmap_reclaim(job->bitmap, e);
+        /* A live mirror that completed: the successor's writes reached the
+         * target too (written through or copied), so nothing is left. */
+        if (ret == 0 && success && in_sync)
+            ret = dirty_bitmap_clear(job->bitmap, e);
         if (ret < 0)
             return ret;
         changed = success || job->bitmap_changed;
@@ -574,7 +604,8 @@ static void close_job(struct mirror_job *job, bool success)
         free(job->tmp_path);
         job->tmp_path = NULL;
     }
-    blk_close(job->src);
+    if (!job->src_borrowed)
+        blk_close(job->src);
     job->src = NULL;
     blk_close(job->explicit_backing);
     job->explicit_backing = NULL;
@@ -619,7 +650,7 @@ int mirror_run_set(const struct mirror_params *params, int n,
         if (!jobs[i].p || !jobs[i].src)
             continue;
         struct err be = { 0 };
-        int bret = finish_bitmap(&jobs[i], copy_ret == 0, &be);
+        int bret = finish_bitmap(&jobs[i], copy_ret == 0, false, &be);
         if (bret < 0 && ret == 0) {
             ret = bret;
             *e = be;
@@ -640,5 +671,96 @@ int mirror_run_set(const struct mirror_params *params, int n,
         close_job(&jobs[i], ret == 0);
     }
     free(jobs);
+    return ret;
+}
+
+/* --- One job's steps, for the live mirror (mirror/active.c) --- */
+
+int mirror_job_prepare(const struct mirror_params *p, const struct mirror_set_options *opts,
+                       struct blockdev *src, struct mirror_job **out, struct err *e)
+{
+    struct mirror_job *job = calloc(1, sizeof(*job));
+    if (!job)
+        return err_set(e, ENOMEM, "out of memory");
+    job->p = p;
+    job->opts = opts;
+    job->src = src;
+    job->src_borrowed = true;
+    job->live = true;
+    int ret = check_remote_source(p, e);
+    if (ret == 0)
+        ret = prepare_on_source(job, e);
+    if (ret < 0) {
+        blk_bitmaps_lock(src);
+        finish_bitmap(job, false, false, &(struct err){ 0 });
+        blk_bitmaps_unlock(src);
+        if (job->tmp_path)
+            err_replace(e, job->tmp_path, p->target);
+        close_job(job, false);
+        free(job);
+        return ret;
+    }
+    *out = job;
+    return 0;
+}
+
+struct blockdev *mirror_job_target(const struct mirror_job *job)
+{
+    return job->dst;
+}
+
+const struct blockdev *mirror_job_base(const struct mirror_job *job)
+{
+    return job->base;
+}
+
+bool mirror_job_new_target(const struct mirror_job *job)
+{
+    return job->tmp_path != NULL;
+}
+
+const struct copy_range *mirror_job_ranges(const struct mirror_job *job, size_t *n)
+{
+    *n = job->nranges;
+    return job->ranges;
+}
+
+struct dirty_bitmap *mirror_job_write_ahead_bitmap(const struct mirror_job *job)
+{
+    return job->write_ahead ? job->bitmap : NULL;
+}
+
+int mirror_job_flush_target(struct mirror_job *job, struct err *e)
+{
+    blk_defer_flushes(job->dst, false);
+    return blk_flush(job->dst, e);
+}
+
+int mirror_job_end(struct mirror_job *job, bool keep_target, bool success, bool in_sync,
+                   struct err *e)
+{
+    int ret = 0;
+    if (keep_target) {
+        blk_close(job->dst);
+        job->dst = NULL;
+        if (job->tmp_path) {
+            ret = blk_create_commit(job->tmp_path, job->p->target, e);
+            free(job->tmp_path);
+            job->tmp_path = NULL;
+        }
+    }
+    struct err be = { 0 };
+    /* Client threads may still mark the bitmaps (their writes wait). */
+    blk_bitmaps_lock(job->src);
+    int bret = finish_bitmap(job, success && ret == 0, in_sync, &be);
+    blk_bitmaps_unlock(job->src);
+    if (bret < 0 && ret == 0) {
+        ret = bret;
+        *e = be;
+    }
+    if (ret < 0 && job->tmp_path)
+        err_replace(e, job->tmp_path, job->p->target);
+    close_job(job, keep_target && ret == 0);
+    free(job);
     return ret;
 }

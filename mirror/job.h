@@ -88,6 +88,9 @@ struct mirror_event {
     const struct mirror_params *job;
     uint64_t done, total;           /* bytes of this job */
     uint64_t offset, length;        /* PROGRESS: the range that just completed */
+    /* Live mirror (mirror/active.h): the dirty bytes now (total is then
+     * done + remaining, QMP's len; it grows as clients write). */
+    uint64_t remaining;
     const char *error;              /* FAILED */
     const struct copy_stats *stats; /* COMPLETED */
 };
@@ -121,6 +124,38 @@ struct mirror_set_options {
  * as its mode says for a failed job.  Returns 0, -ECANCELED or an error. */
 int mirror_run_set(const struct mirror_params *jobs, int n,
                    const struct mirror_set_options *opts, struct err *e);
+
+/* One job's steps, for the live mirror of `imgtool serve --mirror`
+ * (mirror/active.c), which copies while clients write: the same checks,
+ * target preparation (a new target under a temporary name), bitmap freeze,
+ * rename and bitmap-mode rules as mirror_run_set, on `src`, an image the
+ * caller has open (read-write, bitmaps loaded) and keeps open.  The caller
+ * copies (copy_run into mirror_job_target, above mirror_job_base, the
+ * ranges of a --sync=bitmap job), flushes with mirror_job_flush_target
+ * (flushes of a new target are no longer deferred from then on), then ends
+ * the job: keep_target renames a new target into place (else it is
+ * removed); the bitmap (not frozen: written ahead, see
+ * mirror_job_write_ahead_bitmap) is cleared on success when in_sync (the
+ * target holds every write made meanwhile) and otherwise keeps all its
+ * bits; then the bitmaps are stored.  No guest write may run while the
+ * job ends (threads may still mark the bitmaps: the bitmaps lock is held). */
+struct mirror_job;
+int mirror_job_prepare(const struct mirror_params *p, const struct mirror_set_options *opts,
+                       struct blockdev *src, struct mirror_job **out, struct err *e);
+struct blockdev *mirror_job_target(const struct mirror_job *job);
+const struct blockdev *mirror_job_base(const struct mirror_job *job);
+bool mirror_job_new_target(const struct mirror_job *job);
+/* --sync=bitmap: the bitmap's dirty extents, widened to the target's
+ * clusters, as prepared (sorted, disjoint). */
+const struct copy_range *mirror_job_ranges(const struct mirror_job *job, size_t *n);
+int mirror_job_flush_target(struct mirror_job *job, struct err *e);
+/* The job's bitmap when it is written ahead (bitmap/dirty.h) rather than
+ * frozen, as the live mirror's is unless --bitmap-mode=never: the caller
+ * stores it before a write it records reaches the disk.  Else NULL. */
+struct dirty_bitmap *mirror_job_write_ahead_bitmap(const struct mirror_job *job);
+/* Frees the job whatever happens; the first error is returned. */
+int mirror_job_end(struct mirror_job *job, bool keep_target, bool success, bool in_sync,
+                   struct err *e);
 
 /* Parsers shared by the command line and job files. */
 int mirror_parse_sync(const char *s, enum mirror_sync *sync, bool *incremental);

@@ -740,7 +740,8 @@ static int write_set(struct blockdev *bs, struct bitmap_dir *old, bool in_use,
         }
         en->name = (char *)dirty_bitmap_name(bm);
         en->granularity_bits = (uint8_t)__builtin_ctz(dirty_bitmap_granularity(bm));
-        en->flags = (dirty_bitmap_enabled(bm) ? FLAG_AUTO : 0) | (in_use ? FLAG_IN_USE : 0);
+        bool mark_in_use = in_use && !dirty_bitmap_write_ahead(bm);
+        en->flags = (dirty_bitmap_enabled(bm) ? FLAG_AUTO : 0) | (mark_in_use ? FLAG_IN_USE : 0);
         if ((ret = write_bitmap(s, bm, en, buf, e)) < 0)
             break;
         en->written = true;
