@@ -20,6 +20,7 @@ DECLARE_COMMAND(cmd_export);
 DECLARE_COMMAND(cmd_commit);
 DECLARE_COMMAND(cmd_rebase);
 DECLARE_COMMAND(cmd_serve);
+DECLARE_COMMAND(cmd_job);
 DECLARE_COMMAND(cmd_measure);
 DECLARE_COMMAND(cmd_amend);
 DECLARE_COMMAND(cmd_snapshot);

@@ -445,6 +445,8 @@ void json_print(FILE *out, const struct prop *p, int indent)
     case PROP_INT: fprintf(out, "%" PRId64, p->v.i); return;
     case PROP_UINT: fprintf(out, "%" PRIu64, p->v.u); return;
     case PROP_BOOL: fputs(p->v.b ? "true" : "false", out); return;
+    case PROP_NULL: fputs("null", out); return;
+    case PROP_DOUBLE: fprintf(out, "%.17g", p->v.d); return;
     case PROP_OBJECT:
     case PROP_ARRAY: break;
     }

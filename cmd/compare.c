@@ -2,9 +2,18 @@
  * 1 different (with the first differing offset), 2 error.  Ranges that
  * both images report as zero by block status, or that both read from the
  * same place of the same file, are not read; the rest is read from both
- * images in large requests and compared with memcmp. */
+ * images in large requests and compared with memcmp.
+ *
+ * The reads run ahead of the comparison: the main thread walks the block
+ * status and cuts the runs to read into segments, which it queues in a
+ * ring of CMP_SLOTS; one reader thread per image reads its side of each
+ * segment in order, and the main thread compares the segments in order as
+ * both sides arrive.  So both files are read at once, with several
+ * requests queued, while the CPU compares (two streams at once are about
+ * twice as fast as one after the other on the benchmark's disk, cold). */
 #include <errno.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +22,9 @@
 /* Reads are this large: large requests keep the disk and the qcow2
  * driver busy. */
 #define CMP_CHUNK (4u << 20)
+/* Segments read ahead of the comparison (each side has a CMP_CHUNK
+ * buffer per slot). */
+#define CMP_SLOTS 4
 
 enum { CMP_SAME = 0, CMP_DIFFERENT = 1, CMP_ERROR = 2 };
 
@@ -21,9 +33,36 @@ enum { CMP_SAME = 0, CMP_DIFFERENT = 1, CMP_ERROR = 2 };
  * follows the number of runs, not the virtual size. */
 struct side {
     struct blockdev *bs;
-    uint8_t *buf;
+    uint8_t *buf;                   /* check_tail_zero's buffer */
     struct blk_extent ext;
     uint64_t ext_start;     /* image offset of ext (ext.length == 0: none) */
+    struct pipeline *pl;
+    int index;                      /* 0 or 1: its buffers and flags in a slot */
+    pthread_t reader;
+    bool reader_started;
+};
+
+/* A segment of [off, off + len) to compare, read by one or both sides. */
+struct slot {
+    uint64_t off;
+    size_t len;
+    bool read[2];                   /* this side is read (not zero by status) */
+    bool done[2];                   /* ... and its read completed */
+    bool same_allocation;           /* for qemu_mismatch_offset */
+    int ret[2];
+    struct err err[2];
+    uint8_t *buf[2];
+};
+
+/* The ring of segments between the main thread and the readers, under
+ * `lock`: slots [head, head + queued) are queued in offset order. */
+struct pipeline {
+    pthread_mutex_t lock;
+    pthread_cond_t changed;         /* a slot was queued, read or freed, or stop */
+    struct slot slots[CMP_SLOTS];
+    unsigned head, queued;
+    unsigned next_read[2];          /* per side: the next queued slot it reads */
+    bool stop;                      /* readers exit (done, or a difference found) */
 };
 
 /* The status of the run at `off` (up to `end`), reusing the last answer. */
@@ -41,17 +80,71 @@ static int side_status(struct side *s, uint64_t off, uint64_t end, struct err *e
     return blk_block_status_host(s->bs, off, end - off, &s->ext, e);
 }
 
-/* Read `len` bytes at `off` of the sides that need it.  One after the
- * other: reading the two files at once was slower on the benchmark's
- * disk, cold and warm (two streams defeat the readahead of each). */
-static int read_sides(struct side *a, bool read_a, struct side *b, bool read_b, uint64_t off,
-                      size_t len, struct err *e)
+/* A reader thread: reads its side of every queued slot, in order. */
+static void *reader_main(void *opaque)
 {
-    if (read_a && blk_pread(a->bs, off, a->buf, len, e) < 0)
-        return -1;
-    if (read_b && blk_pread(b->bs, off, b->buf, len, e) < 0)
-        return -1;
+    struct side *s = opaque;
+    struct pipeline *pl = s->pl;
+    int i = s->index;
+    pthread_mutex_lock(&pl->lock);
+    for (;;) {
+        while (!pl->stop && pl->next_read[i] == pl->head + pl->queued)
+            pthread_cond_wait(&pl->changed, &pl->lock);
+        if (pl->stop)
+            break;
+        struct slot *sl = &pl->slots[pl->next_read[i] % CMP_SLOTS];
+        pl->next_read[i]++;
+        if (sl->read[i]) {
+            pthread_mutex_unlock(&pl->lock);
+            int ret = blk_pread(s->bs, sl->off, sl->buf[i], sl->len, &sl->err[i]);
+            pthread_mutex_lock(&pl->lock);
+            sl->ret[i] = ret;
+        }
+        sl->done[i] = true;
+        pthread_cond_broadcast(&pl->changed);
+    }
+    pthread_mutex_unlock(&pl->lock);
+    return NULL;
+}
+
+static int pipeline_start(struct pipeline *pl, struct side *a, struct side *b, struct err *e)
+{
+    pthread_mutex_init(&pl->lock, NULL);
+    pthread_cond_init(&pl->changed, NULL);
+    for (unsigned k = 0; k < CMP_SLOTS; k++)
+        for (int i = 0; i < 2; i++)
+            /* Aligned for -T none (O_DIRECT). */
+            if (posix_memalign((void **)&pl->slots[k].buf[i], 4096, CMP_CHUNK)) {
+                pl->slots[k].buf[i] = NULL;
+                return err_set(e, ENOMEM, "out of memory");
+            }
+    struct side *sides[2] = { a, b };
+    for (int i = 0; i < 2; i++) {
+        sides[i]->pl = pl;
+        sides[i]->index = i;
+        int ret = pthread_create(&sides[i]->reader, NULL, reader_main, sides[i]);
+        if (ret)
+            return err_set(e, ret, "cannot start a reader thread: %s", strerror(ret));
+        sides[i]->reader_started = true;
+    }
     return 0;
+}
+
+static void pipeline_stop(struct pipeline *pl, struct side *a, struct side *b)
+{
+    pthread_mutex_lock(&pl->lock);
+    pl->stop = true;
+    pthread_cond_broadcast(&pl->changed);
+    pthread_mutex_unlock(&pl->lock);
+    struct side *sides[2] = { a, b };
+    for (int i = 0; i < 2; i++)
+        if (sides[i]->reader_started)
+            pthread_join(sides[i]->reader, NULL);
+    for (unsigned k = 0; k < CMP_SLOTS; k++)
+        for (int i = 0; i < 2; i++)
+            free(pl->slots[k].buf[i]);
+    pthread_mutex_destroy(&pl->lock);
+    pthread_cond_destroy(&pl->changed);
 }
 
 /* Offset of the first differing byte, or len: memcmp finds whether a block
@@ -115,55 +208,127 @@ static size_t qemu_mismatch_offset(size_t at, size_t len, bool both_allocated)
     return at;
 }
 
-/* Compare [off, off + len) of both sides, whose runs ea/eb cover it. */
-static int compare_run(struct side *a, struct side *b, uint64_t off, size_t len,
-                       uint64_t *diff, bool *differs, struct err *e)
+/* Cut the next segment to read at *off (moving past what block status
+ * proves equal: zero on both sides, or the same stored data) into `sl`.
+ * Returns 1 when a segment was cut, 0 at `end` or, in strict mode, where
+ * the block status differs (*by_status set, *off there), -1 on error. */
+static int plan_segment(struct side *a, struct side *b, uint64_t *off, uint64_t end,
+                        bool strict, struct slot *sl, bool *by_status, struct err *e)
 {
-    bool za = a->ext.flags & BLK_STATUS_ZERO, zb = b->ext.flags & BLK_STATUS_ZERO;
-    if ((za && zb) || same_stored_data(&a->ext, &b->ext))
-        return 0;
-    if (read_sides(a, !za, b, !zb, off, len, e) < 0)
-        return -1;
-    size_t at = za ? first_nonzero(b->buf, len)
-              : zb ? first_nonzero(a->buf, len)
-                   : first_difference(a->buf, b->buf, len);
-    if (at < len) {
-        *differs = true;
-        *diff = off + qemu_mismatch_offset(at, len, (a->ext.flags & BLK_STATUS_ALLOCATED) ==
-                                                    (b->ext.flags & BLK_STATUS_ALLOCATED));
+    while (*off < end) {
+        /* Ask for the status up to the end: qemu-img's strict mode also
+         * tells apart a run that reaches the end of the image from one
+         * that does not (BDRV_BLOCK_EOF). */
+        if (side_status(a, *off, end, e) < 0 || side_status(b, *off, end, e) < 0)
+            return -1;
+        const struct blk_extent *ea = &a->ext, *eb = &b->ext;
+        if (strict && ((ea->flags & STRICT_STATUS) != (eb->flags & STRICT_STATUS) ||
+                       (*off + ea->length == end) != (*off + eb->length == end))) {
+            *by_status = true;
+            return 0;
+        }
+        uint64_t len = min_u64(ea->length, eb->length);
+        bool za = ea->flags & BLK_STATUS_ZERO, zb = eb->flags & BLK_STATUS_ZERO;
+        if ((za && zb) || same_stored_data(ea, eb)) {
+            *off += len;
+            continue;
+        }
+        sl->off = *off;
+        sl->len = (size_t)min_u64(len, CMP_CHUNK);
+        sl->read[0] = !za;
+        sl->read[1] = !zb;
+        sl->done[0] = sl->done[1] = false;
+        sl->ret[0] = sl->ret[1] = 0;
+        sl->same_allocation = (ea->flags & BLK_STATUS_ALLOCATED) ==
+                              (eb->flags & BLK_STATUS_ALLOCATED);
+        *off += sl->len;
+        return 1;
     }
     return 0;
 }
 
+/* Compare a segment whose reads completed: 0, or -1 with the read error. */
+static int compare_slot(const struct slot *sl, uint64_t *diff, bool *differs, struct err *e)
+{
+    for (int i = 0; i < 2; i++)
+        if (sl->ret[i] < 0) {
+            *e = sl->err[i];
+            return -1;
+        }
+    size_t at = !sl->read[0] ? first_nonzero(sl->buf[1], sl->len)
+              : !sl->read[1] ? first_nonzero(sl->buf[0], sl->len)
+                             : first_difference(sl->buf[0], sl->buf[1], sl->len);
+    if (at < sl->len) {
+        *differs = true;
+        *diff = sl->off + qemu_mismatch_offset(at, sl->len, sl->same_allocation);
+    }
+    return 0;
+}
+
+/* Queue segments until the ring is full or nothing is left to cut (*more
+ * cleared; a failure to cut is kept in plan_ret/plan_err, for after the
+ * segments before it). */
+static void fill_pipeline(struct side *a, struct side *b, uint64_t *off, uint64_t end,
+                          bool strict, bool *more, bool *by_status, int *plan_ret,
+                          struct err *plan_err, struct progress *bar)
+{
+    struct pipeline *pl = a->pl;
+    while (*more && pl->queued < CMP_SLOTS) {
+        progress_update(bar, *off);
+        struct slot *sl = &pl->slots[(pl->head + pl->queued) % CMP_SLOTS];
+        int r = plan_segment(a, b, off, end, strict, sl, by_status, plan_err);
+        if (r <= 0) {
+            *plan_ret = r;
+            *more = false;
+            return;
+        }
+        pthread_mutex_lock(&pl->lock);
+        pl->queued++;
+        pthread_cond_broadcast(&pl->changed);
+        pthread_mutex_unlock(&pl->lock);
+    }
+}
+
 /* Compare [off, end) of both images; *diff gets the first differing offset,
- * *by_status says whether (in strict mode) the block status differs there. */
+ * *by_status says whether (in strict mode) the block status differs there.
+ * Segments are compared in offset order, so the first difference wins
+ * over a later one, a later status difference or a later error. */
 static int compare_common(struct side *a, struct side *b, uint64_t off, uint64_t end,
                           bool strict, uint64_t *diff, bool *differs, bool *by_status,
                           struct progress *bar, struct err *e)
 {
-    while (off < end) {
-        progress_update(bar, off);
-        /* Ask for the status up to the end: qemu-img's strict mode also
-         * tells apart a run that reaches the end of the image from one
-         * that does not (BDRV_BLOCK_EOF). */
-        if (side_status(a, off, end, e) < 0 || side_status(b, off, end, e) < 0)
+    struct pipeline *pl = a->pl;
+    struct err plan_err = { 0 };
+    int plan_ret = 0;
+    bool more = true;
+    for (;;) {
+        fill_pipeline(a, b, &off, end, strict, &more, by_status, &plan_ret, &plan_err, bar);
+        if (!pl->queued)
+            break;
+        struct slot *sl = &pl->slots[pl->head % CMP_SLOTS];
+        pthread_mutex_lock(&pl->lock);
+        while (!sl->done[0] || !sl->done[1])
+            pthread_cond_wait(&pl->changed, &pl->lock);
+        pthread_mutex_unlock(&pl->lock);
+        if (compare_slot(sl, diff, differs, e) < 0)
             return -1;
-        const struct blk_extent *ea = &a->ext, *eb = &b->ext;
-        if (strict && ((ea->flags & STRICT_STATUS) != (eb->flags & STRICT_STATUS) ||
-                       (off + ea->length == end) != (off + eb->length == end))) {
-            *differs = true;
-            *by_status = true;
-            *diff = off;
+        if (*differs) {
+            *by_status = false;
             return 0;
         }
-        uint64_t len = min_u64(ea->length, eb->length);
-        if (!(ea->flags & eb->flags & BLK_STATUS_ZERO))
-            len = min_u64(len, CMP_CHUNK);
-        if (compare_run(a, b, off, (size_t)len, diff, differs, e) < 0)
-            return -1;
-        if (*differs)
-            return 0;
-        off += len;
+        pthread_mutex_lock(&pl->lock);
+        pl->head++;
+        pl->queued--;
+        pthread_cond_broadcast(&pl->changed);
+        pthread_mutex_unlock(&pl->lock);
+    }
+    if (plan_ret < 0) {
+        *e = plan_err;
+        return -1;
+    }
+    if (*by_status) {
+        *differs = true;
+        *diff = off;
     }
     return 0;
 }
@@ -243,8 +408,12 @@ int cmd_compare(const struct command *cmd, int argc, const char **argv)
     bool differs = false, by_status = false;
     struct progress bar;
     progress_init(&bar, progress && !quiet, max_u64(a.bs->size, b.bs->size));
-    ret = compare_common(&a, &b, 0, common, strict, &diff, &differs, &by_status, &bar,
-                         &e);
+    struct pipeline pl = { 0 };
+    ret = pipeline_start(&pl, &a, &b, &e);
+    if (ret == 0)
+        ret = compare_common(&a, &b, 0, common, strict, &diff, &differs, &by_status, &bar,
+                             &e);
+    pipeline_stop(&pl, &a, &b);
     /* As qemu-img, the warning comes once the common part is the same. */
     if (ret == 0 && !differs && a.bs->size != b.bs->size && !quiet)
         printf("Warning: Image size mismatch!\n");

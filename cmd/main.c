@@ -24,6 +24,7 @@ const struct command commands[] = {
     { "io",      cmd_io,      "read, write, zero and discard ranges of an image", "[OPTIONS] -c COMMAND... FILENAME" },
     { "bitmap",  cmd_bitmap,  "add, remove, merge, list and dump persistent dirty bitmaps", "(--add | --remove | --clear | --enable | --disable | --merge SOURCE)... [OPTIONS] FILENAME BITMAP, or --list FILENAME, or --dump FILENAME BITMAP" },
     { "serve",   cmd_serve,   "export disk images over NBD", "[OPTIONS] IMAGE..." },
+    { "job",     cmd_job,     "complete, cancel, tune or query the mirror job of a running serve", "(complete | cancel | set-speed SPEED | change | query) --control=PATH [OPTIONS] [JOB-ID]" },
     { NULL, NULL, NULL, NULL },
 };
 

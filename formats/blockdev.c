@@ -684,9 +684,14 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
                                         blk_backing_name_for_header(p.backing_file)))
         ret = err_set(e, ENOMEM, "out of memory");
     f->fault = p.open_opts ? p.open_opts->transport.fault : NULL;
+    /* Under its temporary name the new image needs no ordering flushes
+     * between its metadata writes, only one flush when it is complete
+     * (a block device is written in place: there they stay). */
+    hostfile_defer_flushes(f, !special);
     if (ret == 0)
         ret = drv->create(&f->tp, &p, e);
     free(backing_name);
+    hostfile_defer_flushes(f, false);
     if (ret == 0)
         ret = hostfile_flush(f, e);
     hostfile_close(f);
@@ -1026,6 +1031,14 @@ int blk_flush(struct blockdev *bs, struct err *e)
 
 void blk_defer_flushes(struct blockdev *bs, bool defer)
 {
+    /* Ending the deferral: the metadata the driver caches is written back
+     * first, still without ordering flushes, so that the caller's blk_flush
+     * is one flush of the whole image.  A failure here leaves the caches
+     * dirty for that blk_flush to retry and report. */
+    if (!defer && bs->drv->flush && !bs->read_only) {
+        struct err ignored;
+        bs->drv->flush(bs, &ignored);
+    }
     transport_defer_flushes(bs->file, defer);
 }
 

@@ -11,6 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#define WRITE_BEHIND_BYTES (16u << 20)
+
 /* Byte offsets of QEMU's permission locks (block/file-posix.c). */
 #define LOCK_PERM_BASE   100
 #define LOCK_SHARED_BASE 200
@@ -322,10 +324,26 @@ static void fault_injection_point(struct hostfile *f)
         raise(SIGKILL);
 }
 
+/* Write-behind: every WRITE_BEHIND_BYTES of buffered writes, start the
+ * writeback of the file's dirty pages (no waiting, no durability claim:
+ * hostfile_flush still does that).  A copy then overlaps its writes to disk
+ * with the work that produces them, instead of leaving all of it to the
+ * final fdatasync. */
+static void write_behind(struct hostfile *f, int fd, uint64_t written)
+{
+    if (f->direct && fd == f->fd)
+        return;
+    uint64_t before = atomic_fetch_add(&f->unsynced, written);
+    if (before + written >= WRITE_BEHIND_BYTES &&
+        atomic_exchange(&f->unsynced, 0) >= WRITE_BEHIND_BYTES)
+        sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+}
+
 int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, int iovcnt,
                      struct err *e)
 {
     fault_injection_point(f);
+    uint64_t written = 0;
     int fd = fd_for(f, off, iov, iovcnt);
     struct iovec cur[IOV_BATCH];
     size_t skip = 0;
@@ -339,8 +357,10 @@ int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, 
                              (unsigned long long)off);
         }
         off += (uint64_t)r;
+        written += (uint64_t)r;
         n = iov_advance(&iov, &iovcnt, &skip, (size_t)r, cur);
     }
+    write_behind(f, fd, written);
     return 0;
 }
 

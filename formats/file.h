@@ -4,6 +4,7 @@
 #ifndef IMGTOOL_FILE_H
 #define IMGTOOL_FILE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/uio.h>
@@ -51,6 +52,7 @@ struct hostfile {
      * the final flush comes after hostfile_defer_flushes(f, false). */
     bool flush_deferred;
     struct fault_injection *fault;  /* test hook (transport.h), or NULL */
+    atomic_uint_fast64_t unsynced;  /* bytes written since writeback was last started */
 };
 
 /* The transport vtable of host files (transport.h). */

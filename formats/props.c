@@ -77,6 +77,33 @@ struct prop *prop_add_bool(struct prop *parent, const char *key, bool value)
     return p;
 }
 
+struct prop *prop_add_null(struct prop *parent, const char *key)
+{
+    return prop_add(parent, key, PROP_NULL);
+}
+
+struct prop *prop_add_double(struct prop *parent, const char *key, double value)
+{
+    struct prop *p = prop_add(parent, key, PROP_DOUBLE);
+    if (p)
+        p->v.d = value;
+    return p;
+}
+
+struct prop *prop_add_copy(struct prop *parent, const char *key, const struct prop *src)
+{
+    if (src->type == PROP_STRING)
+        return prop_add_string(parent, key, src->v.s);
+    struct prop *p = prop_add(parent, key, src->type);
+    if (!p)
+        return NULL;
+    p->v = src->v;
+    for (const struct prop *c = src->first; c; c = c->next)
+        if (!prop_add_copy(p, c->key, c))
+            break;
+    return p;
+}
+
 struct prop *prop_get(const struct prop *obj, const char *key)
 {
     for (struct prop *c = obj ? obj->first : NULL; c; c = c->next)

@@ -7,7 +7,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-enum prop_type { PROP_OBJECT, PROP_ARRAY, PROP_STRING, PROP_INT, PROP_UINT, PROP_BOOL };
+enum prop_type {
+    PROP_OBJECT, PROP_ARRAY, PROP_STRING, PROP_INT, PROP_UINT, PROP_BOOL,
+    PROP_NULL, PROP_DOUBLE,     /* only from parsed JSON (json.h) */
+};
 
 struct prop {
     enum prop_type type;
@@ -17,6 +20,7 @@ struct prop {
         int64_t i;
         uint64_t u;
         bool b;
+        double d;
     } v;
     struct prop *first, *last;  /* children of objects and arrays */
     struct prop *next;
@@ -33,6 +37,10 @@ struct prop *prop_add_string(struct prop *parent, const char *key, const char *v
 struct prop *prop_add_int(struct prop *parent, const char *key, int64_t value);
 struct prop *prop_add_uint(struct prop *parent, const char *key, uint64_t value);
 struct prop *prop_add_bool(struct prop *parent, const char *key, bool value);
+struct prop *prop_add_null(struct prop *parent, const char *key);
+struct prop *prop_add_double(struct prop *parent, const char *key, double value);
+/* A deep copy of `src` (its key replaced by `key`) as a new child. */
+struct prop *prop_add_copy(struct prop *parent, const char *key, const struct prop *src);
 struct prop *prop_get(const struct prop *obj, const char *key);
 /* Reorder an object's children: the keys of `order` (NULL-terminated)
  * first, in that order, then the others as they were. */

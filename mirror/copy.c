@@ -287,10 +287,11 @@ static int zero_differing(struct engine *eng, uint8_t *cmp, uint64_t off, uint64
     return 0;
 }
 
-/* Compressed writes go cluster by cluster: the driver compresses whole
- * clusters (or the disk's last, partial one).  Zero clusters are zeroed as
- * usual, and the pieces of clusters cut by the copy range are written
- * plainly. */
+/* Compressed writes: the driver compresses whole clusters (or the disk's
+ * last, partial one).  Zero clusters are zeroed as usual, the pieces of
+ * clusters cut by the copy range are written plainly, and each run of
+ * whole clusters with data goes to the driver in one call, so that it sets
+ * up its compression context once per run rather than per cluster. */
 static int write_compressed(struct engine *eng, const uint8_t *buf, uint64_t off, size_t len,
                             struct copy_stats *st, struct err *e)
 {
@@ -304,6 +305,16 @@ static int write_compressed(struct engine *eng, const uint8_t *buf, uint64_t off
         if (!eng->job->write_zeroes_as_data && buffer_is_zero(buf + pos, n)) {
             ret = copy_zeroes(eng->job, at, n, st, e);
         } else if (whole) {
+            /* Extend the run over the whole data clusters that follow. */
+            size_t run = n;
+            while (pos + run < len) {
+                size_t next = (size_t)min_u64(eng->align, len - pos - run);
+                if ((next < eng->align && at + run + next != dst->size) ||
+                    buffer_is_zero(buf + pos + run, next))
+                    break;
+                run += next;
+            }
+            n = run;
             ret = blk_pwrite_compressed(dst, at, buf + pos, n, e);
             if (ret == 0)
                 st->bytes_written += n;

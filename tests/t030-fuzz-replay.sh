@@ -13,9 +13,9 @@ src=$(cd "$(dirname "$0")" && pwd)
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
 [ -n "${FUZZ_REPLAY:-}" ] || skip "FUZZ_REPLAY not set (run through make check)"
-# The NBD server's target reads client byte streams, not images: it has
-# its own corpus (t653).
-bins=$(tr ' ' '\n' <<<"$FUZZ_REPLAY" | grep -v 'replay_fuzz_nbd_server$' || true)
+# The NBD server's and the control socket's targets read client byte
+# streams, not images: they have their own corpora (t653, t680).
+bins=$(tr ' ' '\n' <<<"$FUZZ_REPLAY" | grep -vE 'replay_fuzz_(nbd_server|control)$' || true)
 [ -n "$bins" ] || die "no replay program in FUZZ_REPLAY"
 
 mkdir inputs

@@ -8,6 +8,7 @@
  * connection fails (EOF, protocol violation, timeout) the reader completes
  * every slot with the error and later requests fail at once. */
 #include "nbd/nbd.h"
+#include "nbd/extent-cache.h"
 #include "nbd/proto.h"
 #include "nbd/socket.h"
 
@@ -23,7 +24,6 @@
 #define NBD_MAX_INFLIGHT  64
 #define NBD_MAX_CONNS     16
 #define NBD_MAX_CONTEXTS  32
-#define NBD_CACHE_EXTENTS 4096
 #define NBD_EXTRA_CONN_TIMEOUT 2    /* seconds, for multi-conn's extra connections */
 #define NBD_DEFAULT_MAX_BLOCK (32u << 20)   /* spec: without constraints, 32 MiB */
 /* Zero and trim carry no payload: larger requests, aligned to 1 MiB. */
@@ -93,12 +93,7 @@ struct nbd_transport {
      * qemu: contexts the server lists (owned, from owned_from on). */
     const char *contexts[NBD_MAX_CONTEXTS];
     unsigned ncontexts, owned_from;
-    /* Block status cache: descriptors of the last reply, per context. */
-    pthread_mutex_t cache_mu;
-    int cache_ctx;              /* -1: empty */
-    uint64_t cache_start;
-    struct nbd_extent cache[NBD_CACHE_EXTENTS];
-    uint32_t cache_n;
+    struct nbd_extent_cache cache;
 };
 
 static struct nbd_transport *to_nbd(struct transport *t)
@@ -508,17 +503,29 @@ static struct nbd_conn *pick_conn(struct nbd_transport *nt)
     return nt->conns[i % nt->nconns];
 }
 
+static void cache_invalidate(struct nbd_transport *nt);
+
+/* A request with no reply data.  Those that change the export forget the
+ * cached block status before they are sent and again when they are done,
+ * so that no reply to a query that overlapped them stays cached. */
 static int simple_request(struct nbd_transport *nt, uint16_t type, uint16_t flags,
                           uint64_t off, uint32_t len, const struct iovec *payload,
                           int npayload, struct err *e)
 {
+    bool changes = type == NBD_CMD_WRITE || type == NBD_CMD_WRITE_ZEROES ||
+                   type == NBD_CMD_TRIM;
+    if (changes)
+        cache_invalidate(nt);
     struct nbd_conn *c = pick_conn(nt);
     struct nbd_slot *s = take_slot(c);
     if (!s)
         return conn_dead_error(c, e);
     s->req = (struct nbd_request){ .flags = flags, .type = type, .offset = off,
                                    .length = len };
-    return run_request(c, s, payload, npayload, e);
+    int ret = run_request(c, s, payload, npayload, e);
+    if (changes)
+        cache_invalidate(nt);
+    return ret;
 }
 
 /* --- Handshake --- */
@@ -824,7 +831,7 @@ static void nbd_tp_close(struct transport *t)
     struct nbd_transport *nt = to_nbd(t);
     for (unsigned i = 0; i < nt->nconns; i++)
         conn_free(nt->conns[i]);
-    pthread_mutex_destroy(&nt->cache_mu);
+    nbd_extent_cache_destroy(&nt->cache);
     for (unsigned i = nt->owned_from; i < nt->ncontexts; i++)
         free((char *)nt->contexts[i]);
     nbd_uri_free(&nt->uri);
@@ -835,9 +842,7 @@ static void nbd_tp_close(struct transport *t)
 
 static void cache_invalidate(struct nbd_transport *nt)
 {
-    pthread_mutex_lock(&nt->cache_mu);
-    nt->cache_ctx = -1;
-    pthread_mutex_unlock(&nt->cache_mu);
+    nbd_extent_cache_invalidate(&nt->cache);
 }
 
 /* An iovec for [skip, skip + len) of iov (malloc'ed array). */
@@ -971,7 +976,6 @@ static int nbd_tp_pwritev(struct transport *t, uint64_t off, const struct iovec 
     int ret = check_writable(nt, e);
     if (ret < 0)
         return ret;
-    cache_invalidate(nt);
     uint64_t len = 0;
     for (int i = 0; i < iovcnt; i++)
         len += iov[i].iov_len;
@@ -1044,7 +1048,6 @@ static int nbd_tp_write_zeroes(struct transport *t, uint64_t off, uint64_t len, 
     int ret = check_writable(nt, e);
     if (ret < 0 || len == 0)
         return ret;
-    cache_invalidate(nt);
     bool fast = flags & TRANSPORT_ZERO_FAST;
     if (!(nt->flags & NBD_FLAG_SEND_WRITE_ZEROES) ||
         (fast && !(nt->flags & NBD_FLAG_SEND_FAST_ZERO))) {
@@ -1074,7 +1077,6 @@ static int nbd_tp_discard(struct transport *t, uint64_t off, uint64_t len, struc
     int ret = check_writable(nt, e);
     if (ret < 0 || !(nt->flags & NBD_FLAG_SEND_TRIM))
         return ret;     /* discard is a hint */
-    cache_invalidate(nt);
     uint64_t a = align_up(off, nt->min_block), b = align_down(off + len, nt->min_block);
     return a < b ? ranged_command(nt, NBD_CMD_TRIM, 0, a, b - a, e) : 0;
 }
@@ -1112,29 +1114,10 @@ static int context_index(struct nbd_transport *nt, const char *name)
     return -1;
 }
 
-static bool cache_lookup(struct nbd_transport *nt, int ci, uint64_t off, uint64_t bytes,
-                         uint32_t *flags, uint64_t *run)
-{
-    bool hit = false;
-    pthread_mutex_lock(&nt->cache_mu);
-    if (nt->cache_ctx == ci && off >= nt->cache_start) {
-        uint64_t pos = nt->cache_start;
-        for (uint32_t i = 0; i < nt->cache_n; i++) {
-            if (off < pos + nt->cache[i].length) {
-                *flags = nt->cache[i].flags;
-                *run = min_u64(pos + nt->cache[i].length - off, bytes);
-                hit = true;
-                break;
-            }
-            pos += nt->cache[i].length;
-        }
-    }
-    pthread_mutex_unlock(&nt->cache_mu);
-    return hit;
-}
-
+/* Ask the server about `off` for context `ci`: the descriptor at `off`
+ * answers (flags, run), and the whole reply goes into the cache. */
 static int query_status(struct nbd_transport *nt, int ci, uint64_t off, uint64_t bytes,
-                        struct err *e)
+                        uint32_t *flags, uint64_t *run, struct err *e)
 {
     struct nbd_conn *c = pick_conn(nt);
     struct nbd_extent *ext = malloc(sizeof(*ext) * NBD_CACHE_EXTENTS);
@@ -1145,20 +1128,27 @@ static int query_status(struct nbd_transport *nt, int ci, uint64_t off, uint64_t
         free(ext);
         return conn_dead_error(c, e);
     }
-    uint32_t len = (uint32_t)min_u64(bytes, align_down(0xffffffffu, nt->min_block));
+    /* Not just `bytes`: as much as one request can cover (to the end of
+     * the export), so that the extents after this one come in the same
+     * reply.  A walk over the export (a copy, map, the runs of a dirty
+     * bitmap) then costs one round trip per reply, not one per extent
+     * (each dirty range of an incremental backup would otherwise pay
+     * one).  The server may answer with less (proto.md). */
+    uint32_t len = (uint32_t)min_u64(nt->size - off, align_down(0xffffffffu, nt->min_block));
     s->req = (struct nbd_request){ .type = NBD_CMD_BLOCK_STATUS, .offset = off, .length = len };
     s->want_context = c->ctx_id[ci];
     s->ext = ext;
     s->maxext = NBD_CACHE_EXTENTS;
+    uint64_t generation = nbd_extent_cache_generation(&nt->cache);
     int ret = run_request(c, s, NULL, 0, e);
+    /* The decoder checked that the descriptors start at `off` and that
+     * there is at least one. */
     if (ret == 0) {
-        pthread_mutex_lock(&nt->cache_mu);
-        nt->cache_ctx = ci;
-        nt->cache_start = off;
-        nt->cache_n = s->next;
-        memcpy(nt->cache, ext, sizeof(*ext) * s->next);
-        pthread_mutex_unlock(&nt->cache_mu);
+        *flags = ext[0].flags;
+        *run = min_u64(ext[0].length, bytes);
     }
+    if (ret == 0 && nbd_extent_cache_store(&nt->cache, generation, ci, off, ext, s->next) < 0)
+        ret = err_set(e, ENOMEM, "out of memory");
     free(ext);
     return ret;
 }
@@ -1169,15 +1159,9 @@ static int context_status(struct nbd_transport *nt, int ci, uint64_t off, uint64
     if (off >= nt->size || bytes == 0)
         return err_set(e, EINVAL, "%s: block status beyond the end", nt->uri_text);
     bytes = min_u64(bytes, nt->size - off);
-    if (cache_lookup(nt, ci, off, bytes, flags, run))
+    if (nbd_extent_cache_lookup(&nt->cache, ci, off, bytes, flags, run))
         return 0;
-    int ret = query_status(nt, ci, off, bytes, e);
-    if (ret < 0)
-        return ret;
-    if (!cache_lookup(nt, ci, off, bytes, flags, run))
-        return err_set(e, EPROTO, "%s: block status reply does not describe offset %llu",
-                       nt->uri_text, (unsigned long long)off);
-    return 0;
+    return query_status(nt, ci, off, bytes, flags, run, e);
 }
 
 int nbd_context_status(struct transport *t, const char *context, uint64_t off, uint64_t bytes,
@@ -1367,8 +1351,7 @@ int nbd_transport_open(const char *uri, bool writable, const struct transport_op
     nt->tp.ops = &nbd_transport_ops;
     nt->tp.name = nt->uri_text;
     nt->writable = writable;
-    nt->cache_ctx = -1;
-    pthread_mutex_init(&nt->cache_mu, NULL);
+    nbd_extent_cache_init(&nt->cache);
     nt->contexts[nt->ncontexts++] = NBD_CONTEXT_BASE_ALLOCATION;
     for (const char *const *c = o->nbd_contexts; c && *c; c++)
         if (nt->ncontexts < NBD_MAX_CONTEXTS)

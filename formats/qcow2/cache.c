@@ -150,19 +150,34 @@ static struct qcow2_cache_entry *find_entry(struct qcow2_cache *c, const uint8_t
     return NULL;
 }
 
+/* Return the cached table `ce` (fresh: zeroed and dirty). */
+static void cache_hit(struct qcow2_state *s, struct qcow2_cache *c, size_t i, bool fresh,
+                      uint8_t **table)
+{
+    struct qcow2_cache_entry *ce = &c->entries[i];
+    ce->lru = ++c->clock;
+    if (fresh) {
+        memset(ce->data, 0, s->cluster_size);
+        ce->dirty = true;
+    }
+    c->last = i;
+    *table = ce->data;
+}
+
 int qcow2_cache_get(struct qcow2_state *s, struct qcow2_cache *c, uint64_t offset, bool fresh,
                     uint8_t **table, struct err *e)
 {
+    /* Walks (map, check, a copy) ask for the same table many times in a
+     * row: look at the last one returned before scanning them all. */
+    if (offset && c->last < c->count && c->entries[c->last].offset == offset) {
+        cache_hit(s, c, c->last, fresh, table);
+        return 0;
+    }
     struct qcow2_cache_entry *victim = NULL;
     for (size_t i = 0; i < c->count; i++) {
         struct qcow2_cache_entry *ce = &c->entries[i];
         if (ce->offset == offset) {
-            ce->lru = ++c->clock;
-            if (fresh) {
-                memset(ce->data, 0, s->cluster_size);
-                ce->dirty = true;
-            }
-            *table = ce->data;
+            cache_hit(s, c, i, fresh, table);
             return 0;
         }
         if (!victim || (victim->offset && (!ce->offset || ce->lru < victim->lru)))
@@ -188,6 +203,7 @@ int qcow2_cache_get(struct qcow2_state *s, struct qcow2_cache *c, uint64_t offse
     }
     victim->offset = offset;
     victim->lru = ++c->clock;
+    c->last = (size_t)(victim - c->entries);
     *table = victim->data;
     return 0;
 }

@@ -641,10 +641,11 @@ static int write_incompatible(struct qcow2_state *s, uint64_t bits, struct err *
     return ret;
 }
 
-/* The refcount on disk of `cluster`.  A refcount block at an unaligned
- * offset cannot be read: like QEMU, say so once and, when repairing, mark
- * the image corrupt until the refcount structure is rebuilt. */
-static int disk_refcount(struct check *c, uint64_t cluster, uint64_t *refcount, struct err *e)
+/* The refcount block holding `cluster`'s refcount on disk (NULL: none),
+ * as qcow2_get_refblock.  A refcount block at an unaligned offset cannot be
+ * read: like QEMU, say so once and, when repairing, mark the image corrupt
+ * until the refcount structure is rebuilt. */
+static int disk_refblock(struct check *c, uint64_t cluster, uint8_t **block, struct err *e)
 {
     struct qcow2_state *s = c->s;
     uint64_t rt = cluster >> s->rb_bits;
@@ -667,7 +668,24 @@ static int disk_refcount(struct check *c, uint64_t cluster, uint64_t *refcount, 
         return err_set(e, EIO, "%s: refcount block %" PRIu64 " is not cluster aligned",
                        s->bs->filename, rt);
     }
-    return qcow2_get_refcount(s, cluster, refcount, e);
+    return qcow2_get_refblock(s, cluster, block, e);
+}
+
+static uint64_t refblock_entry(const struct qcow2_state *s, const uint8_t *block,
+                               uint64_t cluster)
+{
+    return block ? qcow2_refcount_entry_get(block, cluster & ((1ull << s->rb_bits) - 1),
+                                            s->refcount_order) : 0;
+}
+
+/* The refcount on disk of `cluster`. */
+static int disk_refcount(struct check *c, uint64_t cluster, uint64_t *refcount, struct err *e)
+{
+    uint8_t *block;
+    int ret = disk_refblock(c, cluster, &block, e);
+    if (ret == 0)
+        *refcount = refblock_entry(c->s, block, cluster);
+    return ret;
 }
 
 /* Set the refcount of `cluster` from `from` to `to` on disk.  A cluster
@@ -703,6 +721,13 @@ static bool no_disk_refblock(const struct qcow2_state *s, uint64_t cluster)
 static void compare_refcounts(struct check *c, unsigned fix, uint64_t *highest)
 {
     *highest = 0;
+    /* One message buffer for the loop, filled only on failure (clearing a
+     * 1 KiB buffer per cluster costs more than the comparison). */
+    struct err e = { 0 };
+    /* The refcount block of the clusters being compared is looked up once
+     * for all of them, and again after a repair (which uses the cache). */
+    uint8_t *block = NULL;
+    uint64_t block_rt = UINT64_MAX;
     for (uint64_t i = 0; i < c->nb_clusters; i++) {
         if (!refs_chunk(c, i >> c->s->rb_bits) && no_disk_refblock(c->s, i)) {
             /* Neither referenced nor counted: the whole block is fine. */
@@ -710,14 +735,17 @@ static void compare_refcounts(struct check *c, unsigned fix, uint64_t *highest)
             continue;
         }
         uint64_t on_disk, refs = refs_get(c, i);
-        struct err e = { 0 };
-        int ret = disk_refcount(c, i, &on_disk, &e);
-        if (ret < 0) {
-            blk_check_report(c->res, "Can't get refcount for cluster %" PRIu64 ": %s", i,
-                             strerror(-ret));
-            c->res->check_errors++;
-            continue;
+        if (i >> c->s->rb_bits != block_rt) {
+            int ret = disk_refblock(c, i, &block, &e);
+            if (ret < 0) {
+                blk_check_report(c->res, "Can't get refcount for cluster %" PRIu64 ": %s", i,
+                                 strerror(-ret));
+                c->res->check_errors++;
+                continue;
+            }
+            block_rt = i >> c->s->rb_bits;
         }
+        on_disk = refblock_entry(c->s, block, i);
         if (on_disk > 0 || refs > 0)
             *highest = i;
         if (on_disk == refs)
@@ -732,6 +760,8 @@ static void compare_refcounts(struct check *c, unsigned fix, uint64_t *highest)
         blk_check_report(c->res, "%s cluster %" PRIu64 " refcount=%" PRIu64 " reference=%"
                          PRIu64, fixed ? "Repairing" : on_disk < refs ? "ERROR" : "Leaked", i,
                          on_disk, refs);
+        if (fixed)
+            block_rt = UINT64_MAX;      /* the repair goes through the cache */
         if (fixed && set_disk_refcount(c, i, on_disk, refs, &e) == 0) {
             (*fixed)++;
             continue;

@@ -12,12 +12,15 @@
  * the stream; they are ignored.  A cluster decompresses to exactly one
  * cluster: less output is corruption.
  *
- * Every call sets up its own (de)compression context, so any number of
- * threads may compress at once without sharing state. */
+ * Every call (or qcow2_compressor, for a series of clusters) has its own
+ * (de)compression context, so any number of threads may compress at once
+ * without sharing state. */
 #include "formats/qcow2/compress.h"
 
 #include <errno.h>
 #include <limits.h>
+#include <stdbool.h>
+#include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
 #include <zstd.h>
@@ -40,32 +43,50 @@ static int corrupt(struct err *e)
     return err_set(e, EIO, "corrupt compressed cluster");
 }
 
-static ssize_t zlib_compress(const void *src, size_t len, void *dst, size_t dst_cap,
-                             struct err *e)
-{
+struct qcow2_compressor {
+    enum qcow2_compression_type type;
+    bool zlib_ready;            /* strm is set up (deflateInit2 succeeded) */
     z_stream strm;
-    memset(&strm, 0, sizeof(strm));
-    int zret = deflateInit2(&strm, Z_DEFAULT_COMPRESSION, Z_DEFLATED, ZLIB_WINDOW_BITS,
+    ZSTD_CCtx *cctx;            /* zstd: created on first use */
+};
+
+/* A fresh deflate stream the first time, a reset one after: deflateReset
+ * keeps the allocations and the parameters, and the stream then produces
+ * the same bytes as a new one. */
+static int zlib_begin(struct qcow2_compressor *c, struct err *e)
+{
+    if (c->zlib_ready)
+        return deflateReset(&c->strm) == Z_OK ? 0
+               : err_set(e, EIO, "cannot reset zlib compression");
+    memset(&c->strm, 0, sizeof(c->strm));
+    int zret = deflateInit2(&c->strm, Z_DEFAULT_COMPRESSION, Z_DEFLATED, ZLIB_WINDOW_BITS,
                             ZLIB_MEM_LEVEL, Z_DEFAULT_STRATEGY);
     if (zret != Z_OK)
         return err_set(e, zret == Z_MEM_ERROR ? ENOMEM : EIO,
                        "cannot set up zlib compression (zlib error %d)", zret);
-    strm.next_in = (Bytef *)src;
-    strm.avail_in = (uInt)len;
-    strm.next_out = dst;
-    strm.avail_out = (uInt)min_u64(dst_cap, UINT_MAX);
-    zret = deflate(&strm, Z_FINISH);
-    ssize_t ret;
+    c->zlib_ready = true;
+    return 0;
+}
+
+static ssize_t zlib_compress(struct qcow2_compressor *c, const void *src, size_t len,
+                             void *dst, size_t dst_cap, struct err *e)
+{
+    int ret = zlib_begin(c, e);
+    if (ret < 0)
+        return ret;
+    z_stream *strm = &c->strm;
+    strm->next_in = (Bytef *)src;
+    strm->avail_in = (uInt)len;
+    strm->next_out = dst;
+    strm->avail_out = (uInt)min_u64(dst_cap, UINT_MAX);
+    int zret = deflate(strm, Z_FINISH);
     /* Output that fills dst exactly comes back as Z_OK, not Z_STREAM_END:
      * like QEMU, take that as not fitting. */
     if (zret == Z_STREAM_END)
-        ret = (ssize_t)strm.total_out;
-    else if (zret == Z_STREAM_END || zret == Z_OK || zret == Z_BUF_ERROR)
-        ret = -ENOSPC;      /* ran out of room: the data does not compress */
-    else
-        ret = err_set(e, EIO, "zlib compression failed (zlib error %d)", zret);
-    deflateEnd(&strm);
-    return ret;
+        return (ssize_t)strm->total_out;
+    if (zret == Z_OK || zret == Z_BUF_ERROR)
+        return -ENOSPC;     /* ran out of room: the data does not compress */
+    return err_set(e, EIO, "zlib compression failed (zlib error %d)", zret);
 }
 
 static int zlib_decompress(const void *src, size_t src_len, void *dst, size_t dst_len,
@@ -90,39 +111,42 @@ static int zlib_decompress(const void *src, size_t src_len, void *dst, size_t ds
     return complete ? 0 : corrupt(e);
 }
 
-static ssize_t zstd_compress(const void *src, size_t len, void *dst, size_t dst_cap,
-                             struct err *e)
+/* A new context the first time, a reset one after (same parameters: the
+ * defaults, so the same frames as a new context writes). */
+static int zstd_begin(struct qcow2_compressor *c, struct err *e)
 {
-    ZSTD_CCtx *cctx = ZSTD_createCCtx();
-    if (!cctx)
-        return err_set(e, ENOMEM, "out of memory for zstd compression");
+    if (c->cctx) {
+        size_t r = ZSTD_CCtx_reset(c->cctx, ZSTD_reset_session_only);
+        return ZSTD_isError(r) ? err_set(e, EIO, "cannot reset zstd compression: %s",
+                                         ZSTD_getErrorName(r)) : 0;
+    }
+    c->cctx = ZSTD_createCCtx();
+    return c->cctx ? 0 : err_set(e, ENOMEM, "out of memory for zstd compression");
+}
+
+static ssize_t zstd_compress(struct qcow2_compressor *c, const void *src, size_t len,
+                             void *dst, size_t dst_cap, struct err *e)
+{
+    int ret = zstd_begin(c, e);
+    if (ret < 0)
+        return ret;
     ZSTD_inBuffer in = { .src = src, .size = len, .pos = 0 };
     ZSTD_outBuffer out = { .dst = dst, .size = dst_cap, .pos = 0 };
-    ssize_t ret = 0;
     /* One frame: ZSTD_e_end with all the input at once also records the
      * content size in the frame header.  The call returns how many bytes it
      * still has to flush; more than the room left means it cannot fit. */
     for (;;) {
-        size_t left = ZSTD_compressStream2(cctx, &out, &in, ZSTD_e_end);
+        size_t left = ZSTD_compressStream2(c->cctx, &out, &in, ZSTD_e_end);
         if (ZSTD_isError(left)) {
             if (ZSTD_getErrorCode(left) == ZSTD_error_dstSize_tooSmall)
-                ret = -ENOSPC;
-            else
-                ret = err_set(e, EIO, "zstd compression failed: %s",
-                              ZSTD_getErrorName(left));
-            break;
+                return -ENOSPC;
+            return err_set(e, EIO, "zstd compression failed: %s", ZSTD_getErrorName(left));
         }
-        if (left == 0 && in.pos == in.size) {
-            ret = (ssize_t)out.pos;
-            break;
-        }
-        if (left > out.size - out.pos || out.pos == out.size) {
-            ret = -ENOSPC;
-            break;
-        }
+        if (left == 0 && in.pos == in.size)
+            return (ssize_t)out.pos;
+        if (left > out.size - out.pos || out.pos == out.size)
+            return -ENOSPC;
     }
-    ZSTD_freeCCtx(cctx);
-    return ret;
 }
 
 static int zstd_decompress(const void *src, size_t src_len, void *dst, size_t dst_len,
@@ -152,20 +176,51 @@ static int zstd_decompress(const void *src, size_t src_len, void *dst, size_t ds
     return ret;
 }
 
-ssize_t qcow2_compress(enum qcow2_compression_type type, const void *src, size_t len,
-                       void *dst, size_t dst_cap, struct err *e)
+int qcow2_compressor_open(enum qcow2_compression_type type, struct qcow2_compressor **out,
+                          struct err *e)
+{
+    if (type != QCOW2_COMPRESSION_ZLIB && type != QCOW2_COMPRESSION_ZSTD)
+        return err_set(e, ENOTSUP, "unknown compression type %d", (int)type);
+    struct qcow2_compressor *c = calloc(1, sizeof(*c));
+    if (!c)
+        return err_set(e, ENOMEM, "out of memory for compression");
+    c->type = type;
+    *out = c;
+    return 0;
+}
+
+ssize_t qcow2_compressor_run(struct qcow2_compressor *c, const void *src, size_t len,
+                             void *dst, size_t dst_cap, struct err *e)
 {
     if (len > UINT_MAX)
         return err_set(e, EINVAL, "cannot compress %zu bytes at once", len);
     if (dst_cap == 0)
         return -ENOSPC;
-    switch (type) {
-    case QCOW2_COMPRESSION_ZLIB:
-        return zlib_compress(src, len, dst, dst_cap, e);
-    case QCOW2_COMPRESSION_ZSTD:
-        return zstd_compress(src, len, dst, dst_cap, e);
-    }
-    return err_set(e, ENOTSUP, "unknown compression type %d", (int)type);
+    if (c->type == QCOW2_COMPRESSION_ZLIB)
+        return zlib_compress(c, src, len, dst, dst_cap, e);
+    return zstd_compress(c, src, len, dst, dst_cap, e);
+}
+
+void qcow2_compressor_close(struct qcow2_compressor *c)
+{
+    if (!c)
+        return;
+    if (c->zlib_ready)
+        deflateEnd(&c->strm);
+    ZSTD_freeCCtx(c->cctx);
+    free(c);
+}
+
+ssize_t qcow2_compress(enum qcow2_compression_type type, const void *src, size_t len,
+                       void *dst, size_t dst_cap, struct err *e)
+{
+    struct qcow2_compressor *c;
+    int ret = qcow2_compressor_open(type, &c, e);
+    if (ret < 0)
+        return ret;
+    ssize_t n = qcow2_compressor_run(c, src, len, dst, dst_cap, e);
+    qcow2_compressor_close(c);
+    return n;
 }
 
 int qcow2_decompress(enum qcow2_compression_type type, const void *src, size_t src_len,

@@ -24,6 +24,20 @@ enum qcow2_compression_type {
 ssize_t qcow2_compress(enum qcow2_compression_type type, const void *src, size_t len,
                        void *dst, size_t dst_cap, struct err *e);
 
+/* The same for a series of clusters compressed one after another by one
+ * thread: the context's allocations (zlib's window and hash tables, a zstd
+ * context: hundreds of KiB) are set up once and reset between clusters,
+ * instead of being allocated and freed per cluster, which costs page
+ * faults and, with several threads, contention on the process's memory
+ * map.  The output is the same as qcow2_compress's.  A context belongs to
+ * one thread at a time. */
+struct qcow2_compressor;
+int qcow2_compressor_open(enum qcow2_compression_type type, struct qcow2_compressor **out,
+                          struct err *e);
+ssize_t qcow2_compressor_run(struct qcow2_compressor *c, const void *src, size_t len,
+                             void *dst, size_t dst_cap, struct err *e);
+void qcow2_compressor_close(struct qcow2_compressor *c);
+
 /* Decompress src (src_len bytes, which may include trailing bytes past the
  * end of the compressed stream, as qcow2's sector-rounded compressed sizes
  * do) into exactly dst_len bytes.  -EIO with a message on corrupt data. */

@@ -963,61 +963,232 @@ static int qcow2_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
     return 0;
 }
 
+/* Compressed clusters stored together: up to this many bytes of guest
+ * data are compressed, then their bytes allocated under one hold of the
+ * lock, written with one pwritev per contiguous stretch (not one small
+ * write per cluster: concurrent writers queue on the host file's lock)
+ * and linked into the L2 tables under one more hold. */
+#define COMPRESS_BATCH_BYTES (2u << 20)
+
+struct compressed_batch {
+    size_t n, cap;              /* clusters held, room for */
+    uint8_t *data;              /* cap slots of cluster_size: compressed bytes */
+    uint64_t *guest, *host;     /* guest cluster offset, allocated host offset */
+    size_t *len;                /* compressed bytes */
+    struct iovec *iov;          /* 2 * cap: data, and zeroes between clusters */
+    uint8_t *zero;              /* a cluster of zeroes */
+};
+
+static int batch_init(struct qcow2_state *s, struct compressed_batch *b, struct err *e)
+{
+    b->n = 0;
+    b->cap = (size_t)max_u64(1, COMPRESS_BATCH_BYTES >> s->cluster_bits);
+    b->data = malloc(b->cap << s->cluster_bits);
+    b->guest = malloc(b->cap * sizeof(*b->guest));
+    b->host = malloc(b->cap * sizeof(*b->host));
+    b->len = malloc(b->cap * sizeof(*b->len));
+    b->iov = malloc(2 * b->cap * sizeof(*b->iov));
+    b->zero = calloc(1, s->cluster_size);
+    if (!b->data || !b->guest || !b->host || !b->len || !b->iov || !b->zero)
+        return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
+    return 0;
+}
+
+static void batch_free(struct compressed_batch *b)
+{
+    free(b->data);
+    free(b->guest);
+    free(b->host);
+    free(b->len);
+    free(b->iov);
+    free(b->zero);
+}
+
+/* Allocate the batch's bytes (lock held), as QEMU allocates each
+ * compressed cluster, and check that they overlap no metadata. */
+static int batch_allocate(struct qcow2_state *s, struct compressed_batch *b, struct err *e)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        int ret = qcow2_alloc_bytes(s, b->len[i], &b->host[i], e);
+        if (ret == 0)
+            ret = qcow2_pre_write_check(s, 0, b->host[i], b->len[i], e);
+        if (ret < 0)
+            return ret;
+    }
+    return 0;
+}
+
+/* Whether allocation j starts where allocation j - 1 ended, or at the
+ * start of the next host cluster: qcow2_alloc_bytes moves on to a new
+ * cluster when one does not fit the rest of the current one, and the rest
+ * of that one is then never allocated (all of the batch was allocated in
+ * one hold of the lock), so it may be written with zeroes to make the two
+ * one request. */
+static bool batch_follows(const struct qcow2_state *s, const struct compressed_batch *b,
+                          size_t j)
+{
+    uint64_t end = b->host[j - 1] + b->len[j - 1];
+    return b->host[j] == end || b->host[j] == align_up(end, s->cluster_size);
+}
+
+/* Write the batch's data, contiguous allocations in one request each. */
+static int batch_write(struct qcow2_state *s, struct compressed_batch *b, struct err *e)
+{
+    for (size_t i = 0; i < b->n;) {
+        int niov = 0;
+        size_t j = i;
+        do {
+            if (j > i && b->host[j] != b->host[j - 1] + b->len[j - 1])
+                b->iov[niov++] = (struct iovec){ b->zero,
+                                                 b->host[j] - b->host[j - 1] - b->len[j - 1] };
+            b->iov[niov++] = (struct iovec){ b->data + (j << s->cluster_bits), b->len[j] };
+            j++;
+        } while (j < b->n && batch_follows(s, b, j));
+        int ret = transport_pwritev(s->bs->file, b->host[i], b->iov, niov, e);
+        if (ret < 0)
+            return ret;
+        i = j;
+    }
+    return 0;
+}
+
+/* Point the L2 entries at the written data (lock held); the data and its
+ * refcounts reach the disk before the L2 tables. */
+static int batch_link(struct qcow2_state *s, struct compressed_batch *b, struct err *e)
+{
+    int ret = qcow2_l2_depends_on_refblocks(s, e);
+    for (size_t i = 0; i < b->n && ret == 0; i++) {
+        struct qcow2_l2e old, l2e = { 0, 0 };
+        uint64_t coff = b->host[i], sectors = ((coff + b->len[i] - 1) >> 9) - (coff >> 9);
+        l2e.entry = coff | QCOW2_OFLAG_COMPRESSED | (sectors << s->csize_shift);
+        if ((ret = qcow2_get_l2e(s, b->guest[i], &old, e)) == 0)
+            ret = replace_l2e(s, b->guest[i], old, l2e,
+                              (old.entry & (QCOW2_OFFSET_MASK | QCOW2_OFLAG_COMPRESSED)) != 0,
+                              e);
+    }
+    return ret;
+}
+
+/* Store the batch as QEMU stores a compressed cluster: its bytes are
+ * allocated under the lock, written without it (other threads compress
+ * and store meanwhile; the block layer keeps every other request off
+ * these guest clusters), and linked under the lock once written, so that
+ * nothing refers to them before they hold the data.  A failure after the
+ * allocation leaks the bytes (check -r leaks reclaims them). */
+static int batch_store(struct qcow2_state *s, struct compressed_batch *b, struct err *e)
+{
+    if (!b->n)
+        return 0;
+    pthread_mutex_lock(&s->lock);
+    int ret = batch_allocate(s, b, e);
+    pthread_mutex_unlock(&s->lock);
+    if (ret == 0)
+        ret = batch_write(s, b, e);
+    if (ret == 0) {
+        pthread_mutex_lock(&s->lock);
+        ret = batch_link(s, b, e);
+        pthread_mutex_unlock(&s->lock);
+    }
+    b->n = 0;
+    return ret;
+}
+
+/* Clusters that do not compress are written plainly, consecutive ones in
+ * one write: [off, off + len) from src. */
+struct plain_run {
+    uint64_t off, len;
+    const uint8_t *src;
+};
+
+static int plain_flush(struct qcow2_state *s, struct plain_run *p, struct err *e)
+{
+    int ret = p->len ? write_buf(s, p->off, p->src, p->len, e) : 0;
+    p->len = 0;
+    return ret;
+}
+
+static int plain_add(struct qcow2_state *s, struct plain_run *p, uint64_t off,
+                     const uint8_t *src, uint64_t n, struct err *e)
+{
+    if (p->len && p->off + p->len != off) {
+        int ret = plain_flush(s, p, e);
+        if (ret < 0)
+            return ret;
+    }
+    if (!p->len) {
+        p->off = off;
+        p->src = src;
+    }
+    p->len += n;
+    return 0;
+}
+
+/* Compress the cluster at guest `off` (n bytes of src: a whole cluster, or
+ * the disk's short last one) into the batch, storing the batch when full;
+ * one that does not compress joins the plain run. */
+static int compress_cluster(struct qcow2_state *s, struct qcow2_compressor *comp,
+                            struct compressed_batch *b, struct plain_run *plain,
+                            uint8_t *pad, uint64_t off, const uint8_t *src, uint64_t n,
+                            struct err *e)
+{
+    /* A short last cluster is compressed padded with zeroes, as QEMU.
+     * QEMU's room for the result is a byte short of a cluster: with the
+     * same room, the same clusters stay uncompressed (zlib output of
+     * cluster_size - 1 bytes does not fit, see qcow2_compress). */
+    const uint8_t *cluster = src;
+    if (n < s->cluster_size) {
+        memcpy(pad, src, n);
+        memset(pad + n, 0, s->cluster_size - n);
+        cluster = pad;
+    }
+    uint8_t *slot = b->data + (b->n << s->cluster_bits);
+    ssize_t clen = qcow2_compressor_run(comp, cluster, s->cluster_size, slot,
+                                        s->cluster_size - 1, e);
+    if (clen == -ENOSPC) {
+        err_clear(e);
+        return plain_add(s, plain, off, src, n, e);
+    }
+    if (clen < 0)
+        return (int)clen;
+    b->guest[b->n] = off;
+    b->len[b->n++] = (size_t)clen;
+    return b->n == b->cap ? batch_store(s, b, e) : 0;
+}
+
+/* One compression context serves every cluster of the call (the copy
+ * engine passes runs of clusters). */
 static int qcow2_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *buf,
                                    size_t len, struct err *e)
 {
     struct qcow2_state *s = bs->opaque;
-    uint8_t *in = calloc(1, s->cluster_size), *out = malloc(s->cluster_size);
-    int ret = 0;
-    if (!in || !out) {
-        ret = err_set(e, ENOMEM, "%s: out of memory", bs->filename);
-        goto done;
-    }
+    struct compressed_batch b = { 0 };
+    struct plain_run plain = { 0 };
+    struct qcow2_compressor *comp = NULL;
+    uint8_t *pad = malloc(s->cluster_size);
+    int ret = pad ? batch_init(s, &b, e) : err_set(e, ENOMEM, "%s: out of memory",
+                                                   bs->filename);
+    if (ret == 0)
+        ret = qcow2_compressor_open(s->compression_type, &comp, e);
     const uint8_t *src = buf;
     while (len && ret == 0) {
         uint64_t n = min_u64(len, s->cluster_size - (off & (s->cluster_size - 1)));
-        if ((off & (s->cluster_size - 1)) || (n < s->cluster_size && off + n != bs->size)) {
+        if ((off & (s->cluster_size - 1)) || (n < s->cluster_size && off + n != bs->size))
             ret = err_set(e, EINVAL, "%s: compressed write at %llu+%llu is not cluster "
                           "aligned", bs->filename, (unsigned long long)off,
                           (unsigned long long)n);
-            break;
-        }
-        /* A short last cluster is compressed padded with zeroes, as QEMU.
-         * QEMU's room for the result is a byte short of a cluster: with
-         * the same room, the same clusters stay uncompressed (zlib output
-         * of cluster_size - 1 bytes does not fit, see qcow2_compress). */
-        memcpy(in, src, n);
-        memset(in + n, 0, s->cluster_size - n);
-        ssize_t clen = qcow2_compress(s->compression_type, in, s->cluster_size, out,
-                                      s->cluster_size - 1, e);
-        if (clen == -ENOSPC) {
-            err_clear(e);
-            ret = write_buf(s, off, src, n, e);
-        } else if (clen < 0) {
-            ret = (int)clen;
-        } else {
-            struct qcow2_l2e old, l2e = { 0, 0 };
-            uint64_t coff;
-            pthread_mutex_lock(&s->lock);
-            if ((ret = qcow2_get_l2e(s, off, &old, e)) == 0 &&
-                (ret = qcow2_alloc_bytes(s, (uint64_t)clen, &coff, e)) == 0 &&
-                (ret = qcow2_pwrite_checked(s, 0, coff, out, (size_t)clen, e)) == 0 &&
-                (ret = qcow2_l2_depends_on_refblocks(s, e)) == 0) {
-                uint64_t sectors = ((coff + (uint64_t)clen - 1) >> 9) - (coff >> 9);
-                l2e.entry = coff | QCOW2_OFLAG_COMPRESSED | (sectors << s->csize_shift);
-                ret = replace_l2e(s, off, old, l2e,
-                                  (old.entry & (QCOW2_OFFSET_MASK | QCOW2_OFLAG_COMPRESSED))
-                                  != 0, e);
-            }
-            pthread_mutex_unlock(&s->lock);
-        }
+        else
+            ret = compress_cluster(s, comp, &b, &plain, pad, off, src, n, e);
         off += n;
         src += n;
         len -= n;
     }
-done:
-    free(in);
-    free(out);
+    if (ret == 0)
+        ret = plain_flush(s, &plain, e);
+    if (ret == 0)
+        ret = batch_store(s, &b, e);
+    qcow2_compressor_close(comp);
+    batch_free(&b);
+    free(pad);
     return ret;
 }
 

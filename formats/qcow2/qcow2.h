@@ -157,6 +157,7 @@ struct qcow2_cache {
     struct qcow2_cache_entry *entries;
     size_t count;
     uint64_t clock;
+    size_t last;                /* the entry qcow2_cache_get returned last */
     bool is_l2;                 /* selects the write-ordering dependency */
 };
 
@@ -288,6 +289,10 @@ uint64_t qcow2_refcount_entry_get(const uint8_t *block, uint64_t i, uint32_t ord
 void qcow2_refcount_entry_set(uint8_t *block, uint64_t i, uint32_t order, uint64_t v);
 int qcow2_refcount_init(struct qcow2_state *s, struct err *e);
 /* Refcount of cluster `index` (0 past the refcount table). */
+/* The cached refcount block holding cluster `index`'s refcount (entry
+ * index & ((1 << rb_bits) - 1)), or NULL when there is none (refcount 0);
+ * valid until the next use of the refcount block cache. */
+int qcow2_get_refblock(struct qcow2_state *s, uint64_t index, uint8_t **block, struct err *e);
 int qcow2_get_refcount(struct qcow2_state *s, uint64_t index, uint64_t *refcount,
                        struct err *e);
 /* Add `delta` to the refcounts of the clusters covering [offset,

@@ -98,6 +98,11 @@ static int refblock_get(struct qcow2_state *s, uint64_t rt, uint8_t **block, str
     return qcow2_cache_get(s, &s->rb_cache, rb, false, block, e);
 }
 
+int qcow2_get_refblock(struct qcow2_state *s, uint64_t index, uint8_t **block, struct err *e)
+{
+    return refblock_get(s, index >> s->rb_bits, block, e);
+}
+
 int qcow2_get_refcount(struct qcow2_state *s, uint64_t index, uint64_t *refcount,
                        struct err *e)
 {

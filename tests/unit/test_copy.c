@@ -456,9 +456,10 @@ static int mem_pwrite_compressed(struct blockdev *bs, uint64_t off, const void *
                                  size_t len, struct err *e)
 {
     struct memdisk *m = md(bs);
-    bool whole = off % m->align == 0 && (len == m->align || off + len == bs->size);
+    /* Whole clusters (a run of them), the last one may end the disk. */
+    bool whole = off % m->align == 0 && len && (len % m->align == 0 || off + len == bs->size);
     pthread_mutex_lock(&m->lock);
-    m->compressed_writes++;
+    m->compressed_writes += (unsigned)((len + m->align - 1) / m->align);   /* clusters */
     if (!whole)
         m->bad_compressed_writes++;
     pthread_mutex_unlock(&m->lock);
