@@ -6,28 +6,6 @@
 
 #include "cmd/commands.h"
 
-struct amend_args {
-    struct kvopts opts;
-    bool help;
-    struct err e;
-};
-
-enum { OPT_O = 1 };
-
-static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
-{
-    struct amend_args *a = opaque;
-    if (val != OPT_O)
-        return -1;
-    if (!strcmp(arg, "help") || !strcmp(arg, "?")) {
-        a->help = true;
-        return -1;
-    }
-    if (kvopts_parse(&a->opts, arg, &a->e) < 0)
-        return cmd_usage_error(cl, "-o %s: %s", arg, a->e.msg);
-    return -1;
-}
-
 static void on_progress(void *opaque, uint64_t done, uint64_t total)
 {
     struct progress *bar = opaque;
@@ -69,20 +47,20 @@ int cmd_amend(const struct command *cmd, int argc, const char **argv)
 {
     char *format = NULL;
     int quiet = 0, progress = 0;
-    struct amend_args a = { 0 };
+    struct cmd_format_opts a = { 0 };
     struct poptOption options[] = {
-        { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
-        { "options", 'o', POPT_ARG_STRING, NULL, OPT_O,
+        CMD_OPTION_FORMAT(format),
+        { "options", 'o', POPT_ARG_STRING, NULL, CMD_OPT_O,
           "options to change, e.g. compat=1.1,refcount_bits=16 (-o help lists them)",
           "OPT=VAL,..." },
         { "progress", 'p', POPT_ARG_NONE, &progress, 0, "show a progress bar on a terminal",
           NULL },
-        { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
+        CMD_OPTION_QUIET(quiet),
         POPT_TABLEEND
     };
     struct cmdline cl = { 0 };
     struct blockdev *bs = NULL;
-    int status = cmd_parse(&cl, cmd, argc, argv, options, 0, 1, on_option, &a);
+    int status = cmd_parse(&cl, cmd, argc, argv, options, 0, 1, cmd_on_format_option, &a);
     if (status >= 0)
         goto out;
     if (a.help) {

@@ -245,7 +245,7 @@ int cmd_bitmap(const struct command *cmd, int argc, const char **argv)
           "print the backup (by imgtool export) that BITMAP counts from", NULL },
         { "output", '\0', POPT_ARG_STRING, &output, 0, "with --list/--dump: output format",
           "human|json" },
-        { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
+        CMD_OPTION_FORMAT(format),
         { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
           "with --list/--dump: open even if another process is writing the image", NULL },
         POPT_TABLEEND

@@ -183,8 +183,8 @@ int cmd_check(const struct command *cmd, int argc, const char **argv)
     char *format = NULL, *output = NULL, *repair = NULL, *cache = NULL;
     int force_share = 0, quiet = 0, backing_chain = 0;
     struct poptOption options[] = {
-        { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
-        { "output", '\0', POPT_ARG_STRING, &output, 0, "output format", "human|json" },
+        CMD_OPTION_FORMAT(format),
+        CMD_OPTION_OUTPUT(output),
         { "backing-chain", '\0', POPT_ARG_NONE, &backing_chain, 0,
           "check every image of the backing chain; the exit status is the worst", NULL },
         { "repair", 'r', POPT_ARG_STRING, &repair, 0,

@@ -86,6 +86,28 @@ int cmd_parse_buf_size(struct cmdline *cl, const char *s, size_t *out);
 /* Whether an -o argument asks for the list of options ("help" or "?" as
  * one of its comma-separated items), as qemu-img's is_help_option. */
 bool cmd_opts_want_help(const char *text);
+/* The -o options of create, convert, amend and measure, from every -o
+ * (popt val CMD_OPT_O, no arg pointer): their items, and whether one of
+ * them asked for help (cmd_opts_want_help). */
+/* popt entries that several commands share, spelled and explained once
+ * (a command whose entry says more keeps its own). */
+#define CMD_OPTION_FORMAT(var) \
+    { "format", 'f', POPT_ARG_STRING, &(var), 0, "image format (default: probe)", "FMT" }
+#define CMD_OPTION_OUTPUT(var) \
+    { "output", '\0', POPT_ARG_STRING, &(var), 0, "output format", "human|json" }
+#define CMD_OPTION_FORCE_SHARE(var) \
+    { "force-share", 'U', POPT_ARG_NONE, &(var), 0, \
+      "open even if another process is writing the image", NULL }
+#define CMD_OPTION_QUIET(var) \
+    { "quiet", 'q', POPT_ARG_NONE, &(var), 0, "print nothing on success", NULL }
+enum { CMD_OPT_O = 1 };
+struct cmd_format_opts {
+    struct kvopts opts;
+    bool help;
+    struct err e;
+};
+/* A cmd_parse on_option callback, opaque a struct cmd_format_opts. */
+int cmd_on_format_option(struct cmdline *cl, int val, const char *arg, void *opaque);
 /* qemu-img's -o help: the create options of `drv`, sorted; without a
  * target file name only those of the format, with qemu-img's note that
  * the protocol level has more. */

@@ -24,5 +24,6 @@ DECLARE_COMMAND(cmd_job);
 DECLARE_COMMAND(cmd_measure);
 DECLARE_COMMAND(cmd_amend);
 DECLARE_COMMAND(cmd_snapshot);
+DECLARE_COMMAND(cmd_dd);
 
 #endif

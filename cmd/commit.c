@@ -114,7 +114,7 @@ int cmd_commit(const struct command *cmd, int argc, const char **argv)
     char *format = NULL, *cache = NULL, *base_name = NULL, *output = NULL, *rate_s = NULL;
     int skip_empty = 0, progress = 0, quiet = 0, bitmaps = 0;
     struct poptOption options[] = {
-        { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
+        CMD_OPTION_FORMAT(format),
         { "cache", 't', POPT_ARG_STRING, &cache, 0, "cache mode (none = O_DIRECT)", "MODE" },
         { "base", 'b', POPT_ARG_STRING, &base_name, 0,
           "commit into this image of the backing chain (default: the backing file); "
@@ -129,7 +129,7 @@ int cmd_commit(const struct command *cmd, int argc, const char **argv)
           "human, or json: a summary with the bytes copied", "human|json" },
         { "progress", 'p', POPT_ARG_NONE, &progress, 0, "show a progress bar on a terminal",
           NULL },
-        { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
+        CMD_OPTION_QUIET(quiet),
         POPT_TABLEEND
     };
     struct cmdline cl = { 0 };

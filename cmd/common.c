@@ -375,6 +375,16 @@ unsigned cmd_open_flags(bool writable, bool force_share, const char *cache, stru
     return flags;
 }
 
+int cmd_on_format_option(struct cmdline *cl, int val, const char *arg, void *opaque)
+{
+    struct cmd_format_opts *o = opaque;
+    if (val == CMD_OPT_O && cmd_opts_want_help(arg))
+        o->help = true;
+    else if (val == CMD_OPT_O && kvopts_parse(&o->opts, arg, &o->e) < 0)
+        return cmd_usage_error(cl, "-o %s: %s", arg, o->e.msg);
+    return -1;
+}
+
 bool cmd_opts_want_help(const char *text)
 {
     for (const char *p = text; p && *p;) {
@@ -388,29 +398,18 @@ bool cmd_opts_want_help(const char *text)
     return false;
 }
 
-static int compare_option_names(const void *a, const void *b)
-{
-    const struct blk_option_desc *const *x = a, *const *y = b;
-    return strcmp((*x)->name, (*y)->name);
-}
+/* One line per option, qemu-img's layout. */
+static void print_options(const char *caption, const struct blk_option_desc *desc,
+                          bool with_protocol);
 
 void cmd_print_create_options(const struct blockdrv *drv, const char *filename)
 {
-    const struct blk_option_desc *list[64];
-    size_t n = 0;
-    for (const struct blk_option_desc *o = drv->create_options; o && o->name; o++)
-        if ((filename || !o->protocol) && n < sizeof(list) / sizeof(list[0]))
-            list[n++] = o;
-    qsort(list, n, sizeof(list[0]), compare_option_names);
+    char caption[64];
     if (filename)
-        printf("Supported options:\n");
+        snprintf(caption, sizeof(caption), "Supported options:");
     else
-        printf("Supported %s options:\n", drv->name);
-    for (size_t i = 0; i < n; i++) {
-        char left[64];
-        snprintf(left, sizeof(left), "%s=<%s>", list[i]->name, list[i]->type);
-        printf("  %-22s - %s\n", left, list[i]->help);
-    }
+        snprintf(caption, sizeof(caption), "Supported %s options:", drv->name);
+    print_options(caption, drv->create_options, filename != NULL);
     if (!filename)
         printf("\nThe protocol level may support further options.\n"
                "Specify the target filename to include those options.\n");
@@ -577,26 +576,33 @@ static int compare_lines(const void *a, const void *b)
 
 void cmd_print_option_help(const char *caption, const struct blk_option_desc *desc)
 {
+    print_options(caption, desc, true);
+}
+
+/* The protocol's options (a host file's) only when asked for. */
+static void print_options(const char *caption, const struct blk_option_desc *desc,
+                          bool with_protocol)
+{
     size_t n = 0;
     while (desc && desc[n].name)
         n++;
     char **lines = calloc(n ? n : 1, sizeof(*lines));
+    size_t m = 0;
     printf("%s\n", caption);
     for (size_t i = 0; lines && i < n; i++) {
+        if (desc[i].protocol && !with_protocol)
+            continue;
         char head[128];
         int len = snprintf(head, sizeof(head), "  %s=<%s>", desc[i].name, desc[i].type);
         size_t size = (size_t)len + 32 + strlen(desc[i].help);
-        if ((lines[i] = malloc(size)))
-            snprintf(lines[i], size, "%s%*s - %s", head, len < 24 ? 24 - len : 0, "",
+        if ((lines[m] = malloc(size)))
+            snprintf(lines[m++], size, "%s%*s - %s", head, len < 24 ? 24 - len : 0, "",
                      desc[i].help);
     }
-    if (lines) {
-        qsort(lines, n, sizeof(*lines), compare_lines);
-        for (size_t i = 0; i < n; i++)
-            if (lines[i])
-                printf("%s\n", lines[i]);
-        for (size_t i = 0; i < n; i++)
-            free(lines[i]);
+    qsort(lines, m, sizeof(*lines), compare_lines);
+    for (size_t i = 0; i < m; i++) {
+        printf("%s\n", lines[i]);
+        free(lines[i]);
     }
     free(lines);
 }

@@ -1,8 +1,8 @@
-/* imgtool convert: copy an image into a new (or, with -n, an existing)
- * image, in any format, skipping holes and zeroes by block status, with
- * several requests in flight (and, with -c, compressed clusters written
- * from several threads).  A new target is built under a temporary name and
- * appears whole or not at all. */
+/* imgtool convert: copy an image (or several, one after the other) into a
+ * new (or, with -n, an existing) image, in any format, skipping holes and
+ * zeroes by block status, with several requests in flight (and, with -c,
+ * compressed clusters written from several threads).  A new target is
+ * built under a temporary name and appears whole or not at all. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
@@ -13,28 +13,43 @@
 #include "formats/blockdev-bitmaps.h"
 #include "mirror/copy.h"
 
-enum { OPT_O = 1 };
-
-struct convert_args {
-    struct kvopts opts;
-    bool help;              /* -o help */
-    struct err e;
+/* What the copy callbacks need: the bar, and where the source being
+ * copied starts in the target (sources are copied one after the other). */
+struct convert_progress {
+    struct progress bar;
+    uint64_t base;
 };
-
-static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
-{
-    struct convert_args *a = opaque;
-    if (val == OPT_O && cmd_opts_want_help(arg))
-        a->help = true;
-    else if (val == OPT_O && kvopts_parse(&a->opts, arg, &a->e) < 0)
-        return cmd_usage_error(cl, "-o %s: %s", arg, a->e.msg);
-    return -1;
-}
 
 static void on_progress(void *opaque, uint64_t done, uint64_t total)
 {
     (void)total;
-    progress_update(opaque, done);
+    struct convert_progress *cp = opaque;
+    progress_update(&cp->bar, cp->base + done);
+}
+
+/* --salvage: qemu-img's warning for each sector read as zeroes. */
+static void on_salvaged(void *opaque, uint64_t src_offset, const struct err *e)
+{
+    (void)opaque;
+    cmd_warn("error while reading offset %" PRIu64 ": %s", src_offset,
+             strerror(e->code ? e->code : EIO));
+}
+
+/* -l: "snapshot.id=ID,snapshot.name=NAME" (either or both) or else an ID
+ * or name, as qemu-img's; returns an exit status, or -1 to go on. */
+static int parse_snapshot_arg(struct cmdline *cl, const char *arg, struct kvopts *kv,
+                              struct err *e)
+{
+    static const char prefix[] = "snapshot.";
+    if (strncmp(arg, prefix, sizeof(prefix) - 1))
+        return -1;
+    if (kvopts_parse(kv, arg, e) < 0)
+        return cmd_usage_error(cl, "Failed in parsing snapshot param '%s': %s", arg, e->msg);
+    for (size_t i = 0; i < kv->count; i++)
+        if (strcmp(kv->items[i].key, "snapshot.id") && strcmp(kv->items[i].key, "snapshot.name"))
+            return cmd_usage_error(cl, "Failed in parsing snapshot param '%s': Invalid "
+                                   "parameter '%s'", arg, kv->items[i].key);
+    return -1;
 }
 
 /* -S: qemu-img's sparse detection unit, a multiple of 512 up to 16 MiB;
@@ -51,70 +66,260 @@ static int parse_sparse_size(struct cmdline *cl, const char *s, uint64_t *out)
     return -1;
 }
 
+/* The command line, parsed. */
+struct convert {
+    char *src_fmt, *dst_fmt, *cache, *src_cache, *buf_size_s, *sparse_s, *rate_s;
+    char *backing, *backing_fmt;
+    char *snapshot;                         /* -l */
+    struct kvopts snapshot_kv;              /* -l snapshot.id=...,snapshot.name=... */
+    int no_create, progress, quiet, force_share, target_is_zero, compress, out_of_order;
+    int max_in_flight, copy_bitmaps, skip_broken, connections, salvage, copy_offload;
+    struct cmd_format_opts a;
+    size_t buf_size;
+    uint64_t sparse_size, rate;
+    const char *o_backing, *o_backing_fmt;  /* -o backing_file, backing_fmt */
+    size_t nsrcs;                           /* the arguments but the last */
+};
+
+/* Refuse what qemu-img refuses, with its words where it has them; returns
+ * an exit status, or -1 to go on. */
+static int check_options(struct cmdline *cl, struct convert *c)
+{
+    int status;
+    if (c->buf_size_s && (status = cmd_parse_buf_size(cl, c->buf_size_s, &c->buf_size)) >= 0)
+        return status;
+    if (c->max_in_flight < 1 || c->max_in_flight > COPY_MAX_IN_FLIGHT)
+        return cmd_usage_error(cl, "--max-in-flight must be between 1 and %d",
+                               COPY_MAX_IN_FLIGHT);
+    if (c->target_is_zero && !c->no_create)
+        return cmd_usage_error(cl, "--target-is-zero needs -n (a new target is always zero)");
+    if (c->skip_broken && !c->copy_bitmaps)
+        return cmd_usage_error(cl, "--skip-broken-bitmaps needs --bitmaps");
+    if (c->sparse_s && (status = parse_sparse_size(cl, c->sparse_s, &c->sparse_size)) >= 0)
+        return status;
+    if (c->rate_s && (status = cmd_parse_size_arg(cl, "rate limit", c->rate_s, &c->rate)) >= 0)
+        return status;
+    if (c->backing_fmt && !c->backing)
+        return cmd_usage_error(cl, "-F needs a backing file (-B)");
+    if (c->backing && (c->no_create || c->compress))
+        return cmd_usage_error(cl, "-B cannot be used with %s", c->no_create ? "-n" : "-c");
+    if (c->no_create && c->a.opts.count)
+        return cmd_usage_error(cl, "-o cannot be used with -n (the target exists)");
+    if (c->connections < 1 || c->connections > 16)
+        return cmd_usage_error(cl, "--connections must be from 1 to 16");
+    if (c->copy_offload && c->compress)
+        return cmd_usage_error(cl, "Cannot enable copy offloading when -c is used");
+    if (c->copy_offload && c->sparse_s)
+        return cmd_usage_error(cl, "Cannot enable copy offloading when -S is used");
+    if (c->copy_offload && c->salvage)
+        return cmd_usage_error(cl, "Cannot use copy offloading in salvaging mode");
+    c->o_backing = kvopts_get(&c->a.opts, "backing_file");
+    c->o_backing_fmt = kvopts_get(&c->a.opts, "backing_fmt");
+    if (c->nsrcs > 1 && c->copy_bitmaps)
+        return cmd_usage_error(cl, "Copying bitmaps only possible with single source");
+    if (c->nsrcs > 1 && c->snapshot)
+        return cmd_usage_error(cl, "No support for concatenating multiple snapshot");
+    if (c->snapshot && (status = parse_snapshot_arg(cl, c->snapshot, &c->snapshot_kv,
+                                                    &c->a.e)) >= 0)
+        return status;
+    if (c->nsrcs > 1 && (c->backing || c->o_backing))
+        return cmd_usage_error(cl, "Having a backing file for the target makes no sense when "
+                               "concatenating multiple input images");
+    return -1;
+}
+
+/* -l: the source then reads as that snapshot. */
+static int load_snapshot(struct convert *c, struct blockdev *src, struct err *e)
+{
+    if (!c->snapshot_kv.count)
+        return blk_snapshot_load(src, NULL, NULL, c->snapshot, e);
+    return blk_snapshot_load(src, kvopts_get(&c->snapshot_kv, "snapshot.id"),
+                             kvopts_get(&c->snapshot_kv, "snapshot.name"), NULL, e);
+}
+
+/* Open the sources (all but the last argument), the first with -l's
+ * snapshot loaded; *total is the sum of their sizes. */
+static int open_sources(struct convert *c, const char *const *names,
+                        const struct blk_open_opts *oo, struct blockdev **srcs,
+                        uint64_t *total, struct err *e)
+{
+    int ret;
+    unsigned flags = cmd_open_flags(false, c->force_share, c->src_cache, e, &ret);
+    if (ret < 0)
+        return ret;
+    *total = 0;
+    for (size_t i = 0; i < c->nsrcs; i++) {
+        if ((ret = blk_open(names[i], c->src_fmt, flags, oo, &srcs[i], e)) < 0)
+            return ret;
+        if (c->snapshot && (ret = load_snapshot(c, srcs[i], e)) < 0) {
+            err_prefix(e, "Failed to load snapshot: ");
+            return ret;
+        }
+        if (srcs[i]->size > UINT64_MAX - *total)
+            return err_set(e, EFBIG, "%s: the sources add up to more than 16 EiB", names[i]);
+        *total += srcs[i]->size;
+    }
+    if (c->copy_bitmaps)
+        return blk_bitmaps_check_copy(srcs[0], c->skip_broken, e);
+    return 0;
+}
+
+/* Create the new target (under *tmp_path, renamed at the end) or, with -n,
+ * open the existing one. */
+static int open_target(const struct convert *c, const char *dst_name, struct blockdev *src,
+                       uint64_t size, const struct blk_open_opts *oo, char **tmp_path,
+                       struct blockdev **dst, struct err *e)
+{
+    int ret;
+    unsigned dflags = cmd_open_flags(true, false, c->cache, e, &ret);
+    if (ret < 0)
+        return ret;
+    const char *fmt = c->dst_fmt ? c->dst_fmt : "raw";
+    const struct blockdrv *new_drv = blk_find_driver(fmt);
+    /* Refuse -c before creating anything (an existing target is checked by
+     * the copy itself). */
+    if (c->compress && !c->no_create && new_drv &&
+        (ret = blk_check_compression(new_drv, dst_name, e)) < 0)
+        return ret;
+    if (c->copy_bitmaps && !c->no_create && new_drv && !blk_driver_has_bitmaps(new_drv))
+        return err_set(e, ENOTSUP, "%s: format '%s' does not support persistent bitmaps",
+                       dst_name, new_drv->name);
+    if (c->o_backing_fmt && !c->o_backing)
+        return err_set(e, EINVAL, "%s: -o backing_fmt needs -o backing_file", dst_name);
+    const char *open_name = dst_name;
+    if (!c->no_create) {
+        struct blk_create_params p = {
+            .filename = dst_name, .size = size, .opts = (struct kvopts *)&c->a.opts,
+            .backing_file = c->backing ? c->backing : c->o_backing,
+            .backing_format = c->backing ? c->backing_fmt : c->o_backing_fmt,
+            .open_opts = cmd_open_opts(),
+        };
+        if ((ret = blk_create_begin(fmt, &p, tmp_path, e)) < 0)
+            return ret;
+        open_name = *tmp_path;
+    }
+    if ((ret = blk_open(open_name, c->no_create ? c->dst_fmt : fmt, dflags, oo, dst, e)) < 0 ||
+        (ret = blk_check_distinct(*dst, src, e)) < 0)
+        return ret;
+    if (*tmp_path)
+        blk_defer_flushes(*dst, true);  /* nobody sees it until the rename */
+    if ((*dst)->size < size)
+        return err_set(e, EINVAL, "%s: target is smaller (%" PRIu64 " bytes) than the source "
+                       "(%" PRIu64 " bytes); resize it first", dst_name, (*dst)->size, size);
+    return 0;
+}
+
+/* Copy the sources one after the other into dst, then flush it (and copy
+ * the bitmaps, after the data so that copying does not dirty them). */
+static int copy_sources(const struct convert *c, struct blockdev **srcs, struct blockdev *dst,
+                        uint64_t total, struct err *e)
+{
+    struct convert_progress cp = { .base = 0 };
+    progress_init(&cp.bar, c->progress && !c->quiet, total);
+    install_cancel_handlers();
+    int ret = 0;
+    for (size_t i = 0; i < c->nsrcs && ret == 0; i++) {
+        struct copy_job job = {
+            .src = srcs[i], .dst = dst, .offset = cp.base, .length = srcs[i]->size,
+            .src_shift = -(int64_t)cp.base,
+            /* With -B the new target reads as its backing file: what the
+             * source holds the same is not written (the rebase comparison).
+             * With -o backing_file only the source's top layer is copied. */
+            .base = !c->backing && c->o_backing ? srcs[i]->backing : NULL,
+            .target_is_zero = !c->backing && ((!c->no_create && !c->o_backing) ||
+                                              c->target_is_zero),
+            .skip_identical = c->backing != NULL,
+            .zero_detect = (uint32_t)c->sparse_size,
+            .write_zeroes_as_data = c->sparse_s && c->sparse_size == 0,
+            .speed = c->rate,
+            .buf_size = c->buf_size,
+            .max_in_flight = (unsigned)c->max_in_flight,
+            .compress = c->compress,
+            .salvage = c->salvage, .salvaged = on_salvaged,
+            /* -B compares what it writes: nothing to offload. */
+            .copy_offload = c->copy_offload && !c->backing,
+            .progress = on_progress, .opaque = &cp,
+            .cancel = &cancel_requested,
+        };
+        ret = copy_run(&job, e);
+        cp.base += srcs[i]->size;
+    }
+    progress_finish(&cp.bar);
+    blk_defer_flushes(dst, false);
+    if (ret == 0)
+        ret = blk_flush(dst, e);
+    if (ret == 0 && c->copy_bitmaps && (ret = blk_bitmaps_copy(dst, srcs[0], c->skip_broken,
+                                                                 e)) == 0)
+        ret = blk_bitmaps_release(dst, e);
+    return ret;
+}
+
 int cmd_convert(const struct command *cmd, int argc, const char **argv)
 {
-    char *src_fmt = NULL, *dst_fmt = NULL, *cache = NULL, *src_cache = NULL;
-    char *buf_size_s = NULL, *sparse_s = NULL, *rate_s = NULL, *backing = NULL;
-    char *backing_fmt = NULL;
-    int no_create = 0, progress = 0, quiet = 0, force_share = 0, target_is_zero = 0;
-    int compress = 0, out_of_order = 0, max_in_flight = COPY_DEFAULT_IN_FLIGHT;
-    int copy_bitmaps = 0, skip_broken = 0, connections = 1;
-    struct convert_args a = { 0 };
+    struct convert c = { .max_in_flight = COPY_DEFAULT_IN_FLIGHT, .connections = 1 };
     struct poptOption options[] = {
-        { "format", 'f', POPT_ARG_STRING, &src_fmt, 0, "source format (default: probe)",
+        { "format", 'f', POPT_ARG_STRING, &c.src_fmt, 0, "source format (default: probe)",
           "FMT" },
-        { "target-format", 'O', POPT_ARG_STRING, &dst_fmt, 0, "target format (default raw)",
+        { "target-format", 'O', POPT_ARG_STRING, &c.dst_fmt, 0, "target format (default raw)",
           "FMT" },
-        { "options", 'o', POPT_ARG_STRING, NULL, OPT_O, "target format options", "OPT=VAL,..." },
-        { "no-create", 'n', POPT_ARG_NONE, &no_create, 0,
+        { "options", 'o', POPT_ARG_STRING, NULL, CMD_OPT_O, "target format options", "OPT=VAL,..." },
+        { "no-create", 'n', POPT_ARG_NONE, &c.no_create, 0,
           "write into an existing target instead of creating one", NULL },
-        { "target-is-zero", '\0', POPT_ARG_NONE, &target_is_zero, 0,
+        { "target-is-zero", '\0', POPT_ARG_NONE, &c.target_is_zero, 0,
           "with -n: the target already reads as zeroes, do not write zeroes", NULL },
-        { "cache", 't', POPT_ARG_STRING, &cache, 0, "target cache mode (none = O_DIRECT)",
+        { "cache", 't', POPT_ARG_STRING, &c.cache, 0, "target cache mode (none = O_DIRECT)",
           "MODE" },
-        { "source-cache", 'T', POPT_ARG_STRING, &src_cache, 0, "source cache mode", "MODE" },
-        { "buf-size", '\0', POPT_ARG_STRING, &buf_size_s, 0, "bytes per request (default 2M)",
+        { "source-cache", 'T', POPT_ARG_STRING, &c.src_cache, 0, "source cache mode", "MODE" },
+        { "buf-size", '\0', POPT_ARG_STRING, &c.buf_size_s, 0, "bytes per request (default 2M)",
           "SIZE" },
-        { "max-in-flight", 'm', POPT_ARG_INT, &max_in_flight, 0,
+        { "max-in-flight", 'm', POPT_ARG_INT, &c.max_in_flight, 0,
           "requests in flight at once (default 4)", "N" },
-        { "compress", 'c', POPT_ARG_NONE, &compress, 0,
+        { "compress", 'c', POPT_ARG_NONE, &c.compress, 0,
           "write compressed clusters (qcow2: -o compression_type=zlib|zstd)", NULL },
-        { NULL, 'W', POPT_ARG_NONE, &out_of_order, 0,
+        { NULL, 'W', POPT_ARG_NONE, &c.out_of_order, 0,
           "write out of order (always done; accepted for qemu-img compatibility)", NULL },
-        { "connections", '\0', POPT_ARG_INT, &connections, 0,
+        { "connections", '\0', POPT_ARG_INT, &c.connections, 0,
           "NBD connections per URI when the server allows several (default 1)", "N" },
-        { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
+        { "force-share", 'U', POPT_ARG_NONE, &c.force_share, 0,
           "read the source even if another process is writing it", NULL },
-        { "progress", 'p', POPT_ARG_NONE, &progress, 0, "show a progress bar on a terminal",
+        { "progress", 'p', POPT_ARG_NONE, &c.progress, 0, "show a progress bar on a terminal",
           NULL },
-        { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
-        { "backing", 'B', POPT_ARG_STRING, &backing, 0,
+        CMD_OPTION_QUIET(c.quiet),
+        { "backing", 'B', POPT_ARG_STRING, &c.backing, 0,
           "the new target is an overlay of FILE: only what differs from it is written",
           "FILE" },
-        { "backing-format", 'F', POPT_ARG_STRING, &backing_fmt, 0,
+        { "backing-format", 'F', POPT_ARG_STRING, &c.backing_fmt, 0,
           "format of the -B file (default: probe)", "FMT" },
-        { "sparse-size", 'S', POPT_ARG_STRING, &sparse_s, 0,
-          "zeroes are detected (and not written) in units of SIZE (default 4k)", "SIZE" },
-        { "rate-limit", 'r', POPT_ARG_STRING, &rate_s, 0, "at most RATE bytes per second",
+        { "sparse-size", 'S', POPT_ARG_STRING, &c.sparse_s, 0,
+          "zeroes are detected (and not written) in units of SIZE (default 4k; 0: none)",
+          "SIZE" },
+        { "rate-limit", 'r', POPT_ARG_STRING, &c.rate_s, 0, "at most RATE bytes per second",
           "RATE" },
-        { "bitmaps", '\0', POPT_ARG_NONE, &copy_bitmaps, 0,
+        { NULL, 'l', POPT_ARG_STRING, &c.snapshot, 0,
+          "read the source as its internal snapshot recorded it (SNAPSHOT: "
+          "snapshot.id=ID,snapshot.name=NAME, or ID_OR_NAME)", "SNAPSHOT" },
+        { NULL, 'C', POPT_ARG_NONE, &c.copy_offload, 0,
+          "copy offloading: data goes from file to file in the kernel (copy_file_range)",
+          NULL },
+        { "salvage", '\0', POPT_ARG_NONE, &c.salvage, 0,
+          "on a read error, write zeroes for that range, warn and go on", NULL },
+        { "bitmaps", '\0', POPT_ARG_NONE, &c.copy_bitmaps, 0,
           "copy the persistent bitmaps too (qcow2 target)", NULL },
-        { "skip-broken-bitmaps", '\0', POPT_ARG_NONE, &skip_broken, 0,
+        { "skip-broken-bitmaps", '\0', POPT_ARG_NONE, &c.skip_broken, 0,
           "with --bitmaps: leave out inconsistent bitmaps", NULL },
         POPT_TABLEEND
     };
     struct cmdline cl = { 0 };
-    struct blockdev *src = NULL, *dst = NULL;
+    struct blockdev **srcs = NULL, *dst = NULL;
     struct err e = { 0 };
     char *tmp_path = NULL;
-    const char *src_name = NULL, *dst_name = NULL;
-    size_t buf_size = 0;
-    int status = cmd_parse(&cl, cmd, argc, argv, options, 0, 2, on_option, &a);
+    const char *dst_name = NULL;
+    int status = cmd_parse(&cl, cmd, argc, argv, options, 0, -1, cmd_on_format_option, &c.a);
     if (status >= 0)
         goto out;
-    const struct blockdrv *help_drv = blk_find_driver(dst_fmt ? dst_fmt : "raw");
-    if (a.help && help_drv) {
-        cmd_print_create_options(help_drv, cl.nargs == 2 ? cl.args[1] : NULL);
+    const struct blockdrv *help_drv = blk_find_driver(c.dst_fmt ? c.dst_fmt : "raw");
+    if (c.a.help && help_drv) {
+        cmd_print_create_options(help_drv, cl.nargs >= 2 ? cl.args[cl.nargs - 1] : NULL);
         status = EXIT_OK;
         goto out;
     }
@@ -123,133 +328,29 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
                                  cmd->usage);
         goto out;
     }
-    if (buf_size_s && (status = cmd_parse_buf_size(&cl, buf_size_s, &buf_size)) >= 0)
+    c.nsrcs = (size_t)cl.nargs - 1;
+    if ((status = check_options(&cl, &c)) >= 0)
         goto out;
-    if (max_in_flight < 1 || max_in_flight > COPY_MAX_IN_FLIGHT) {
-        status = cmd_usage_error(&cl, "--max-in-flight must be between 1 and %d",
-                                 COPY_MAX_IN_FLIGHT);
-        goto out;
-    }
-    if (target_is_zero && !no_create) {
-        status = cmd_usage_error(&cl, "--target-is-zero needs -n (a new target is always zero)");
-        goto out;
-    }
-    if (skip_broken && !copy_bitmaps) {
-        status = cmd_usage_error(&cl, "--skip-broken-bitmaps needs --bitmaps");
-        goto out;
-    }
-    uint64_t sparse_size = 0, rate = 0;
-    if (sparse_s && (status = parse_sparse_size(&cl, sparse_s, &sparse_size)) >= 0)
-        goto out;
-    if (rate_s && (status = cmd_parse_size_arg(&cl, "rate limit", rate_s, &rate)) >= 0)
-        goto out;
-    if (backing_fmt && !backing) {
-        status = cmd_usage_error(&cl, "-F needs a backing file (-B)");
-        goto out;
-    }
-    if (backing && (no_create || compress)) {
-        status = cmd_usage_error(&cl, "-B cannot be used with %s", no_create ? "-n" : "-c");
-        goto out;
-    }
-    if (no_create && a.opts.count) {
-        status = cmd_usage_error(&cl, "-o cannot be used with -n (the target exists)");
-        goto out;
-    }
-    if (connections < 1 || connections > 16) {
-        status = cmd_usage_error(&cl, "--connections must be from 1 to 16");
-        goto out;
-    }
-    const struct blk_open_opts *oo = cmd_open_opts_connections((unsigned)connections);
-    src_name = cl.args[0];
-    dst_name = cl.args[1];
-    int ret;
-    unsigned sflags = cmd_open_flags(false, force_share, src_cache, &e, &ret);
+    const struct blk_open_opts *oo = cmd_open_opts_connections((unsigned)c.connections);
+    dst_name = cl.args[c.nsrcs];
     status = EXIT_ERROR;
-    if (ret < 0 || blk_open(src_name, src_fmt, sflags, oo, &src, &e) < 0)
-        goto fail;
-    if (copy_bitmaps && blk_bitmaps_check_copy(src, skip_broken, &e) < 0)
-        goto fail;
-
-    unsigned dflags = cmd_open_flags(true, false, cache, &e, &ret);
-    if (ret < 0)
-        goto fail;
-    const char *open_name = dst_name;
-    const struct blockdrv *new_drv = blk_find_driver(dst_fmt ? dst_fmt : "raw");
-    /* Refuse -c before creating anything (an existing target is checked by
-     * the copy itself). */
-    if (compress && !no_create && new_drv && blk_check_compression(new_drv, dst_name, &e) < 0)
-        goto fail;
-    if (copy_bitmaps && !no_create && new_drv && !blk_driver_has_bitmaps(new_drv)) {
-        err_set(&e, ENOTSUP, "%s: format '%s' does not support persistent bitmaps", dst_name,
-                new_drv->name);
+    uint64_t total;
+    if (!(srcs = calloc(c.nsrcs, sizeof(*srcs)))) {
+        err_set(&e, ENOMEM, "out of memory");
         goto fail;
     }
-    /* -o backing_file=...,backing_fmt=... as in qemu-img convert -B: the new
-     * target is backed by that image, and only what the source's top layer
-     * allocates is copied (the rest is expected to read the same through
-     * the target's backing file); zeroes are written, not skipped. */
-    const char *o_backing = kvopts_get(&a.opts, "backing_file");
-    const char *o_backing_fmt = kvopts_get(&a.opts, "backing_fmt");
-    if (o_backing_fmt && !o_backing) {
-        err_set(&e, EINVAL, "%s: -o backing_fmt needs -o backing_file", dst_name);
+    if (open_sources(&c, cl.args, oo, srcs, &total, &e) < 0 ||
+        open_target(&c, dst_name, srcs[0], total, oo, &tmp_path, &dst, &e) < 0)
         goto fail;
-    }
-    if (!no_create) {
-        struct blk_create_params p = {
-            .filename = dst_name, .size = src->size, .opts = &a.opts,
-            .backing_file = backing ? backing : o_backing,
-            .backing_format = backing ? backing_fmt : o_backing_fmt,
-            .open_opts = cmd_open_opts(),
-        };
-        if (blk_create_begin(dst_fmt ? dst_fmt : "raw", &p, &tmp_path, &e) < 0)
+    for (size_t i = 1; i < c.nsrcs; i++)
+        if (blk_check_distinct(dst, srcs[i], &e) < 0)
             goto fail;
-        open_name = tmp_path;
-    }
-    if (blk_open(open_name, no_create ? dst_fmt : (dst_fmt ? dst_fmt : "raw"), dflags, oo, &dst,
-                 &e) < 0)
-        goto fail;
-    if (blk_check_distinct(dst, src, &e) < 0)
-        goto fail;
-    if (tmp_path)
-        blk_defer_flushes(dst, true);   /* nobody sees it until the rename */
-    if (dst->size < src->size) {
-        err_set(&e, EINVAL, "%s: target is smaller (%" PRIu64 " bytes) than the source "
-                "(%" PRIu64 " bytes); resize it first", dst_name, dst->size, src->size);
-        goto fail;
-    }
-    struct progress bar;
-    progress_init(&bar, progress && !quiet, src->size);
-    install_cancel_handlers();
-    struct copy_job job = {
-        .src = src, .dst = dst, .offset = 0, .length = src->size,
-        /* With -B the new target reads as its backing file: what the
-         * source holds the same is not written (the rebase comparison).
-         * With -o backing_file only the source's top layer is copied. */
-        .base = !backing && o_backing ? src->backing : NULL,
-        .target_is_zero = !backing && ((!no_create && !o_backing) || target_is_zero),
-        .skip_identical = backing != NULL,
-        .zero_detect = (uint32_t)sparse_size,
-        .write_zeroes_as_data = sparse_s && sparse_size == 0,
-        .speed = rate,
-        .buf_size = (size_t)buf_size,
-        .max_in_flight = (unsigned)max_in_flight,
-        .compress = compress,
-        .progress = on_progress, .opaque = &bar,
-        .cancel = &cancel_requested,
-    };
-    ret = copy_run(&job, &e);
-    progress_finish(&bar);
-    blk_defer_flushes(dst, false);
-    if (ret == 0)
-        ret = blk_flush(dst, &e);
-    /* After the data, so that copying it does not dirty them. */
-    if (ret == 0 && copy_bitmaps && (ret = blk_bitmaps_copy(dst, src, skip_broken, &e)) == 0)
-        ret = blk_bitmaps_release(dst, &e);
+    int ret = copy_sources(&c, srcs, dst, total, &e);
     if (ret < 0) {
         if (ret == -ECANCELED) {
             status = EXIT_CANCELLED;
             err_set(&e, ECANCELED, "%s: convert cancelled%s", dst_name,
-                    no_create ? "; the target holds a partial copy" : "; no image was created");
+                    c.no_create ? "; the target holds a partial copy" : "; no image was created");
         }
         goto fail;
     }
@@ -275,8 +376,11 @@ out:
         blk_create_abort(tmp_path, dst_name);
         free(tmp_path);
     }
-    blk_close(src);
-    kvopts_free(&a.opts);
+    for (size_t i = 0; srcs && i < c.nsrcs; i++)
+        blk_close(srcs[i]);
+    free(srcs);
+    kvopts_free(&c.a.opts);
+    kvopts_free(&c.snapshot_kv);
     cmd_done(&cl);
     return status;
 }

@@ -6,24 +6,6 @@
 
 #include "cmd/commands.h"
 
-struct create_args {
-    struct kvopts opts;
-    bool help;              /* -o help */
-    struct err e;
-};
-
-enum { OPT_O = 1 };
-
-static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
-{
-    struct create_args *a = opaque;
-    if (val == OPT_O && cmd_opts_want_help(arg))
-        a->help = true;
-    else if (val == OPT_O && kvopts_parse(&a->opts, arg, &a->e) < 0)
-        return cmd_usage_error(cl, "-o %s: %s", arg, a->e.msg);
-    return -1;
-}
-
 /* The value of option `o` as qemu-img prints it: sizes and numbers as
  * bytes, commas in strings doubled (the -o escaping). */
 static void print_option_value(const struct blk_option_desc *o, const char *v)
@@ -77,10 +59,10 @@ int cmd_create(const struct command *cmd, int argc, const char **argv)
 {
     char *format = NULL, *backing_arg = NULL, *backing_fmt_arg = NULL;
     int quiet = 0, unsafe = 0;
-    struct create_args a = { 0 };
+    struct cmd_format_opts a = { 0 };
     struct poptOption options[] = {
         { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default raw)", "FMT" },
-        { "options", 'o', POPT_ARG_STRING, NULL, OPT_O,
+        { "options", 'o', POPT_ARG_STRING, NULL, CMD_OPT_O,
           "format options, e.g. cluster_size=64k,compression_type=zstd ('help' lists them)",
           "OPT=VAL,..." },
         { "backing", 'b', POPT_ARG_STRING, &backing_arg, 0, "backing file", "FILE" },
@@ -88,11 +70,11 @@ int cmd_create(const struct command *cmd, int argc, const char **argv)
           "FMT" },
         { "unsafe", 'u', POPT_ARG_NONE, &unsafe, 0,
           "do not open the backing file (it may not exist yet; give the size)", NULL },
-        { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
+        CMD_OPTION_QUIET(quiet),
         POPT_TABLEEND
     };
     struct cmdline cl = { 0 };
-    int status = cmd_parse(&cl, cmd, argc, argv, options, 0, 2, on_option, &a);
+    int status = cmd_parse(&cl, cmd, argc, argv, options, 0, 2, cmd_on_format_option, &a);
     if (status >= 0)
         goto out;
 

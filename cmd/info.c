@@ -107,12 +107,11 @@ int cmd_info(const struct command *cmd, int argc, const char **argv)
     char *format = NULL, *output = NULL;
     int force_share = 0, backing_chain = 0;
     struct poptOption options[] = {
-        { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
-        { "output", '\0', POPT_ARG_STRING, &output, 0, "output format", "human|json" },
+        CMD_OPTION_FORMAT(format),
+        CMD_OPTION_OUTPUT(output),
         { "backing-chain", '\0', POPT_ARG_NONE, &backing_chain, 0,
           "show every image of the backing chain", NULL },
-        { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
-          "open even if another process is writing the image", NULL },
+        CMD_OPTION_FORCE_SHARE(force_share),
         POPT_TABLEEND
     };
     struct cmdline cl = { 0 };

@@ -245,14 +245,14 @@ int cmd_io(const struct command *cmd, int argc, const char **argv)
         { "cmd", 'c', POPT_ARG_STRING, NULL, OPT_CMD,
           "command to run (repeatable): write [-P PAT|-z [-u]] OFF LEN, read [-P PAT] "
           "OFF LEN, discard OFF LEN, flush", "COMMAND" },
-        { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
+        CMD_OPTION_FORMAT(format),
         { "read-only", 'r', POPT_ARG_NONE, &read_only, 0, "open the image read-only", NULL },
         { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
           "with -r: open even if another process is writing the image", NULL },
         { "cache", 't', POPT_ARG_STRING, &cache, 0, "cache mode (none = O_DIRECT)", "MODE" },
         { "nocache", 'n', POPT_ARG_NONE, &nocache, 0, "bypass the host page cache, short for "
           "-t none", NULL },
-        { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
+        CMD_OPTION_QUIET(quiet),
         POPT_TABLEEND
     };
     struct cmdline cl = { 0 };

@@ -53,12 +53,11 @@ int cmd_map(const struct command *cmd, int argc, const char **argv)
     char *format = NULL, *output = NULL, *start_s = NULL, *max_s = NULL;
     int force_share = 0;
     struct poptOption options[] = {
-        { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
-        { "output", '\0', POPT_ARG_STRING, &output, 0, "output format", "human|json" },
+        CMD_OPTION_FORMAT(format),
+        CMD_OPTION_OUTPUT(output),
         { "start-offset", 's', POPT_ARG_STRING, &start_s, 0, "first byte to map", "OFFSET" },
         { "max-length", 'l', POPT_ARG_STRING, &max_s, 0, "bytes to map at most", "LENGTH" },
-        { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
-          "open even if another process is writing the image", NULL },
+        CMD_OPTION_FORCE_SHARE(force_share),
         POPT_TABLEEND
     };
     struct cmdline cl = { 0 };

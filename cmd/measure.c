@@ -6,23 +6,13 @@
 
 #include "cmd/commands.h"
 
-struct measure_args {
-    struct kvopts opts;
-    struct err e;
-};
-
-enum { OPT_O = 1 };
-
 static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
 {
-    struct measure_args *a = opaque;
     /* qemu-img measure has no -o help: the target's options are listed by
      * create -o help. */
-    if (val == OPT_O && (!strcmp(arg, "help") || !strcmp(arg, "?")))
-        return cmd_usage_error(cl, "Invalid parameter '%s'", arg);
-    if (val == OPT_O && kvopts_parse(&a->opts, arg, &a->e) < 0)
-        return cmd_usage_error(cl, "-o %s: %s", arg, a->e.msg);
-    return -1;
+    if (val == CMD_OPT_O && cmd_opts_want_help(arg))
+        return cmd_usage_error(cl, "Invalid parameter '%s'", strstr(arg, "help") ? "help" : "?");
+    return cmd_on_format_option(cl, val, arg, opaque);
 }
 
 static void print_measure(const struct blk_measure *m, enum output_mode mode)
@@ -61,20 +51,19 @@ int cmd_measure(const struct command *cmd, int argc, const char **argv)
 {
     char *format = NULL, *out_fmt = NULL, *size_s = NULL, *output = NULL;
     int force_share = 0;
-    struct measure_args a = { 0 };
+    struct cmd_format_opts a = { 0 };
     struct poptOption options[] = {
         { "format", 'f', POPT_ARG_STRING, &format, 0, "format of the image (default: probe)",
           "FMT" },
         { "target-format", 'O', POPT_ARG_STRING, &out_fmt, 0,
           "format of the new image (default raw)", "FMT" },
-        { "options", 'o', POPT_ARG_STRING, NULL, OPT_O,
+        { "options", 'o', POPT_ARG_STRING, NULL, CMD_OPT_O,
           "create options of the new image, e.g. cluster_size=64k,refcount_bits=16",
           "OPT=VAL,..." },
         { "size", '\0', POPT_ARG_STRING, &size_s, 0, "virtual size of an empty new image",
           "SIZE" },
-        { "output", '\0', POPT_ARG_STRING, &output, 0, "output format", "human|json" },
-        { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
-          "open even if another process is writing the image", NULL },
+        CMD_OPTION_OUTPUT(output),
+        CMD_OPTION_FORCE_SHARE(force_share),
         POPT_TABLEEND
     };
     struct cmdline cl = { 0 };

@@ -156,7 +156,7 @@ int cmd_rebase(const struct command *cmd, int argc, const char **argv)
     char *backing_fmt = NULL, *output = NULL;
     int unsafe = 0, progress = 0, quiet = 0, force_share = 0;
     struct poptOption options[] = {
-        { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
+        CMD_OPTION_FORMAT(format),
         { "cache", 't', POPT_ARG_STRING, &cache, 0, "cache mode of the image (none = O_DIRECT)",
           "MODE" },
         { "source-cache", 'T', POPT_ARG_STRING, &src_cache, 0,
@@ -174,7 +174,7 @@ int cmd_rebase(const struct command *cmd, int argc, const char **argv)
           "human|json" },
         { "progress", 'p', POPT_ARG_NONE, &progress, 0, "show a progress bar on a terminal",
           NULL },
-        { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
+        CMD_OPTION_QUIET(quiet),
         POPT_TABLEEND
     };
     struct cmdline cl = { 0 };

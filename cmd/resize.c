@@ -11,12 +11,12 @@ int cmd_resize(const struct command *cmd, int argc, const char **argv)
     char *format = NULL, *prealloc_s = NULL;
     int shrink = 0, quiet = 0;
     struct poptOption options[] = {
-        { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
+        CMD_OPTION_FORMAT(format),
         { "preallocation", '\0', POPT_ARG_STRING, &prealloc_s, 0,
           "preallocate the grown part (qcow2: metadata too)", "off|metadata|falloc|full" },
         { "shrink", '\0', POPT_ARG_NONE, &shrink, 0,
           "allow making the image smaller (data past the new end is lost)", NULL },
-        { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
+        CMD_OPTION_QUIET(quiet),
         POPT_TABLEEND
     };
     struct cmdline cl = { 0 };

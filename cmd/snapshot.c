@@ -76,10 +76,10 @@ int cmd_snapshot(const struct command *cmd, int argc, const char **argv)
           "revert the disk to the snapshot with this ID or name", "SNAPSHOT" },
         { "delete", 'd', POPT_ARG_STRING, NULL, OPT_DELETE,
           "delete the (first) snapshot named NAME", "NAME" },
-        { "format", 'f', POPT_ARG_STRING, &format, 0, "image format (default: probe)", "FMT" },
+        CMD_OPTION_FORMAT(format),
         { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
           "with -l: open even if another process is writing the image", NULL },
-        { "quiet", 'q', POPT_ARG_NONE, &quiet, 0, "print nothing on success", NULL },
+        CMD_OPTION_QUIET(quiet),
         POPT_TABLEEND
     };
     struct cmdline cl = { 0 };

@@ -206,6 +206,13 @@ struct blockdrv {
      * once.  NULL when the format has no compression. */
     int (*pwrite_compressed)(struct blockdev *bs, uint64_t off, const void *buf, size_t len,
                              struct err *e);
+    /* Make [off, off + len) of the disk hold the len bytes at src_off of
+     * transport `src`, copied without passing through memory (convert -C:
+     * transport_copy_range), where the format can place them; -ENOTSUP
+     * when it cannot (the caller then writes the data itself).  Called as
+     * pwritev is.  NULL: never. */
+    int (*copy_range_to)(struct blockdev *bs, uint64_t off, uint64_t len, struct transport *src,
+                         uint64_t src_off, struct err *e);
     /* Verify the image's metadata (and repair with BLK_CHECK_FIX_*, on a
      * writable open), counting problems in `res`; returns a negative errno
      * only when the check itself could not run.  NULL: no checks. */
@@ -254,6 +261,12 @@ struct blockdrv {
                            uint32_t date_nsec, struct err *e);
     int (*snapshot_delete)(struct blockdev *bs, const char *name, struct err *e);
     int (*snapshot_apply)(struct blockdev *bs, const char *id_or_name, struct err *e);
+    /* Make a read-only open read as the snapshot with that ID and name
+     * (NULL: any) did, until close (convert -l; QEMU's
+     * bdrv_snapshot_load_tmp, which keeps the image's virtual size).
+     * -ENOENT, with no message, when no snapshot matches.  Before any I/O. */
+    int (*snapshot_load)(struct blockdev *bs, const char *id, const char *name,
+                         struct err *e);
     /* Change the image's format options in place (amend -o); the keys are
      * those of amend_options, checked by blk_amend.  NULL: cannot amend. */
     int (*amend)(struct blockdev *bs, struct kvopts *opts, const struct blk_progress *progress,
@@ -383,6 +396,12 @@ int blk_snapshot_create(struct blockdev *bs, const char *name, uint32_t date_sec
                         uint32_t date_nsec, struct err *e);
 int blk_snapshot_delete(struct blockdev *bs, const char *name, struct err *e);
 int blk_snapshot_apply(struct blockdev *bs, const char *id_or_name, struct err *e);
+/* blockdrv.snapshot_load on a read-only open, before any I/O: with `id` or
+ * `name` (or both), the snapshot matching them; with only `id_or_name`,
+ * the one with that ID, else the one with that name (QEMU's
+ * bdrv_snapshot_load_tmp_by_id_or_name).  -ENOENT: none matches. */
+int blk_snapshot_load(struct blockdev *bs, const char *id, const char *name,
+                      const char *id_or_name, struct err *e);
 /* blockdrv.amend after checking every key against the format's
  * amend_options (a create-only option is named as such). */
 int blk_amend(struct blockdev *bs, struct kvopts *opts, const struct blk_progress *progress,
@@ -414,6 +433,15 @@ void blk_create_abort(const char *tmp_path, const char *filename);
 
 /* --- I/O: offsets and lengths are checked against bs->size --- */
 int blk_pread(struct blockdev *bs, uint64_t off, void *buf, size_t len, struct err *e);
+/* Copy [src_off, src_off + len) of src's disk to [off, off + len) of dst
+ * by copy offloading (blockdrv.copy_range_to), the data never read into
+ * memory: for each run of src's block status, from the host file that
+ * holds it.  -ENOTSUP when some part cannot be offloaded (a compressed
+ * cluster, a zero or unallocated run, NBD, a format that cannot place the
+ * data, a probed target); what was copied before stays copied, so the
+ * caller writes the whole range again another way. */
+int blk_copy_range(struct blockdev *dst, uint64_t off, struct blockdev *src, uint64_t src_off,
+                   uint64_t len, struct err *e);
 int blk_pwrite(struct blockdev *bs, uint64_t off, const void *buf, size_t len, struct err *e);
 int blk_preadv(struct blockdev *bs, uint64_t off, const struct iovec *iov, int iovcnt,
                struct err *e);

@@ -364,6 +364,39 @@ int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, 
     return 0;
 }
 
+/* Errors of copy_file_range that mean "not between these two files". */
+static bool copy_range_unsupported(int err)
+{
+    return err == EXDEV || err == EINVAL || err == ENOSYS || err == EOPNOTSUPP ||
+           err == ENOTSUP || err == EBADF;
+}
+
+int hostfile_copy_range(struct hostfile *dst, uint64_t dst_off, struct hostfile *src,
+                        uint64_t src_off, uint64_t len, struct err *e)
+{
+    fault_injection_point(dst);
+    while (len) {
+        loff_t in = (loff_t)src_off, out = (loff_t)dst_off;
+        ssize_t r = copy_file_range(src->fd, &in, dst->fd, &out, (size_t)min_u64(len, 1u << 30),
+                                    0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0 && copy_range_unsupported(errno))
+            return err_set(e, ENOTSUP, "%s: cannot copy from %s in the kernel: %s", dst->path,
+                           src->path, strerror(errno));
+        if (r < 0)
+            return err_errno(e, errno, "%s: copy from %s failed at offset %llu", dst->path,
+                             src->path, (unsigned long long)dst_off);
+        if (r == 0)
+            return err_set(e, ENOTSUP, "%s: ends before offset %llu", src->path,
+                           (unsigned long long)src_off);
+        src_off += (uint64_t)r;
+        dst_off += (uint64_t)r;
+        len -= (uint64_t)r;
+    }
+    return 0;
+}
+
 int hostfile_flush(struct hostfile *f, struct err *e)
 {
     if (f->flush_deferred)

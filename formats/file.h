@@ -85,6 +85,12 @@ int hostfile_write_zeroes(struct hostfile *f, uint64_t off, uint64_t len, bool m
  * writing zeroes. */
 int hostfile_preallocate(struct hostfile *f, uint64_t off, uint64_t len, bool full,
                          struct err *e);
+/* Copy len bytes at src_off of src to dst_off of dst inside the kernel
+ * (copy_file_range), without passing them through memory.  -ENOTSUP when
+ * the kernel or the file systems cannot (across file systems, for
+ * example), or when src ends first; bytes copied before stay copied. */
+int hostfile_copy_range(struct hostfile *dst, uint64_t dst_off, struct hostfile *src,
+                        uint64_t src_off, uint64_t len, struct err *e);
 /* Punch a hole if the file system can; otherwise do nothing (discard is a
  * hint).  Reads of the range then return zeroes or the old data. */
 int hostfile_discard(struct hostfile *f, uint64_t off, uint64_t len, struct err *e);

@@ -60,6 +60,12 @@ static int raw_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *io
     return transport_pwritev(bs->file, off, iov, iovcnt, e);
 }
 
+static int raw_copy_range_to(struct blockdev *bs, uint64_t off, uint64_t len,
+                             struct transport *src, uint64_t src_off, struct err *e)
+{
+    return transport_copy_range(bs->file, off, src, src_off, len, e);
+}
+
 static int raw_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
                             struct blk_extent *ext, struct err *e)
 {
@@ -149,6 +155,7 @@ const struct blockdrv blockdrv_raw = {
     .create = raw_create,
     .preadv = raw_preadv,
     .pwritev = raw_pwritev,
+    .copy_range_to = raw_copy_range_to,
     .block_status = raw_block_status,
     .write_zeroes = raw_write_zeroes,
     .discard = raw_discard,

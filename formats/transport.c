@@ -117,6 +117,15 @@ int transport_preallocate(struct transport *t, uint64_t off, uint64_t len, bool 
     return hostfile_preallocate(f, off, len, full, e);
 }
 
+int transport_copy_range(struct transport *dst, uint64_t dst_off, struct transport *src,
+                         uint64_t src_off, uint64_t len, struct err *e)
+{
+    struct hostfile *d = transport_hostfile(dst), *s = transport_hostfile(src);
+    if (!d || !s)
+        return err_set(e, ENOTSUP, "%s: copy offloading needs two host files", dst->name);
+    return hostfile_copy_range(d, dst_off, s, src_off, len, e);
+}
+
 int transport_discard(struct transport *t, uint64_t off, uint64_t len, struct err *e)
 {
     return t->ops->discard ? t->ops->discard(t, off, len, e) : 0;

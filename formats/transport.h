@@ -132,6 +132,9 @@ int transport_preallocate(struct transport *t, uint64_t off, uint64_t len, bool 
                           struct err *e);
 int transport_data_status(struct transport *t, uint64_t off, uint64_t bytes, unsigned *flags,
                           uint64_t *run, struct err *e);
+/* hostfile_copy_range when both are host files; -ENOTSUP otherwise. */
+int transport_copy_range(struct transport *dst, uint64_t dst_off, struct transport *src,
+                         uint64_t src_off, uint64_t len, struct err *e);
 void transport_defer_flushes(struct transport *t, bool defer);
 /* Whether t keeps its own dirty bitmaps (transport_ops.dirty_bitmaps). */
 bool transport_has_dirty_bitmaps(const struct transport *t);

@@ -100,6 +100,7 @@ struct engine {
     unsigned nignored;          /* chunks that failed and were ignored */
     struct err ignored_error;   /* ... the first one's message */
     uint64_t io_dispatched;     /* bytes that cost I/O, for the rate limit */
+    atomic_bool offload_failed; /* copy_offload: a chunk could not be offloaded */
     struct timespec start;
     struct copy_stats stats;
 };
@@ -116,6 +117,12 @@ static bool cancel_requested(const struct copy_job *job)
 }
 
 /* --- Work done by the workers (no engine state touched) --- */
+
+/* The source offset that target offset `off` is copied from. */
+static uint64_t src_at(const struct copy_job *job, uint64_t off)
+{
+    return off + (uint64_t)job->src_shift;     /* wraps as two's complement */
+}
 
 /* The target's status at `off` for copy_zeroes: where it reads zeroes
  * (through its chain), unless explicit zeroes are wanted, where only zeroes
@@ -169,7 +176,7 @@ static int write_detecting_zeroes(struct engine *eng, const uint8_t *buf, uint64
 {
     uint32_t unit = eng->unit;
     size_t pos = 0;
-    if (eng->job->write_zeroes_as_data) {
+    if (eng->job->write_zeroes_as_data || eng->job->copy_offload) {
         int ret = blk_pwrite(eng->job->dst, off, buf, len, e);
         if (ret == 0)
             st->bytes_written += len;
@@ -328,6 +335,32 @@ static int write_compressed(struct engine *eng, const uint8_t *buf, uint64_t off
     return 0;
 }
 
+static void report_salvaged(struct engine *eng, uint64_t off, const struct err *e);
+
+enum { SALVAGE_SECTOR = 512 };
+
+/* --salvage: read [off, off+len) of the source sector by sector after a
+ * failed read; sectors that fail read as zeroes and are reported. */
+static int read_salvaging(struct engine *eng, uint64_t off, uint8_t *buf, size_t len,
+                          struct copy_stats *st, struct err *e)
+{
+    size_t n;
+    for (size_t pos = 0; pos < len; pos += n) {
+        if (cancel_requested(eng->job))
+            return err_set(e, ECANCELED, "cancelled");
+        n = (size_t)min_u64(SALVAGE_SECTOR - (off + pos) % SALVAGE_SECTOR, len - pos);
+        struct err sector_error = { 0 };
+        if (blk_pread(eng->job->src, src_at(eng->job, off + pos), buf + pos, n,
+                      &sector_error) < 0) {
+            memset(buf + pos, 0, n);
+            report_salvaged(eng, src_at(eng->job, off + pos), &sector_error);
+        } else {
+            st->bytes_read += n;
+        }
+    }
+    return 0;
+}
+
 /* Read the chunk's data pieces into buf (zero pieces are not read, they
  * are zero; SKIP pieces are read through the chain only when compressing,
  * which needs whole clusters). */
@@ -338,10 +371,16 @@ static int fill_buffer(struct engine *eng, const struct chunk *c, uint8_t *buf,
     for (size_t i = 0; i < c->npieces; i++) {
         const struct piece *p = &c->pieces[i];
         if (p->kind == CHUNK_DATA || (p->kind == CHUNK_SKIP && eng->job->compress)) {
-            int ret = blk_pread(eng->job->src, c->off + pos, buf + pos, (size_t)p->len, e);
+            int ret = blk_pread(eng->job->src, src_at(eng->job, c->off + pos), buf + pos,
+                                (size_t)p->len, e);
+            if (ret < 0 && eng->job->salvage && ret != -ECANCELED) {
+                err_clear(e);
+                ret = read_salvaging(eng, c->off + pos, buf + pos, (size_t)p->len, st, e);
+            } else if (ret == 0) {
+                st->bytes_read += p->len;
+            }
             if (ret < 0)
                 return ret;
-            st->bytes_read += p->len;
         } else {
             memset(buf + pos, 0, (size_t)p->len);
         }
@@ -350,9 +389,47 @@ static int fill_buffer(struct engine *eng, const struct chunk *c, uint8_t *buf,
     return 0;
 }
 
+static void add_stats(struct copy_stats *to, const struct copy_stats *from);
+
+/* copy_offload: the chunk's data pieces by blk_copy_range, its zero
+ * pieces as usual.  -ENOTSUP: some piece cannot be offloaded. */
+static int offload_chunk(struct engine *eng, const struct chunk *c, struct copy_stats *st,
+                         struct err *e)
+{
+    struct copy_job *job = eng->job;
+    uint64_t pos = 0;
+    for (size_t i = 0; i < c->npieces; pos += c->pieces[i++].len) {
+        const struct piece *p = &c->pieces[i];
+        int ret = 0;
+        if (p->kind == CHUNK_DATA) {
+            ret = blk_copy_range(job->dst, c->off + pos, job->src, src_at(job, c->off + pos),
+                                 p->len, e);
+            if (ret == 0)
+                st->bytes_written += p->len;
+        } else if (p->kind == CHUNK_ZERO) {
+            ret = copy_zeroes(job, c->off + pos, p->len, st, e);
+        } else {
+            st->bytes_skipped += p->len;
+        }
+        if (ret < 0)
+            return ret;
+    }
+    return 0;
+}
+
 static int copy_data_chunk(struct engine *eng, const struct chunk *c, uint8_t *buf,
                            struct copy_stats *st, struct err *e, bool *source_error)
 {
+    if (eng->job->copy_offload && !atomic_load(&eng->offload_failed)) {
+        struct copy_stats tried = { 0 };
+        int ret = offload_chunk(eng, c, &tried, e);
+        if (ret != -ENOTSUP) {
+            add_stats(st, &tried);
+            return ret;
+        }
+        atomic_store(&eng->offload_failed, true);   /* the rest goes through buffers */
+        err_clear(e);
+    }
     int ret = fill_buffer(eng, c, buf, st, e);
     if (ret < 0) {
         *source_error = true;
@@ -382,8 +459,6 @@ static int copy_data_chunk(struct engine *eng, const struct chunk *c, uint8_t *b
     }
     return 0;
 }
-
-static void add_stats(struct copy_stats *to, const struct copy_stats *from);
 
 /* Do a chunk's work; a failure sets *source_error when it was a read of
  * the source (everything else touches the target). */
@@ -497,6 +572,16 @@ static void ignore_locked(struct engine *eng, unsigned slot, const struct copy_s
     complete_locked(eng, slot, 0, st, NULL);
 }
 
+/* A sector that --salvage read as zeroes, passed on one at a time. */
+static void report_salvaged(struct engine *eng, uint64_t off, const struct err *e)
+{
+    if (!eng->job->salvaged)
+        return;
+    pthread_mutex_lock(&eng->lock);
+    eng->job->salvaged(eng->job->opaque, off, e);
+    pthread_mutex_unlock(&eng->lock);
+}
+
 static void cancel_locked(struct engine *eng)
 {
     struct err e = { 0 };
@@ -602,15 +687,16 @@ static int cursor_load(struct engine *eng, struct cursor *cur, uint64_t off, str
         return 0;
     struct copy_job *job = eng->job;
     uint64_t src_size = job->src ? job->src->size : 0;
-    if (off >= src_size) {
+    uint64_t at = src_at(job, off);
+    if (at >= src_size) {
         /* Past the end of a short source (source_zero_past_end). */
         cur->len = eng->end - off;
         cur->kind = CHUNK_ZERO;
         return 0;
     }
     struct blk_extent ext;
-    int ret = blk_block_status_above(job->src, job->base, off,
-                                     min_u64(eng->end, src_size) - off, &ext, e);
+    int ret = blk_block_status_above(job->src, job->base, at,
+                                     min_u64(eng->end - off, src_size - at), &ext, e);
     if (ret < 0)
         return ret;
     cur->len = ext.length;
@@ -815,8 +901,12 @@ static int check_job(struct copy_job *job, struct err *e)
 {
     if (!job->src && !job->source_zero_past_end)
         return err_set(e, EINVAL, "no source to copy from");
+    uint64_t src_start = src_at(job, job->offset);
+    if (job->source_zero_past_end && job->src_shift)
+        return err_set(e, EINVAL, "a shifted source cannot read zeroes past its end");
     if (!job->source_zero_past_end &&
-        (job->offset > job->src->size || job->length > job->src->size - job->offset))
+        ((job->src_shift < 0 && 0 - (uint64_t)job->src_shift > job->offset) ||
+         src_start > job->src->size || job->length > job->src->size - src_start))
         return err_set(e, EINVAL, "%s: copy range is beyond the end of the image",
                        job->src->filename);
     if (job->offset > job->dst->size || job->length > job->dst->size - job->offset)
@@ -824,6 +914,8 @@ static int check_job(struct copy_job *job, struct err *e)
                        "copy", job->dst->filename, (unsigned long long)job->dst->size);
     if (job->explicit_zeroes && job->target_is_zero)
         return err_set(e, EINVAL, "explicit zeroes and target_is_zero exclude each other");
+    if (job->copy_offload && (job->compress || job->skip_identical))
+        return err_set(e, EINVAL, "copy_offload excludes compress and skip_identical");
     if (job->skip_identical && (job->compress || job->target_is_zero || job->explicit_zeroes))
         return err_set(e, EINVAL, "skip_identical excludes compress, target_is_zero and "
                        "explicit zeroes");

@@ -50,6 +50,11 @@ struct copy_job {
     const struct blockdev *base;
     struct blockdev *dst;
     uint64_t offset, length;    /* the range to copy */
+    /* The source's bytes for target offset X are those at X + src_shift
+     * (0: the same offsets; convert concatenating several sources, dd
+     * skip=).  [offset + src_shift, + length) must lie in the source;
+     * not with source_zero_past_end. */
+    int64_t src_shift;
     bool target_is_zero;        /* the target reads as zeroes everywhere */
     /* Zero ranges of the source become allocated zeroes in the target
      * (qcow2 zero clusters), even where the target reads zeroes now because
@@ -87,6 +92,14 @@ struct copy_job {
      * the target ends up fully allocated (SKIP runs above `base` are still
      * left alone).  Excludes target_is_zero's shortcut (nothing is skipped). */
     bool write_zeroes_as_data;
+    /* convert -C: the source's data runs are copied by blk_copy_range
+     * (copy_file_range between host files) instead of through a buffer,
+     * and, as with qemu-img -C, written as they are, without zero
+     * detection.  At the first chunk that cannot be offloaded (a compressed
+     * cluster, a qcow2 or NBD target ...) the engine stops trying and copies
+     * that chunk and the rest through its buffers, still without zero
+     * detection.  Excludes compress and skip_identical. */
+    bool copy_offload;
     /* Called as requests complete, always from the thread that called
      * copy_run (never concurrently), with the bytes of the range completed
      * so far: `done` only grows and reaches `total` on success.  May be
@@ -119,6 +132,14 @@ struct copy_job {
      * the target.  An ignored failure leaves its range unreported to
      * range_done, and copy_run returns -EIO after copying the rest. */
     enum copy_error_action on_source_error, on_target_error;
+    /* convert --salvage, as qemu-img's: a read of the source that fails
+     * is tried again sector by sector (512 bytes); a sector that still
+     * fails reads as zeroes and is passed to `salvaged` (its source offset
+     * and the error), and the copy goes on and succeeds.  salvaged is
+     * called from worker threads, one call at a time; may be NULL.
+     * Failures of block status and of the target are not salvaged. */
+    bool salvage;
+    void (*salvaged)(void *opaque, uint64_t src_offset, const struct err *e);
     /* Set asynchronously (signal handler) to stop the copy: copy_run then
      * returns -ECANCELED.  Requests already running finish first.  A C11
      * atomic (lock-free, so a signal handler may store it) because worker

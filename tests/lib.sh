@@ -49,4 +49,13 @@ qemu_clean() {
     checks=$((checks + 1))
     local o; o=$(qemu-img check -U "$1" 2>&1) || die "qemu-img check $1: $o"
 }
+# map_alloc FMT IMG: qemu-img map of IMG as "start length zero data" runs,
+# host offsets left out and adjacent runs alike merged (allocation only).
+map_alloc() {
+    qemu-img map -U -f "$1" --output=json "$2" |
+        sed -n 's/.*"start": \([0-9]*\), "length": \([0-9]*\),.*"zero": \([a-z]*\), "data": \([a-z]*\).*/\1 \2 \3 \4/p' |
+        awk '$3 == z && $4 == d { len += $2; next }
+             NR > 1 { print start, len, z, d } { start = $1; len = $2; z = $3; d = $4 }
+             END { print start, len, z, d }'
+}
 passed() { echo "PASS ($checks checks)"; exit 0; }

@@ -13,10 +13,12 @@ serve_bg() {
     servers+=("$T/$name.pid")
     wait_event "$name" listening
 }
-# wait_event NAME EVENT: until the server printed {"event": "EVENT", ...}.
+# wait_event NAME EVENT: until the server printed {"event": "EVENT", ...}
+# (at most ~90 s: a hang guard only; the shared CI machine can be slow,
+# a target's fdatasync included).
 wait_event() {
     local i
-    for i in $(seq 1500); do
+    for i in $(seq 4500); do
         grep -q "^{\"event\": \"$2\"" "$T/$1.ev" 2>/dev/null && return 0
         [ -s "$T/$1.rc" ] && die "server $1 exited ($(cat "$T/$1.rc")) before '$2': $(cat "$T/$1.ev" "$T/$1.err")"
         sleep 0.02

@@ -6,14 +6,6 @@
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io
 
-# qemu-img map of $2 (format $1) as "start length zero data" runs.
-alloc() {
-    qemu-img map -f "$1" --output=json "$2" |
-        sed -n 's/.*"start": \([0-9]*\), "length": \([0-9]*\),.*"zero": \([a-z]*\), "data": \([a-z]*\).*/\1 \2 \3 \4/p' |
-        awk '$3 == z && $4 == d { len += $2; next }
-             NR > 1 { print start, len, z, d } { start = $1; len = $2; z = $3; d = $4 }
-             END { print start, len, z, d }'
-}
 
 # A raw file with data, written zeroes and a hole; a qcow2 with data, a
 # zero cluster, a cluster of written zeroes and unallocated clusters.
@@ -28,20 +20,20 @@ for src in z.raw s.qcow2; do
             ok qemu-img convert -O $fmt -S $S $src q.$fmt
             ok imgtool convert -O $fmt -S $S $src i.$fmt
             same_content $src i.$fmt
-            expect_eq "$(alloc $fmt i.$fmt)" "$(alloc $fmt q.$fmt)" "$src -> $fmt -S $S: allocation"
+            expect_eq "$(map_alloc $fmt i.$fmt)" "$(map_alloc $fmt q.$fmt)" "$src -> $fmt -S $S: allocation"
             rm -f q.$fmt i.$fmt
         done
     done
 done
 # -S 0 allocates everything, holes of the source included.
 ok imgtool convert -O qcow2 -S 0 s.qcow2 full.qcow2
-expect_eq "$(alloc qcow2 full.qcow2)" "0 1048576 false true" "-S 0: fully allocated qcow2"
+expect_eq "$(map_alloc qcow2 full.qcow2)" "0 1048576 false true" "-S 0: fully allocated qcow2"
 # ... also into an existing sparse target (-n).
 truncate -s 1M qn.raw in.raw
 ok qemu-img convert -n -O raw -S 0 s.qcow2 qn.raw
 ok imgtool convert -n -O raw -S 0 s.qcow2 in.raw
-expect_eq "$(alloc raw in.raw)" "$(alloc raw qn.raw)" "-n -S 0: allocation"
-expect_eq "$(alloc raw in.raw)" "0 1048576 false true" "-n -S 0: fully allocated raw"
+expect_eq "$(map_alloc raw in.raw)" "$(map_alloc raw qn.raw)" "-n -S 0: allocation"
+expect_eq "$(map_alloc raw in.raw)" "0 1048576 false true" "-n -S 0: fully allocated raw"
 same_content -f qcow2 -F raw s.qcow2 in.raw
 
 # What qemu-img refuses, with its message.

@@ -20,15 +20,20 @@ int qcow2_l1_init(struct qcow2_state *s, struct err *e)
     if (s->l1_size &&
         (ret = transport_pread(s->bs->file, s->l1_offset, s->l1, (size_t)s->l1_size * 8, e)) < 0)
         return ret;
+    for (uint32_t i = 0; i < s->l1_size; i++)
+        s->l1[i] = be64_read(&s->l1[i]);
     /* check (BLK_OPEN_CHECK) validates the entries itself, as qemu-img
      * check does, and never reads guest data through them. */
-    bool checking = s->bs->open_flags & BLK_OPEN_CHECK;
-    for (uint32_t i = 0; i < s->l1_size; i++) {
-        uint64_t v = be64_read(&s->l1[i]);
-        uint64_t off = v & QCOW2_OFFSET_MASK;
-        s->l1[i] = v;
-        if (checking)
-            continue;
+    if (s->bs->open_flags & BLK_OPEN_CHECK)
+        return 0;
+    return qcow2_l1_entries_check(s, s->l1, s->l1_size, file_size, e);
+}
+
+int qcow2_l1_entries_check(struct qcow2_state *s, const uint64_t *l1, uint32_t n,
+                           uint64_t file_size, struct err *e)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t off = l1[i] & QCOW2_OFFSET_MASK;
         if (off & (s->cluster_size - 1))
             return err_set(e, EINVAL, "%s: L2 table offset 0x%llx is not cluster aligned "
                            "(L1 index %u)", s->bs->filename, (unsigned long long)off, i);

@@ -1516,6 +1516,19 @@ static int qcow2_snapshot_apply(struct blockdev *bs, const char *id_or_name, str
     return ret;
 }
 
+/* ID and name as QEMU's find_snapshot_by_id_and_name: both must match
+ * when both are given. */
+static int qcow2_snapshot_load(struct blockdev *bs, const char *id, const char *name,
+                               struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    int i = qcow2_snapshot_find(s, id, name);
+    int ret = i < 0 ? -ENOENT : qcow2_snapshot_load_locked(s, i, e);
+    pthread_mutex_unlock(&s->lock);
+    return ret;
+}
+
 /* Bitmaps need the version 3 header extension. */
 static bool qcow2_bitmaps_persistent(struct blockdev *bs)
 {
@@ -1538,6 +1551,7 @@ const struct blockdrv blockdrv_qcow2 = {
     .snapshot_create = qcow2_snapshot_create,
     .snapshot_delete = qcow2_snapshot_delete,
     .snapshot_apply = qcow2_snapshot_apply,
+    .snapshot_load = qcow2_snapshot_load,
     .amend = qcow2_amend,
     .probe = qcow2_probe,
     .open = qcow2_open,

@@ -379,6 +379,10 @@ int qcow2_snapshot_create_locked(struct qcow2_state *s, const char *name, uint32
                                  uint32_t date_nsec, struct err *e);
 int qcow2_snapshot_delete_locked(struct qcow2_state *s, int index, struct err *e);
 int qcow2_snapshot_apply_locked(struct qcow2_state *s, int index, struct err *e);
+/* A read-only open reads as snapshot `index` until close (QEMU's
+ * qcow2_snapshot_load_tmp): its L1 table replaces the active one; the
+ * virtual size stays the image's, as in QEMU. */
+int qcow2_snapshot_load_locked(struct qcow2_state *s, int index, struct err *e);
 
 /* --- check.c --- */
 /* blockdrv.check: verify refcounts against every reference, L1/L2 entries
@@ -388,6 +392,10 @@ int qcow2_check(struct blockdev *bs, struct blk_check_result *res, unsigned fix,
 
 /* --- cluster.c --- */
 int qcow2_l1_init(struct qcow2_state *s, struct err *e);
+/* Each L2 table offset of the n host-order entries is cluster aligned and
+ * inside the file of file_size bytes. */
+int qcow2_l1_entries_check(struct qcow2_state *s, const uint64_t *l1, uint32_t n,
+                           uint64_t file_size, struct err *e);
 /* What a whole L2 entry is, as QEMU's qcow2_get_cluster_type (the zero
  * flag means nothing with extended L2 entries: their bitmap says it). */
 enum qcow2_cluster_type {

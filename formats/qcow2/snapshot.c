@@ -410,3 +410,24 @@ out:
     free(l1);
     return ret;
 }
+
+int qcow2_snapshot_load_locked(struct qcow2_state *s, int index, struct err *e)
+{
+    const struct qcow2_snapshot *sn = &s->snapshots[index];
+    /* Entries past the snapshot's table read as unallocated: the disk may
+     * have grown since. */
+    uint32_t n = sn->l1_size > s->l1_size ? sn->l1_size : s->l1_size;
+    uint64_t file_size, *l1;
+    int ret = transport_size(s->bs->file, &file_size, e);
+    if (ret < 0 || (ret = read_l1(s, sn, n, &l1, e)) < 0)
+        return ret;
+    if ((ret = qcow2_l1_entries_check(s, l1, sn->l1_size, file_size, e)) < 0) {
+        err_prefix(e, "snapshot '%s': ", sn->name);
+        free(l1);
+        return ret;
+    }
+    free(s->l1);
+    s->l1 = l1;
+    s->l1_size = n;
+    return 0;
+}
