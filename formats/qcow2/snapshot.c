@@ -429,5 +429,6 @@ int qcow2_snapshot_load_locked(struct qcow2_state *s, int index, struct err *e)
     free(s->l1);
     s->l1 = l1;
     s->l1_size = n;
+    qcow2_overlap_invalidate(s);
     return 0;
 }
