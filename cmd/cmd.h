@@ -148,8 +148,17 @@ void cmd_print_option_help(const char *caption, const struct blk_option_desc *de
  * false for a bad value. */
 bool cmd_env_init(void);
 const struct blk_open_opts *cmd_open_opts(void);
-/* The same with --connections=N for NBD sources and targets. */
-const struct blk_open_opts *cmd_open_opts_connections(unsigned n);
+/* --connections=N of convert, mirror and export: up to N connections to
+ * each NBD export, used as the server allows (multi-conn; the transport,
+ * formats/nbd/client.c, decides).  cmd_parse_connections checks N (1 to
+ * 16; more than one only when one of the `count` image names is an NBD
+ * URI) and sets *out to the open settings with it; it returns -1 to go on
+ * or the exit status of a usage error. */
+#define CMD_OPTION_CONNECTIONS(var)                                                       \
+    { "connections", '\0', POPT_ARG_INT, &(var), 0,                                       \
+      "NBD connections per URI when the server allows several (default 1)", "N" }
+int cmd_parse_connections(struct cmdline *cl, int n, const char *const *names, int count,
+                          const struct blk_open_opts **out);
 
 /* Open flags for common options. */
 unsigned cmd_open_flags(bool writable, bool force_share, const char *cache, struct err *e,

@@ -653,9 +653,19 @@ const struct blk_open_opts *cmd_open_opts(void)
     return &env_opts;
 }
 
-const struct blk_open_opts *cmd_open_opts_connections(unsigned n)
+int cmd_parse_connections(struct cmdline *cl, int n, const char *const *names, int count,
+                          const struct blk_open_opts **out)
 {
+    if (n < 1 || n > 16)
+        return cmd_usage_error(cl, "--connections must be from 1 to 16");
+    bool uri = false;
+    for (int i = 0; i < count; i++)
+        uri |= blk_name_is_network(names[i]);
+    if (n > 1 && !uri)
+        return cmd_usage_error(cl, "--connections=%d needs an NBD URI (nbd://, nbd+unix://) "
+                               "as source or target", n);
     conn_opts = env_opts;
-    conn_opts.transport.nbd_connections = n;
-    return &conn_opts;
+    conn_opts.transport.nbd_connections = (unsigned)n;
+    *out = &conn_opts;
+    return -1;
 }

@@ -105,8 +105,6 @@ static int check_options(struct cmdline *cl, struct convert *c)
         return cmd_usage_error(cl, "-B cannot be used with %s", c->no_create ? "-n" : "-c");
     if (c->no_create && c->a.opts.count)
         return cmd_usage_error(cl, "-o cannot be used with -n (the target exists)");
-    if (c->connections < 1 || c->connections > 16)
-        return cmd_usage_error(cl, "--connections must be from 1 to 16");
     if (c->copy_offload && c->compress)
         return cmd_usage_error(cl, "Cannot enable copy offloading when -c is used");
     if (c->copy_offload && c->sparse_s)
@@ -218,6 +216,21 @@ static int copy_sources(const struct convert *c, struct blockdev **srcs, struct 
     progress_init(&cp.bar, c->progress && !c->quiet, total);
     install_cancel_handlers();
     int ret = 0;
+    /* An existing target without a backing file is zeroed first where
+     * that is fast (an NBD server's NBD_CMD_FLAG_FAST_ZERO), so that the
+     * copy skips the source's zero runs instead of zeroing (and checking)
+     * the target run by run; a server that would be slow says so, and the
+     * copy writes the zero runs itself. */
+    bool zeroed = false;
+    if (c->no_create && !c->target_is_zero && !dst->backing && !c->o_backing &&
+        blk_can_zero_fast(dst)) {
+        ret = blk_make_zero(dst, 0, total, BLK_ZERO_MAY_UNMAP | BLK_ZERO_FAST, e);
+        if (ret < 0 && ret != -ENOTSUP)
+            return ret;
+        err_clear(e);
+        zeroed = ret == 0;
+        ret = 0;
+    }
     for (size_t i = 0; i < c->nsrcs && ret == 0; i++) {
         struct copy_job job = {
             .src = srcs[i], .dst = dst, .offset = cp.base, .length = srcs[i]->size,
@@ -226,8 +239,11 @@ static int copy_sources(const struct convert *c, struct blockdev **srcs, struct 
              * source holds the same is not written (the rebase comparison).
              * With -o backing_file only the source's top layer is copied. */
             .base = !c->backing && c->o_backing ? srcs[i]->backing : NULL,
+            /* ... or, from an NBD export of a chain, what its top layer
+             * allocates (qemu:allocation-depth). */
+            .top_layer_only = !c->backing && c->o_backing && !srcs[i]->backing,
             .target_is_zero = !c->backing && ((!c->no_create && !c->o_backing) ||
-                                              c->target_is_zero),
+                                              c->target_is_zero || zeroed),
             .skip_identical = c->backing != NULL,
             .zero_detect = (uint32_t)c->sparse_size,
             .write_zeroes_as_data = c->sparse_s && c->sparse_size == 0,
@@ -278,8 +294,7 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
           "write compressed clusters (qcow2: -o compression_type=zlib|zstd)", NULL },
         { NULL, 'W', POPT_ARG_NONE, &c.out_of_order, 0,
           "write out of order (always done; accepted for qemu-img compatibility)", NULL },
-        { "connections", '\0', POPT_ARG_INT, &c.connections, 0,
-          "NBD connections per URI when the server allows several (default 1)", "N" },
+        CMD_OPTION_CONNECTIONS(c.connections),
         { "force-share", 'U', POPT_ARG_NONE, &c.force_share, 0,
           "read the source even if another process is writing it", NULL },
         { "progress", 'p', POPT_ARG_NONE, &c.progress, 0, "show a progress bar on a terminal",
@@ -331,7 +346,9 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
     c.nsrcs = (size_t)cl.nargs - 1;
     if ((status = check_options(&cl, &c)) >= 0)
         goto out;
-    const struct blk_open_opts *oo = cmd_open_opts_connections((unsigned)c.connections);
+    const struct blk_open_opts *oo;
+    if ((status = cmd_parse_connections(&cl, c.connections, cl.args, cl.nargs, &oo)) >= 0)
+        goto out;
     dst_name = cl.args[c.nsrcs];
     status = EXIT_ERROR;
     uint64_t total;

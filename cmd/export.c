@@ -106,7 +106,7 @@ int cmd_export(const struct command *cmd, int argc, const char **argv)
 {
     char *sync_s = NULL, *bitmap = NULL, *since = NULL, *checkpoint = NULL, *backing = NULL;
     char *backing_fmt = NULL, *src_fmt = NULL, *mode_s = NULL, *output = NULL, *speed_s = NULL;
-    int compress = 0, progress = 0, quiet = 0, force = 0;
+    int compress = 0, progress = 0, quiet = 0, force = 0, connections = 1;
     struct export_cli c = { 0 };
     struct poptOption options[] = {
         { "sync", 's', POPT_ARG_STRING, &sync_s, 0,
@@ -138,6 +138,7 @@ int cmd_export(const struct command *cmd, int argc, const char **argv)
           "human|json" },
         { "progress", 'p', POPT_ARG_NONE, &progress, 0, "show a progress bar on a terminal",
           NULL },
+        CMD_OPTION_CONNECTIONS(connections),
         CMD_OPTION_QUIET(quiet),
         POPT_TABLEEND
     };
@@ -145,7 +146,9 @@ int cmd_export(const struct command *cmd, int argc, const char **argv)
     enum output_mode mode;
     struct err e = { 0 };
     int status = cmd_parse(&cl, cmd, argc, argv, options, 2, 2, on_option, &c);
-    if (status >= 0 || (status = cmd_parse_output(&cl, output, &mode)) >= 0)
+    const struct blk_open_opts *oo;
+    if (status >= 0 || (status = cmd_parse_output(&cl, output, &mode)) >= 0 ||
+        (status = cmd_parse_connections(&cl, connections, cl.args, 2, &oo)) >= 0)
         goto out;
     struct mirror_params p = {
         .source = cl.args[0], .source_format = src_fmt,
@@ -226,7 +229,7 @@ int cmd_export(const struct command *cmd, int argc, const char **argv)
     install_cancel_handlers();
     struct mirror_set_options so = { .event = on_event, .opaque = &c,
                                      .cancel = &cancel_requested,
-                                     .open_opts = cmd_open_opts() };
+                                     .open_opts = oo };
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     int ret = mirror_run_set(&p, 1, &so, &e);

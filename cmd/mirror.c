@@ -165,13 +165,31 @@ static int parse_pairs(struct cmdline *cl, const struct mirror_params *proto,
     return -1;
 }
 
+/* --connections for the images of every pair. */
+static int check_connections(struct cmdline *cl, int n, const struct mirror_params *jobs,
+                             int njobs, const struct blk_open_opts **oo)
+{
+    const char **names = calloc((size_t)njobs * 2, sizeof(*names));
+    if (!names) {
+        cmd_error("out of memory");
+        return EXIT_ERROR;
+    }
+    for (int i = 0; i < njobs; i++) {
+        names[2 * i] = jobs[i].source;
+        names[2 * i + 1] = jobs[i].target;
+    }
+    int status = cmd_parse_connections(cl, n, names, njobs * 2, oo);
+    free(names);
+    return status;
+}
+
 int cmd_mirror(const struct command *cmd, int argc, const char **argv)
 {
     char *src_fmt = NULL, *dst_fmt = NULL, *sync_s = NULL, *bitmap = NULL, *bitmap_mode_s = NULL;
     char *base = NULL, *mode_s = NULL, *output = NULL, *speed_s = NULL, *buf_size_s = NULL;
     char *src_err_s = NULL, *dst_err_s = NULL;
     int max_in_flight = 0, progress = 0, quiet = 0, force_share = 0, target_is_zero = 0;
-    int force = 0;
+    int force = 0, connections = 1;
     struct mirror_cli c = { 0 };
     struct poptOption options[] = {
         { "sync", 's', POPT_ARG_STRING, &sync_s, 0,
@@ -205,6 +223,7 @@ int cmd_mirror(const struct command *cmd, int argc, const char **argv)
           "report (default), ignore or retry", "ACTION" },
         { "force-share", 'U', POPT_ARG_NONE, &force_share, 0,
           "read the source even if another process writes it", NULL },
+        CMD_OPTION_CONNECTIONS(connections),
         { "output", '\0', POPT_ARG_STRING, &output, 0,
           "human, or json: one event object per line", "human|json" },
         { "progress", 'p', POPT_ARG_NONE, &progress, 0, "show a progress bar on a terminal",
@@ -238,12 +257,15 @@ int cmd_mirror(const struct command *cmd, int argc, const char **argv)
     proto.target_is_zero = target_is_zero;
     if ((status = parse_pairs(&cl, &proto, &jobs, &njobs, &strings)) >= 0)
         goto out;
+    const struct blk_open_opts *oo;
+    if ((status = check_connections(&cl, connections, jobs, njobs, &oo)) >= 0)
+        goto out;
     c.quiet = quiet;
     c.want_bar = progress && !quiet && c.mode == OUTPUT_HUMAN;
     install_cancel_handlers();
     struct mirror_set_options so = { .event = on_event, .opaque = &c,
                                      .cancel = &cancel_requested,
-                                     .open_opts = cmd_open_opts() };
+                                     .open_opts = oo };
     int ret = mirror_run_set(jobs, njobs, &so, &e);
     if (c.bar.enabled)
         fputc('\n', stderr);

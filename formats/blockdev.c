@@ -1360,6 +1360,49 @@ int blk_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
     return blk_block_status_above(bs, NULL, off, bytes, ext, e);
 }
 
+int blk_block_status_top(struct blockdev *bs, uint64_t off, uint64_t bytes,
+                         struct blk_extent *ext, struct err *e)
+{
+    if (bs->backing)
+        return blk_block_status_above(bs, bs->backing, off, bytes, ext, e);
+    int ret = blk_block_status(bs, off, bytes, ext, e);
+    if (ret < 0)
+        return ret;
+    /* Only raw reaches a layered transport (an NBD export): its bytes are
+     * the transport's, so the transport's layers are the image's. */
+    bool top;
+    uint64_t run;
+    ret = transport_top_layer_status(bs->file, off, ext->length, &top, &run, e);
+    if (ret == -ENOTSUP)
+        return 0;
+    if (ret < 0)
+        return ret;
+    ext->length = run;
+    if (!top)
+        ext->flags &= ~BLK_STATUS_ALLOCATED;
+    return 0;
+}
+
+bool blk_can_zero_fast(struct blockdev *bs)
+{
+    return !bs->read_only && transport_can_zero_fast(bs->file);
+}
+
+int blk_make_zero(struct blockdev *bs, uint64_t off, uint64_t len, unsigned flags,
+                  struct err *e)
+{
+    for (uint64_t end = off + len; off < end;) {
+        struct blk_extent ext;
+        int ret = blk_block_status(bs, off, end - off, &ext, e);
+        if (ret == 0 && !(ext.flags & BLK_STATUS_ZERO))
+            ret = blk_write_zeroes(bs, off, ext.length, flags, e);
+        if (ret < 0)
+            return ret;
+        off += ext.length;
+    }
+    return 0;
+}
+
 int blk_block_status_host(struct blockdev *bs, uint64_t off, uint64_t bytes,
                           struct blk_extent *ext, struct err *e)
 {

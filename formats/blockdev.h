@@ -114,6 +114,10 @@ struct blk_extent {
 /* Flags for write_zeroes. */
 enum {
     BLK_ZERO_MAY_UNMAP = 1 << 0,    /* deallocating is fine if reads stay zero */
+    /* Only if it is fast (no zeroes written as data): otherwise fail with
+     * -ENOTSUP and change nothing (QEMU's BDRV_REQ_NO_FALLBACK; over NBD
+     * NBD_CMD_FLAG_FAST_ZERO). */
+    BLK_ZERO_FAST      = 1 << 1,
 };
 
 /* Preallocation modes (qemu-img's preallocation=off|metadata|falloc|full):
@@ -514,6 +518,22 @@ int blk_block_status(struct blockdev *bs, uint64_t off, uint64_t bytes,
  * image count as allocated (by that layer), as in QEMU. */
 int blk_block_status_above(struct blockdev *bs, const struct blockdev *base, uint64_t off,
                            uint64_t bytes, struct blk_extent *ext, struct err *e);
+/* What the image's top layer allocates (BLK_STATUS_ALLOCATED), as
+ * blk_block_status_above with `base` its backing file; for an image
+ * without one whose storage is itself layered (an NBD export of a qcow2
+ * chain offering qemu:allocation-depth), what the export's top layer
+ * allocates; otherwise everything. */
+int blk_block_status_top(struct blockdev *bs, uint64_t off, uint64_t bytes,
+                         struct blk_extent *ext, struct err *e);
+/* Whether blk_write_zeroes with BLK_ZERO_FAST can succeed at all (an NBD
+ * server that advertises fast zeroes). */
+bool blk_can_zero_fast(struct blockdev *bs);
+/* Make [off, off+len) read as zeroes: blk_write_zeroes with `flags` on
+ * every run block status does not already report as zero (QEMU's
+ * bdrv_make_zero).  With BLK_ZERO_FAST a slow target fails with -ENOTSUP,
+ * possibly after zeroing a part. */
+int blk_make_zero(struct blockdev *bs, uint64_t off, uint64_t len, unsigned flags,
+                  struct err *e);
 
 /* Like blk_block_status, and a data run with BLK_STATUS_RECURSE mapped to a
  * host file range that is a hole in that file (or past its end) also gets

@@ -468,9 +468,10 @@ static int write_zero_buffers(struct hostfile *f, uint64_t off, uint64_t len, st
     return ret;
 }
 
-int hostfile_write_zeroes(struct hostfile *f, uint64_t off, uint64_t len, bool may_unmap,
+int hostfile_write_zeroes(struct hostfile *f, uint64_t off, uint64_t len, unsigned flags,
                           struct err *e)
 {
+    bool may_unmap = flags & TRANSPORT_ZERO_MAY_UNMAP;
     if (!len)
         return 0;
     uint64_t size = 0;
@@ -488,6 +489,10 @@ int hostfile_write_zeroes(struct hostfile *f, uint64_t off, uint64_t len, bool m
     }
     if (fallocate(f->fd, FALLOC_FL_ZERO_RANGE, (off_t)off, (off_t)len) == 0)
         return 0;
+    if (flags & TRANSPORT_ZERO_FAST)
+        return err_set(e, ENOTSUP, "%s: cannot zero %llu bytes at offset %llu without "
+                       "writing them", f->path, (unsigned long long)len,
+                       (unsigned long long)off);
     return write_zero_buffers(f, off, len, e);
 }
 
@@ -595,7 +600,7 @@ static int file_tp_truncate(struct transport *t, uint64_t size, struct err *e)
 static int file_tp_write_zeroes(struct transport *t, uint64_t off, uint64_t len,
                                 unsigned flags, struct err *e)
 {
-    return hostfile_write_zeroes(to_file(t), off, len, flags & TRANSPORT_ZERO_MAY_UNMAP, e);
+    return hostfile_write_zeroes(to_file(t), off, len, flags, e);
 }
 
 static int file_tp_discard(struct transport *t, uint64_t off, uint64_t len, struct err *e)

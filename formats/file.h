@@ -75,9 +75,10 @@ int hostfile_size(struct hostfile *f, uint64_t *size, struct err *e);
 /* Bytes the file occupies on disk (st_blocks * 512). */
 int hostfile_allocated_size(struct hostfile *f, uint64_t *size, struct err *e);
 int hostfile_truncate(struct hostfile *f, uint64_t size, struct err *e);
-/* Make [off, off+len) read as zeroes: punch a hole when may_unmap, else
- * zero the range in place; falls back to writing zeroes. */
-int hostfile_write_zeroes(struct hostfile *f, uint64_t off, uint64_t len, bool may_unmap,
+/* Make [off, off+len) read as zeroes: punch a hole with
+ * TRANSPORT_ZERO_MAY_UNMAP, else zero the range in place; falls back to
+ * writing zeroes, or with TRANSPORT_ZERO_FAST fails with -ENOTSUP. */
+int hostfile_write_zeroes(struct hostfile *f, uint64_t off, uint64_t len, unsigned flags,
                           struct err *e);
 /* Allocate [off, off+len) on disk, growing the file as needed:
  * preallocation=falloc (posix_fallocate; reads of new blocks return

@@ -86,7 +86,8 @@ static int raw_write_zeroes(struct blockdev *bs, uint64_t off, uint64_t len, uns
                             struct err *e)
 {
     return transport_write_zeroes(bs->file, off, len,
-                                  flags & BLK_ZERO_MAY_UNMAP ? TRANSPORT_ZERO_MAY_UNMAP : 0, e);
+                                  (flags & BLK_ZERO_MAY_UNMAP ? TRANSPORT_ZERO_MAY_UNMAP : 0) |
+                                  (flags & BLK_ZERO_FAST ? TRANSPORT_ZERO_FAST : 0), e);
 }
 
 static int raw_preallocate(struct blockdev *bs, uint64_t off, uint64_t len,

@@ -165,3 +165,16 @@ int transport_dirty_status(struct transport *t, const char *bitmap, uint64_t off
         return err_set(e, ENOTSUP, "%s: keeps no bitmaps", t->name);
     return t->ops->dirty_status(t, bitmap, off, bytes, dirty, run, e);
 }
+
+int transport_top_layer_status(struct transport *t, uint64_t off, uint64_t bytes, bool *top,
+                               uint64_t *run, struct err *e)
+{
+    if (!t->ops->top_layer_status)
+        return -ENOTSUP;
+    return t->ops->top_layer_status(t, off, bytes, top, run, e);
+}
+
+bool transport_can_zero_fast(struct transport *t)
+{
+    return t->ops->can_zero_fast && t->ops->can_zero_fast(t);
+}

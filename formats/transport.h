@@ -83,6 +83,16 @@ struct transport_ops {
     int (*dirty_bitmaps)(struct transport *t, char ***names, size_t *count, struct err *e);
     int (*dirty_status)(struct transport *t, const char *bitmap, uint64_t off, uint64_t bytes,
                         bool *dirty, uint64_t *run, struct err *e);
+    /* Storage that is itself layered (an NBD export of a qcow2 chain that
+     * offers qemu:allocation-depth): whether its top layer allocates the
+     * run at `off` (*top) and the run's length (at most `bytes`).  NULL,
+     * or -ENOTSUP, when the storage cannot tell its layers apart. */
+    int (*top_layer_status)(struct transport *t, uint64_t off, uint64_t bytes, bool *top,
+                            uint64_t *run, struct err *e);
+    /* Whether write_zeroes with TRANSPORT_ZERO_FAST can succeed at all
+     * (an NBD server that advertises NBD_FLAG_SEND_FAST_ZERO); may be NULL
+     * (it cannot). */
+    bool (*can_zero_fast)(struct transport *t);
     /* For a new image under its temporary name (blockdev.h); may be NULL. */
     void (*defer_flushes)(struct transport *t, bool defer);
     /* Whether `name` (a path or a URI as a user writes it) designates this
@@ -141,5 +151,10 @@ bool transport_has_dirty_bitmaps(const struct transport *t);
 int transport_dirty_bitmaps(struct transport *t, char ***names, size_t *count, struct err *e);
 int transport_dirty_status(struct transport *t, const char *bitmap, uint64_t off,
                            uint64_t bytes, bool *dirty, uint64_t *run, struct err *e);
+/* transport_ops.top_layer_status; -ENOTSUP (no message) when t cannot
+ * tell. */
+int transport_top_layer_status(struct transport *t, uint64_t off, uint64_t bytes, bool *top,
+                               uint64_t *run, struct err *e);
+bool transport_can_zero_fast(struct transport *t);
 
 #endif

@@ -695,12 +695,13 @@ static int cursor_load(struct engine *eng, struct cursor *cur, uint64_t off, str
         return 0;
     }
     struct blk_extent ext;
-    int ret = blk_block_status_above(job->src, job->base, at,
-                                     min_u64(eng->end - off, src_size - at), &ext, e);
+    uint64_t n = min_u64(eng->end - off, src_size - at);
+    int ret = job->top_layer_only ? blk_block_status_top(job->src, at, n, &ext, e)
+                                  : blk_block_status_above(job->src, job->base, at, n, &ext, e);
     if (ret < 0)
         return ret;
     cur->len = ext.length;
-    if (job->base && !(ext.flags & BLK_STATUS_ALLOCATED))
+    if ((job->base || job->top_layer_only) && !(ext.flags & BLK_STATUS_ALLOCATED))
         cur->kind = CHUNK_SKIP;     /* base or below: the target's backing has it */
     else if (ext.flags & BLK_STATUS_ZERO)
         cur->kind = CHUNK_ZERO;

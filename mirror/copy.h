@@ -48,6 +48,10 @@ struct copy_job {
      * chain, flattened).  Ranges no layer above base allocates are left
      * alone: the target reads them from its own backing file. */
     const struct blockdev *base;
+    /* Copy only what the source's top layer allocates (blk_block_status_top:
+     * for an NBD export, its qemu:allocation-depth), as `base` does for a
+     * source with a backing file; the rest is left alone likewise. */
+    bool top_layer_only;
     struct blockdev *dst;
     uint64_t offset, length;    /* the range to copy */
     /* The source's bytes for target offset X are those at X + src_shift

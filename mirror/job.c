@@ -517,6 +517,11 @@ static int run_copy(struct mirror_job *job, struct err *e)
     struct copy_job cj = {
         .src = job->src, .base = job->base, .dst = job->dst,
         .offset = 0, .length = job->src->size,
+        /* --sync=top from an NBD export of a chain (no backing file of
+         * its own) into a backed target: what the export's top layer
+         * allocates (qemu:allocation-depth). */
+        .top_layer_only = job->p->sync == MIRROR_SYNC_TOP && !job->base &&
+                          (job->explicit_backing || job->dst->backing),
         .ranges = job->ranges, .nranges = job->nranges, .range_done = on_range_done,
         .explicit_zeroes = diff_image,
         .target_is_zero = !diff_image && (job->p->target_is_zero || new_plain),

@@ -221,8 +221,8 @@ cp -r src mine
 ok qemu-img convert -O raw src/top.qcow2 view-before.raw
 "$IMGTOOL" commit -r 1M mine/top.qcow2 >commit.out 2>commit.err &
 pid=$!
-# Wait until the copy runs: its worker threads exist.
-for _ in $(seq 200); do
+# Wait until the copy runs: its worker threads exist (up to 60 s on a loaded machine).
+for _ in $(seq 1200); do
     [ "$(ls "/proc/$pid/task" 2>/dev/null | wc -l)" -gt 1 ] && break
     sleep 0.05
 done
@@ -255,7 +255,7 @@ expect_match "$(err)" "unexpected argument 'extra'"
 # reopened writable, before anything is copied.
 qemu-io -r -f qcow2 -c 'sleep 20000' src/alone.qcow2 >/dev/null 2>&1 &
 holder=$!
-for _ in $(seq 100); do
+for _ in $(seq 600); do
     qemu-io -f qcow2 -c 'read 0 512' src/alone.qcow2 >/dev/null 2>&1 || break
     sleep 0.1
 done

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #define NBD_MAX_INFLIGHT  64
+#define NBD_SPLIT_WINDOW  16        /* pieces of one split request in flight */
 #define NBD_MAX_CONNS     16
 #define NBD_MAX_CONTEXTS  32
 #define NBD_EXTRA_CONN_TIMEOUT 2    /* seconds, for multi-conn's extra connections */
@@ -410,16 +411,27 @@ static void *reader_main(void *arg)
 
 /* --- Issuing requests --- */
 
-static struct nbd_slot *take_slot(struct nbd_conn *c)
+/* A free slot of c, waiting for one while all are in flight (or, unless
+ * `wait`, returning NULL at once; *busy then says why).  NULL when the
+ * connection failed.  A caller that holds slots whose replies it has not
+ * collected must not wait: it could wait for its own slots forever. */
+static struct nbd_slot *take_slot_if(struct nbd_conn *c, bool wait, bool *busy)
 {
     pthread_mutex_lock(&c->mu);
     for (;;) {
+        if (busy)
+            *busy = false;
         if (c->dead) {
             pthread_mutex_unlock(&c->mu);
             return NULL;
         }
         if (c->inflight < NBD_MAX_INFLIGHT)
             break;
+        if (!wait) {
+            *busy = true;
+            pthread_mutex_unlock(&c->mu);
+            return NULL;
+        }
         pthread_cond_wait(&c->slot_free, &c->mu);
     }
     struct nbd_slot *s = NULL;
@@ -446,6 +458,11 @@ static struct nbd_slot *take_slot(struct nbd_conn *c)
     return s;
 }
 
+static struct nbd_slot *take_slot(struct nbd_conn *c)
+{
+    return take_slot_if(c, true, NULL);
+}
+
 static void release_slot(struct nbd_conn *c, struct nbd_slot *s)
 {
     pthread_mutex_lock(&c->mu);
@@ -464,10 +481,11 @@ static int conn_dead_error(struct nbd_conn *c, struct err *e)
     return -err;
 }
 
-/* Send one request (with `payload` for writes) and wait for its reply.
- * `s` was prepared by the caller through take_slot. */
-static int run_request(struct nbd_conn *c, struct nbd_slot *s, const struct iovec *payload,
-                       int npayload, struct err *e)
+/* Send the request of slot `s` (prepared by the caller through take_slot),
+ * with `payload` for writes.  Whatever happens, the slot completes: a
+ * failed send fails the connection and every slot on it. */
+static void send_request(struct nbd_conn *c, struct nbd_slot *s, const struct iovec *payload,
+                         int npayload)
 {
     uint8_t hdr[NBD_REQUEST_SIZE];
     s->req.cookie = s->cookie;
@@ -477,24 +495,36 @@ static int run_request(struct nbd_conn *c, struct nbd_slot *s, const struct iove
     iov[n++] = (struct iovec){ hdr, sizeof(hdr) };
     for (int i = 0; i < npayload && n < 65; i++)
         iov[n++] = payload[i];
+    struct err se = { 0 };
     pthread_mutex_lock(&c->send_mu);
-    int ret = nbd_socket_writev(c->fd, iov, n, c->peer, e);
+    int ret = nbd_socket_writev(c->fd, iov, n, c->peer, &se);
     pthread_mutex_unlock(&c->send_mu);
     if (ret < 0) {
-        fail_conn(c, -ret, e->msg);
+        fail_conn(c, -ret, se.msg);
     } else {
         pthread_mutex_lock(&c->mu);
         c->last_activity = time(NULL);
         pthread_mutex_unlock(&c->mu);
     }
+}
+
+/* Wait for the reply of a sent request, collect its result, free the slot. */
+static int wait_request(struct nbd_conn *c, struct nbd_slot *s, struct err *e)
+{
     pthread_mutex_lock(&c->mu);
     while (!s->done)
         pthread_cond_wait(&s->cond, &c->mu);
     pthread_mutex_unlock(&c->mu);
-    if (s->error)
-        ret = err_set(e, s->error, "%s", s->msg);
+    int ret = s->error ? err_set(e, s->error, "%s", s->msg) : 0;
     release_slot(c, s);
     return ret;
+}
+
+static int run_request(struct nbd_conn *c, struct nbd_slot *s, const struct iovec *payload,
+                       int npayload, struct err *e)
+{
+    send_request(c, s, payload, npayload);
+    return wait_request(c, s, e);
 }
 
 static struct nbd_conn *pick_conn(struct nbd_transport *nt)
@@ -866,33 +896,90 @@ static struct iovec *iov_slice(const struct iovec *iov, int iovcnt, uint64_t ski
     return out;
 }
 
-static int read_aligned(struct nbd_transport *nt, uint64_t off, const struct iovec *iov,
-                        int iovcnt, uint64_t len, struct err *e)
+/* One piece of a split request, in flight. */
+struct split_piece {
+    struct nbd_conn *c;
+    struct nbd_slot *s;
+    struct iovec *part;         /* malloc'ed slice of the caller's iovec, or NULL */
+};
+
+/* Send the piece [off+done, off+done+n) of a READ or WRITE; false when no
+ * slot is free without waiting (`wait` false) or the connection failed
+ * (*ret < 0 then). */
+static bool send_piece(struct nbd_transport *nt, uint16_t type, uint64_t off,
+                       const struct iovec *iov, int iovcnt, uint64_t done, uint32_t n,
+                       bool whole, bool wait, struct split_piece *p, int *ret, struct err *e)
 {
-    for (uint64_t done = 0; done < len;) {
-        uint32_t n = (uint32_t)min_u64(len - done, nt->max_block);
-        int cnt;
-        struct iovec *part = iov_slice(iov, iovcnt, done, n, &cnt);
-        if (!part)
-            return err_set(e, ENOMEM, "out of memory");
-        struct nbd_conn *c = pick_conn(nt);
-        struct nbd_slot *s = take_slot(c);
-        int ret;
-        if (!s) {
-            ret = conn_dead_error(c, e);
-        } else {
-            s->req = (struct nbd_request){ .type = NBD_CMD_READ, .offset = off + done,
-                                           .length = n };
-            s->iov = part;
-            s->iovcnt = cnt;
-            ret = run_request(c, s, NULL, 0, e);
-        }
-        free(part);
-        if (ret < 0)
-            return ret;
-        done += n;
+    int cnt = iovcnt;
+    p->part = NULL;
+    if (!whole && !(p->part = iov_slice(iov, iovcnt, done, n, &cnt))) {
+        *ret = err_set(e, ENOMEM, "out of memory");
+        return false;
     }
-    return 0;
+    const struct iovec *v = p->part ? p->part : iov;
+    if (type == NBD_CMD_WRITE && cnt > 64) {
+        *ret = err_set(e, EINVAL, "%s: too many buffers in one write", nt->uri_text);
+        free(p->part);
+        return false;
+    }
+    bool busy;
+    p->c = pick_conn(nt);
+    p->s = take_slot_if(p->c, wait, &busy);
+    if (!p->s) {
+        if (!busy)
+            *ret = conn_dead_error(p->c, e);
+        free(p->part);
+        return false;
+    }
+    p->s->req = (struct nbd_request){ .type = type, .offset = off + done, .length = n };
+    if (type == NBD_CMD_READ) {
+        p->s->iov = v;
+        p->s->iovcnt = cnt;
+    }
+    send_request(p->c, p->s, type == NBD_CMD_WRITE ? v : NULL, type == NBD_CMD_WRITE ? cnt : 0);
+    return true;
+}
+
+/* A READ or WRITE of len bytes at off (aligned to the minimum block size):
+ * requests of at most the server's maximum block size, up to
+ * NBD_SPLIT_WINDOW of them in flight at once (spread over the connections)
+ * rather than one round trip after the other.  The first error is
+ * returned once every piece sent has been answered. */
+static int split_request(struct nbd_transport *nt, uint16_t type, uint64_t off,
+                         const struct iovec *iov, int iovcnt, uint64_t len, struct err *e)
+{
+    struct split_piece win[NBD_SPLIT_WINDOW];
+    unsigned head = 0, count = 0;
+    uint64_t done = 0;
+    int ret = 0;
+    if (type == NBD_CMD_WRITE)
+        cache_invalidate(nt);
+    while ((done < len && ret == 0) || count) {
+        if (done < len && ret == 0 && count < NBD_SPLIT_WINDOW) {
+            uint32_t n = (uint32_t)min_u64(len - done, nt->max_block);
+            struct split_piece *p = &win[(head + count) % NBD_SPLIT_WINDOW];
+            /* Holding slots, never wait for one: collect a reply instead. */
+            if (send_piece(nt, type, off, iov, iovcnt, done, n, n == len, count == 0, p, &ret,
+                           e)) {
+                count++;
+                done += n;
+                continue;
+            }
+            if (ret < 0 || count == 0)
+                continue;
+        }
+        struct split_piece *p = &win[head];
+        struct err pe = { 0 };
+        int r = wait_request(p->c, p->s, ret < 0 ? &pe : e);
+        free(p->part);
+        if (r < 0 && ret == 0)
+            ret = r;
+        head = (head + 1) % NBD_SPLIT_WINDOW;
+        count--;
+    }
+    if (type == NBD_CMD_WRITE)
+        cache_invalidate(nt);
+    return ret;
 }
 
 static bool is_aligned(const struct nbd_transport *nt, uint64_t off, uint64_t len)
@@ -924,14 +1011,14 @@ static int nbd_tp_preadv(struct transport *t, uint64_t off, const struct iovec *
     if (len == 0)
         return 0;
     if (is_aligned(nt, off, len))
-        return read_aligned(nt, off, iov, iovcnt, len, e);
+        return split_request(nt, NBD_CMD_READ, off, iov, iovcnt, len, e);
     uint64_t aoff, alen;
     uint8_t *buf;
     int ret = bounce_range(nt, off, len, &aoff, &alen, &buf, e);
     if (ret < 0)
         return ret;
     struct iovec b = { buf, alen };
-    if ((ret = read_aligned(nt, aoff, &b, 1, alen, e)) == 0) {
+    if ((ret = split_request(nt, NBD_CMD_READ, aoff, &b, 1, alen, e)) == 0) {
         uint64_t skip = off - aoff;
         for (int i = 0; i < iovcnt; i++) {
             memcpy(iov[i].iov_base, buf + skip, iov[i].iov_len);
@@ -949,26 +1036,6 @@ static int check_writable(struct nbd_transport *nt, struct err *e)
     return 0;
 }
 
-static int write_aligned(struct nbd_transport *nt, uint64_t off, const struct iovec *iov,
-                         int iovcnt, uint64_t len, struct err *e)
-{
-    for (uint64_t done = 0; done < len;) {
-        uint32_t n = (uint32_t)min_u64(len - done, nt->max_block);
-        int cnt;
-        struct iovec *part = iov_slice(iov, iovcnt, done, n, &cnt);
-        if (!part)
-            return err_set(e, ENOMEM, "out of memory");
-        int ret = cnt > 64 ? err_set(e, EINVAL, "%s: too many buffers in one write",
-                                     nt->uri_text)
-                           : simple_request(nt, NBD_CMD_WRITE, 0, off + done, n, part, cnt, e);
-        free(part);
-        if (ret < 0)
-            return ret;
-        done += n;
-    }
-    return 0;
-}
-
 static int nbd_tp_pwritev(struct transport *t, uint64_t off, const struct iovec *iov,
                           int iovcnt, struct err *e)
 {
@@ -982,7 +1049,7 @@ static int nbd_tp_pwritev(struct transport *t, uint64_t off, const struct iovec 
     if (len == 0)
         return 0;
     if (is_aligned(nt, off, len))
-        return write_aligned(nt, off, iov, iovcnt, len, e);
+        return split_request(nt, NBD_CMD_WRITE, off, iov, iovcnt, len, e);
     /* Read-modify-write of the partial blocks at both ends.  Overlapping
      * writes are serialised above us (blockdev.h), so the blocks read
      * here do not change before they are written back. */
@@ -992,9 +1059,10 @@ static int nbd_tp_pwritev(struct transport *t, uint64_t off, const struct iovec 
         return ret;
     struct iovec head = { buf, nt->min_block };
     struct iovec tail = { buf + alen - nt->min_block, nt->min_block };
-    ret = read_aligned(nt, aoff, &head, 1, nt->min_block, e);
+    ret = split_request(nt, NBD_CMD_READ, aoff, &head, 1, nt->min_block, e);
     if (ret == 0 && alen > nt->min_block)
-        ret = read_aligned(nt, aoff + alen - nt->min_block, &tail, 1, nt->min_block, e);
+        ret = split_request(nt, NBD_CMD_READ, aoff + alen - nt->min_block, &tail, 1,
+                            nt->min_block, e);
     if (ret == 0) {
         uint64_t skip = off - aoff;
         for (int i = 0; i < iovcnt; i++) {
@@ -1002,7 +1070,7 @@ static int nbd_tp_pwritev(struct transport *t, uint64_t off, const struct iovec 
             skip += iov[i].iov_len;
         }
         struct iovec b = { buf, alen };
-        ret = write_aligned(nt, aoff, &b, 1, alen, e);
+        ret = split_request(nt, NBD_CMD_WRITE, aoff, &b, 1, alen, e);
     }
     free(buf);
     return ret;
@@ -1055,11 +1123,14 @@ static int nbd_tp_write_zeroes(struct transport *t, uint64_t off, uint64_t len, 
             return err_set(e, ENOTSUP, "%s: the server cannot zero fast", nt->uri_text);
         return write_zero_buffers(nt, off, len, e);
     }
-    /* Unaligned edges are written as data; the middle is zeroed. */
+    /* Unaligned edges are written as data; the middle is zeroed.  A fast
+     * zero writes no data at all, or fails. */
     uint64_t a = align_up(off, nt->min_block), b = align_down(off + len, nt->min_block);
+    if (fast && (a != off || b != off + len))
+        return err_set(e, ENOTSUP, "%s: cannot zero a range that is not aligned to %u bytes "
+                       "fast", nt->uri_text, nt->min_block);
     if (a >= b)
-        return fast ? err_set(e, ENOTSUP, "%s: range too small to zero fast", nt->uri_text)
-                    : write_zero_buffers(nt, off, len, e);
+        return write_zero_buffers(nt, off, len, e);
     if (a > off && (ret = write_zero_buffers(nt, off, a - off, e)) < 0)
         return ret;
     uint16_t cf = (flags & TRANSPORT_ZERO_MAY_UNMAP ? 0 : NBD_CMD_FLAG_NO_HOLE) |
@@ -1231,6 +1302,30 @@ static int nbd_tp_dirty_status(struct transport *t, const char *bitmap, uint64_t
     return ret;
 }
 
+/* qemu:allocation-depth (QEMU's docs/interop/nbd.rst): the descriptor's
+ * flags are the depth of the layer that allocates the run: 0 none, 1 the
+ * export's top layer, 2 and more its backing files. */
+static int nbd_tp_top_layer_status(struct transport *t, uint64_t off, uint64_t bytes,
+                                   bool *top, uint64_t *run, struct err *e)
+{
+    struct nbd_transport *nt = to_nbd(t);
+    int ci = context_index(nt, NBD_CONTEXT_ALLOCATION_DEPTH);
+    if (ci < 0)
+        return -ENOTSUP;
+    uint32_t depth;
+    int ret = context_status(nt, ci, off, bytes, &depth, run, e);
+    if (ret == 0)
+        *top = depth == 1;
+    return ret;
+}
+
+static bool nbd_tp_can_zero_fast(struct transport *t)
+{
+    struct nbd_transport *nt = to_nbd(t);
+    return nt->writable && (nt->flags & NBD_FLAG_SEND_WRITE_ZEROES) &&
+           (nt->flags & NBD_FLAG_SEND_FAST_ZERO);
+}
+
 static bool nbd_tp_is_named(struct transport *t, const char *name)
 {
     struct nbd_uri u;
@@ -1259,6 +1354,8 @@ static const struct transport_ops nbd_transport_ops = {
     .data_status = nbd_tp_data_status,
     .dirty_bitmaps = nbd_tp_dirty_bitmaps,
     .dirty_status = nbd_tp_dirty_status,
+    .top_layer_status = nbd_tp_top_layer_status,
+    .can_zero_fast = nbd_tp_can_zero_fast,
     .is_named = nbd_tp_is_named,
     .same = nbd_tp_same,
     .close = nbd_tp_close,
