@@ -7,9 +7,11 @@
 # metadata, bitmap directories imgtool cannot load, a self-backed image).
 # Every input must be handled within the time limit (an error is fine; a
 # crash, a hang or a repair that grows the file without bound is not).
+# The test's own directory, found before lib.sh changes to a temporary one
+# (run as "bash tests/t030-...", a relative path).
+src=$(cd "$(dirname "$0")" && pwd)
 . "$(dirname "$0")/lib.sh"
 need qemu-img python3
-src=$(cd "$(dirname "$0")" && pwd)
 [ -n "${FUZZ_REPLAY:-}" ] || skip "FUZZ_REPLAY not set (run through make check)"
 # The NBD server's and the control socket's targets read client byte
 # streams, not images: they have their own corpora (t653, t680).
@@ -17,7 +19,10 @@ bins=$(tr ' ' '\n' <<<"$FUZZ_REPLAY" | grep -vE 'replay_fuzz_(nbd_server|control
 [ -n "$bins" ] || die "no replay program in FUZZ_REPLAY"
 
 mkdir inputs
-cp "$src"/corpus/* inputs/ 2>/dev/null || true
+# The committed corpus (tests/corpus): hostile images kept as files, e.g.
+# refcount tables and L1/L2 entries naming offsets far past the file.
+cp "$src"/corpus/* inputs/ || die "cannot copy the corpus from $src/corpus"
+expect_match "$(ls inputs | wc -l)" '^[1-9]' "corpus files copied"
 # Real images of each format, then damaged variants of them.
 ok qemu-img create -f raw inputs/raw.img 1M
 for v in 0.10 1.1; do

@@ -4,6 +4,8 @@
 # target, never the temporary file; --output=json failures print a JSON
 # error object.  Also item 11: the cancel flag is a C11 atomic, and
 # bitmap --list counts whole granules as QEMU does.
+# The source tree, found before lib.sh changes to a temporary directory.
+top=$(cd "$(dirname "$0")/.." && pwd)
 . "$(dirname "$0")/lib.sh"
 need qemu-img qemu-io qemu-storage-daemon python3
 
@@ -74,8 +76,8 @@ for cmd in "mirror src.qcow2 t.qcow2" "export -B m src.qcow2 t.qcow2" "convert -
 done
 
 # Worker threads read the cancel flag: a C11 atomic, not volatile sig_atomic_t.
-src=$(dirname "$IMGTOOL")
-[ -d "$src/cmd" ] || src=$(cd "$(dirname "$0")/.." && pwd)
+src=$top
+[ -d "$src/cmd" ] && [ -d "$src/mirror" ] || die "no source tree at $src"
 checks=$((checks + 1))
 ! grep -rnE 'volatile sig_atomic_t[ *]*[A-Za-z_]+ *[;,)=]' "$src/cmd" "$src/mirror" ||
     die "volatile sig_atomic_t cancel flag"

@@ -318,12 +318,12 @@ static int change_refcount_order(struct qcow2_state *s, uint32_t order, struct a
         uint64_t at = (start + t + i) << s->cluster_bits;
         be64_write(table + 8 * i, at);
         if ((ret = fill_new_block(s, &rb, buf, i, order, used_end, start, end, e)) < 0 ||
-            (ret = transport_pwrite(s->bs->file, at, buf, s->cluster_size, e)) < 0)
+            (ret = qcow2_pwrite_checked(s, 0, at, buf, s->cluster_size, e)) < 0)
             goto out;
         report(ap, i + 1, b);
     }
-    if ((ret = transport_pwrite(s->bs->file, start << s->cluster_bits, table,
-                               t << s->cluster_bits, e)) < 0 ||
+    if ((ret = qcow2_pwrite_checked(s, 0, start << s->cluster_bits, table,
+                                    t << s->cluster_bits, e)) < 0 ||
         (ret = transport_flush(s->bs->file, e)) < 0)
         goto out;
     forget_refblocks(s);

@@ -38,9 +38,15 @@
 struct check {
     struct qcow2_state *s;
     struct blk_check_result *res;
-    uint8_t *refs;              /* references per cluster, refcount-block layout */
-    uint64_t nb_clusters;       /* clusters counted in refs */
-    uint64_t refs_bytes;        /* allocated size of refs (whole clusters) */
+    /* References per cluster, in chunks of one refcount block's worth
+     * (refcount-block layout, so that a chunk is written to disk as it
+     * is), sorted by chunk index and allocated when a cluster of theirs is
+     * first referenced: memory follows what the image references, not the
+     * file's apparent size (a sparse file, far offsets). */
+    struct refs_chunk *chunks;
+    size_t nb_chunks, chunks_cap;
+    size_t last_chunk;          /* the chunk found last (lookups are mostly local) */
+    uint64_t nb_clusters;       /* clusters counted */
     uint64_t file_size;
     bool rebuild;               /* the refcount structure must be rebuilt */
     bool corruption_signalled;  /* the "Image is corrupt" line was printed */
@@ -70,36 +76,106 @@ static void restore_counters(struct blk_check_result *r, struct counters c)
 
 /* --- the in-memory reference counts --- */
 
-static uint64_t refs_get(const struct check *c, uint64_t cluster)
+struct refs_chunk {
+    uint64_t index;             /* refcount block number it mirrors */
+    uint8_t *counts;            /* cluster_size bytes */
+};
+
+/* Position of the first chunk with an index >= `index`. */
+static size_t refs_chunk_pos(const struct check *c, uint64_t index)
 {
-    return qcow2_refcount_entry_get(c->refs, cluster, c->s->refcount_order);
+    if (c->last_chunk < c->nb_chunks && c->chunks[c->last_chunk].index == index)
+        return c->last_chunk;
+    size_t lo = 0, hi = c->nb_chunks;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (c->chunks[mid].index < index)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
 }
 
-static void refs_set(struct check *c, uint64_t cluster, uint64_t v)
+/* The counts of refcount block `index`, NULL when none is referenced. */
+static uint8_t *refs_chunk(struct check *c, uint64_t index)
 {
-    qcow2_refcount_entry_set(c->refs, cluster, c->s->refcount_order, v);
+    size_t pos = refs_chunk_pos(c, index);
+    if (pos == c->nb_chunks || c->chunks[pos].index != index)
+        return NULL;
+    c->last_chunk = pos;
+    return c->chunks[pos].counts;
 }
 
-/* Make refs cover `clusters` clusters (new ones zero).  The allocation is
- * rounded to whole clusters so that any refcount block's slice of it can
- * be written to disk as it is.  Like QEMU, at most INT_MAX clusters. */
-static int refs_resize(struct check *c, uint64_t clusters, struct err *e)
+static uint64_t refs_get(struct check *c, uint64_t cluster)
 {
-    struct qcow2_state *s = c->s;
-    if (clusters > INT_MAX)
-        return err_set(e, EFBIG, "%s: too many clusters to check (%" PRIu64 ")",
-                       s->bs->filename, clusters);
-    uint64_t bytes = align_up(div_round_up(clusters << s->refcount_order, 8),
-                              s->cluster_size);
-    if (bytes > c->refs_bytes) {
-        uint8_t *n = realloc(c->refs, bytes);
+    const uint8_t *counts = refs_chunk(c, cluster >> c->s->rb_bits);
+    return counts ? qcow2_refcount_entry_get(counts, cluster & ((1ull << c->s->rb_bits) - 1),
+                                             c->s->refcount_order) : 0;
+}
+
+static int refs_chunk_add(struct check *c, uint64_t index, uint8_t **counts, struct err *e)
+{
+    size_t pos = refs_chunk_pos(c, index);
+    if (c->nb_chunks == c->chunks_cap) {
+        size_t cap = c->chunks_cap ? 2 * c->chunks_cap : 16;
+        struct refs_chunk *n = realloc(c->chunks, cap * sizeof(*n));
         if (!n)
             return err_set(e, ENOMEM, "%s: out of memory for the reference counts",
-                           s->bs->filename);
-        memset(n + c->refs_bytes, 0, bytes - c->refs_bytes);
-        c->refs = n;
-        c->refs_bytes = bytes;
+                           c->s->bs->filename);
+        c->chunks = n;
+        c->chunks_cap = cap;
     }
+    if (!(*counts = calloc(1, c->s->cluster_size)))
+        return err_set(e, ENOMEM, "%s: out of memory for the reference counts",
+                       c->s->bs->filename);
+    memmove(c->chunks + pos + 1, c->chunks + pos, (c->nb_chunks - pos) * sizeof(*c->chunks));
+    c->chunks[pos] = (struct refs_chunk){ index, *counts };
+    c->nb_chunks++;
+    c->last_chunk = pos;
+    return 0;
+}
+
+static int refs_set(struct check *c, uint64_t cluster, uint64_t v, struct err *e)
+{
+    uint64_t index = cluster >> c->s->rb_bits;
+    uint8_t *counts = refs_chunk(c, index);
+    int ret;
+    if (!counts && v && (ret = refs_chunk_add(c, index, &counts, e)) < 0)
+        return ret;
+    if (counts)
+        qcow2_refcount_entry_set(counts, cluster & ((1ull << c->s->rb_bits) - 1),
+                                 c->s->refcount_order, v);
+    return 0;
+}
+
+/* Forget every count. */
+static void refs_clear(struct check *c)
+{
+    for (size_t i = 0; i < c->nb_chunks; i++)
+        free(c->chunks[i].counts);
+    c->nb_chunks = 0;
+    c->last_chunk = 0;
+}
+
+/* The first cluster at or after `cluster` that may have a reference: the
+ * start of the next chunk when the cluster's own has none. */
+static uint64_t refs_next_candidate(struct check *c, uint64_t cluster)
+{
+    uint64_t index = cluster >> c->s->rb_bits;
+    size_t pos = refs_chunk_pos(c, index);
+    if (pos == c->nb_chunks)
+        return UINT64_MAX;
+    return c->chunks[pos].index == index ? cluster : c->chunks[pos].index << c->s->rb_bits;
+}
+
+/* Count `clusters` clusters (new ones zero; nothing is allocated until
+ * one is referenced).  Like QEMU, at most INT_MAX clusters. */
+static int refs_resize(struct check *c, uint64_t clusters, struct err *e)
+{
+    if (clusters > INT_MAX)
+        return err_set(e, EFBIG, "%s: too many clusters to check (%" PRIu64 ")",
+                       c->s->bs->filename, clusters);
     c->nb_clusters = clusters;
     return 0;
 }
@@ -140,7 +216,11 @@ static int add_references(struct check *c, uint64_t offset, uint64_t size, struc
             c->res->corruptions++;
             continue;
         }
-        refs_set(c, k, n + 1);
+        int ret = refs_set(c, k, n + 1, e);
+        if (ret < 0) {
+            c->res->check_errors++;
+            return ret;
+        }
     }
     return 0;
 }
@@ -395,9 +475,11 @@ static int read_reftable(struct check *c, uint64_t **table, struct err *e)
 /* The end of the last cluster something references (counted so far). */
 static uint64_t referenced_end(const struct check *c)
 {
-    for (uint64_t i = c->nb_clusters; i > 0; i--)
-        if (refs_get(c, i - 1))
-            return i << c->s->cluster_bits;
+    uint64_t per_chunk = 1ull << c->s->rb_bits;
+    for (size_t k = c->nb_chunks; k > 0; k--)
+        for (uint64_t i = per_chunk; i > 0; i--)
+            if (qcow2_refcount_entry_get(c->chunks[k - 1].counts, i - 1, c->s->refcount_order))
+                return ((c->chunks[k - 1].index << c->s->rb_bits) + i) << c->s->cluster_bits;
     return 0;
 }
 
@@ -626,6 +708,13 @@ static int set_disk_refcount(struct check *c, uint64_t cluster, uint64_t from, u
     return 0;
 }
 
+/* The refcount table has no block for `cluster` (its refcount is 0). */
+static bool no_disk_refblock(const struct qcow2_state *s, uint64_t cluster)
+{
+    uint64_t rt = cluster >> s->rb_bits;
+    return rt >= s->reftable_entries || s->reftable[rt] == 0;
+}
+
 /* Compare every cluster's refcount with its references (QEMU's
  * compare_refcounts), repairing as `fix` allows; *highest is the last
  * cluster that is referenced or has a refcount. */
@@ -640,6 +729,11 @@ static void compare_refcounts(struct check *c, unsigned fix, uint64_t *highest)
     uint8_t *block = NULL;
     uint64_t block_rt = UINT64_MAX;
     for (uint64_t i = 0; i < c->nb_clusters; i++) {
+        if (!refs_chunk(c, i >> c->s->rb_bits) && no_disk_refblock(c->s, i)) {
+            /* Neither referenced nor counted: the whole block is fine. */
+            i |= (1ull << c->s->rb_bits) - 1;
+            continue;
+        }
         uint64_t on_disk, refs = refs_get(c, i);
         if (i >> c->s->rb_bits != block_rt) {
             int ret = disk_refblock(c, i, &block, &e);
@@ -706,8 +800,11 @@ static int alloc_in_refs(struct check *c, uint64_t count, uint64_t *first_free,
             return ret;
     }
     cluster -= run;
-    for (uint64_t i = 0; i < count; i++)
-        refs_set(c, cluster + i, 1);
+    for (uint64_t i = 0; i < count; i++) {
+        int ret = refs_set(c, cluster + i, 1, e);
+        if (ret < 0)
+            return ret;
+    }
     *offset = cluster << c->s->cluster_bits;
     return 0;
 }
@@ -716,6 +813,12 @@ struct new_reftable {
     uint64_t *entries;          /* refcount block offsets, host order */
     uint64_t size;              /* entries (a whole number of clusters' worth) */
 };
+
+/* The refcount table and blocks being replaced by a rebuild: the counts
+ * may call their clusters free (a damaged table does not reference them),
+ * so the new structure may be written over them; every other kind of
+ * metadata stays protected (overlap.c). */
+#define OLD_REFCOUNT_STRUCTURE (QCOW2_OL_REFCOUNT_TABLE | QCOW2_OL_REFCOUNT_BLOCK)
 
 /* Write a refcount block for every block of clusters in [first, end) that
  * has a reference, allocating the blocks that do not exist yet; each is
@@ -728,6 +831,8 @@ static int write_refblocks(struct check *c, uint64_t first, uint64_t end,
     uint64_t per_block = 1ull << s->rb_bits, first_free = 0;
     *grown = false;
     for (uint64_t cluster = first; cluster < end; cluster++) {
+        if ((cluster = refs_next_candidate(c, cluster)) >= end)
+            break;
         if (!refs_get(c, cluster))
             continue;
         uint64_t index = cluster >> s->rb_bits, start = index << s->rb_bits, offset;
@@ -753,8 +858,8 @@ static int write_refblocks(struct check *c, uint64_t first, uint64_t end,
             }
             rt->entries[index] = offset;
         }
-        ret = transport_pwrite(s->bs->file, offset, c->refs + index * s->cluster_size,
-                              s->cluster_size, e);
+        ret = qcow2_pwrite_checked(s, OLD_REFCOUNT_STRUCTURE, offset, refs_chunk(c, index),
+                                   s->cluster_size, e);
         if (ret < 0)
             return ret;
         cluster = start + per_block - 1;
@@ -799,9 +904,10 @@ static int rebuild_refcount_structure(struct check *c, struct err *e)
     uint8_t hdr[12];
     be64_write(hdr, offset);
     be32_write(hdr + 8, (uint32_t)clusters);
-    if ((ret = transport_pwrite(s->bs->file, offset, buf, clusters << s->cluster_bits, e)) < 0 ||
+    if ((ret = qcow2_pwrite_checked(s, OLD_REFCOUNT_STRUCTURE, offset, buf,
+                                    clusters << s->cluster_bits, e)) < 0 ||
         (ret = transport_flush(s->bs->file, e)) < 0 ||
-        (ret = transport_pwrite(s->bs->file, 48, hdr, sizeof(hdr), e)) < 0 ||
+        (ret = qcow2_pwrite_checked(s, QCOW2_OL_HEADER, 48, hdr, sizeof(hdr), e)) < 0 ||
         (ret = transport_flush(s->bs->file, e)) < 0)
         goto out;
     /* The header points at the new structure: forget the old one. */
@@ -810,6 +916,7 @@ static int rebuild_refcount_structure(struct check *c, struct err *e)
     free(s->reftable);
     s->reftable = rt.entries;
     s->reftable_entries = rt.size;
+    qcow2_overlap_invalidate(s);
     rt.entries = NULL;
     s->reftable_offset = offset;
     s->reftable_clusters = (uint32_t)clusters;
@@ -861,12 +968,12 @@ static int check_oflag_copied(struct check *c, unsigned fix, struct err *e)
                 uint64_t fixed = refcount == 1 ? l1e | QCOW2_OFLAG_COPIED
                                                : l1e & ~QCOW2_OFLAG_COPIED;
                 be64_write(buf, fixed);
-                if ((ret = transport_pwrite(s->bs->file, s->l1_offset + 8ull * i, buf, 8,
-                                           e)) < 0) {
+                if ((ret = qcow2_pwrite_checked(s, QCOW2_OL_ACTIVE_L1, s->l1_offset + 8ull * i,
+                                                buf, 8, e)) < 0) {
                     c->res->check_errors++;
                     goto out;
                 }
-                s->l1[i] = fixed;
+                qcow2_set_l1_entry(s, i, fixed);
                 c->res->corruptions--;
                 c->res->corruptions_fixed++;
             }
@@ -970,7 +1077,7 @@ static int check_refcounts(struct check *c, unsigned fix, struct err *e)
         /* The references are counted again: the new structure is in use,
          * the old one is not. */
         c->rebuild = false;
-        memset(c->refs, 0, c->refs_bytes);
+        refs_clear(c);
         if ((ret = calculate_refcounts(c, 0, e)) < 0)
             return ret;
         if (fix & BLK_CHECK_FIX_LEAKS) {
@@ -1051,6 +1158,7 @@ int qcow2_check(struct blockdev *bs, struct blk_check_result *res, unsigned fix,
     if (ret == 0 && fix && !res->check_errors && !res->corruptions)
         ret = mark_clean(s, e);
     pthread_mutex_unlock(&s->lock);
-    free(c.refs);
+    refs_clear(&c);
+    free(c.chunks);
     return ret;
 }

@@ -13,6 +13,7 @@ int qcow2_l1_init(struct qcow2_state *s, struct err *e)
     int ret = transport_size(s->bs->file, &file_size, e);
     if (ret < 0)
         return ret;
+    qcow2_overlap_invalidate(s);
     s->l1 = calloc(s->l1_size ? s->l1_size : 1, sizeof(uint64_t));
     if (!s->l1)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
@@ -218,7 +219,7 @@ static int allocate_l2_table(struct qcow2_state *s, uint64_t i, uint8_t **table,
     if ((ret = qcow2_cache_flush(s, &s->l2_cache, e)) < 0 ||
         (ret = transport_flush(s->bs->file, e)) < 0)
         goto out;
-    s->l1[i] = n | QCOW2_OFLAG_COPIED;
+    qcow2_set_l1_entry(s, i, n | QCOW2_OFLAG_COPIED);
     if ((ret = write_l1_entry(s, i, e)) < 0)
         goto out;
     if (old) {
@@ -353,6 +354,7 @@ int qcow2_grow_l1(struct qcow2_state *s, uint64_t entries, struct err *e)
     l1 = NULL;
     s->l1_offset = offset;
     s->l1_size = (uint32_t)entries;
+    qcow2_overlap_invalidate(s);
     if (old_offset && old_bytes)
         ret = qcow2_free_clusters(s, old_offset, old_bytes, e);
 out:

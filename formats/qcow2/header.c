@@ -177,6 +177,7 @@ static void free_snapshots(struct qcow2_state *s)
  * validate; never rewritten. */
 static int read_snapshots(struct qcow2_state *s, uint64_t file_size, struct err *e)
 {
+    qcow2_overlap_invalidate(s);
     if (s->nb_snapshots == 0)
         return 0;
     if (s->nb_snapshots > QCOW2_MAX_SNAPSHOTS)

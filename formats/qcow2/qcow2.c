@@ -32,6 +32,7 @@ static void free_state(struct qcow2_state *s)
     free(s->l1);
     free(s->reftable);
     free(s->bitmap_tables);
+    qcow2_overlap_invalidate(s);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
@@ -800,7 +801,7 @@ static int shrink(struct qcow2_state *s, uint64_t size, struct err *e)
         if (!l2)
             continue;
         uint8_t zero[8] = { 0 };
-        s->l1[i] = 0;
+        qcow2_set_l1_entry(s, i, 0);
         if ((ret = qcow2_pwrite_checked(s, QCOW2_OL_ACTIVE_L1, s->l1_offset + i * 8, zero, 8,
                                         e)) < 0 ||
             (ret = transport_flush(s->bs->file, e)) < 0)

@@ -242,6 +242,7 @@ struct qcow2_state {
     struct qcow2_range *bitmap_tables;  /* the bitmap tables of the directory in use */
     size_t nb_bitmap_tables;
     bool writes_refused;            /* a write hit metadata: the image is corrupt */
+    struct qcow2_overlap_index *overlap_index;  /* NULL: built at the next check */
 };
 
 /* --- header.c --- */
@@ -322,8 +323,16 @@ int qcow2_free_l2e_clusters(struct qcow2_state *s, uint64_t entry, struct err *e
 /* The kind of metadata (one QCOW2_OL_* bit, 0 = none) that host bytes
  * [off, off + len) overlap, leaving out the kinds in `ignore` (the
  * structure being written itself).  Lock held. */
-unsigned qcow2_metadata_overlap(const struct qcow2_state *s, unsigned ignore, uint64_t off,
+unsigned qcow2_metadata_overlap(struct qcow2_state *s, unsigned ignore, uint64_t off,
                                 uint64_t len);
+/* Every change of an active L1 entry or a refcount table entry goes
+ * through these, which keep the check's index current. */
+void qcow2_set_l1_entry(struct qcow2_state *s, uint64_t i, uint64_t entry);
+void qcow2_set_reftable_entry(struct qcow2_state *s, uint64_t i, uint64_t entry);
+/* Forget the index (rebuilt at the next check): called whenever the L1
+ * table, the refcount table, the snapshot list or the bitmap tables are
+ * replaced as a whole. */
+void qcow2_overlap_invalidate(struct qcow2_state *s);
 const char *qcow2_overlap_name(unsigned bit);
 /* Before writing [off, off + len): 0, or -EIO when the image was marked
  * corrupt, or when the range overlaps metadata, which marks it corrupt

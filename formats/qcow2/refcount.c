@@ -43,6 +43,7 @@ int qcow2_refcount_init(struct qcow2_state *s, struct err *e)
     if (ret < 0)
         return ret;
     uint64_t bytes = (uint64_t)s->reftable_clusters << s->cluster_bits;
+    qcow2_overlap_invalidate(s);
     s->reftable_entries = bytes / 8;
     s->reftable = malloc(bytes);
     if (!s->reftable)
@@ -265,7 +266,7 @@ static int ensure_refblock(struct qcow2_state *s, uint64_t rt, struct err *e)
     if ((ret = qcow2_cache_flush(s, &s->rb_cache, e)) < 0 ||
         (ret = transport_flush(s->bs->file, e)) < 0)
         return ret;
-    s->reftable[rt] = b_offset;
+    qcow2_set_reftable_entry(s, rt, b_offset);
     return write_reftable_entry(s, rt, e);
 }
 
@@ -306,6 +307,7 @@ static int grow_reftable(struct qcow2_state *s, uint64_t min_entries, struct err
     uint64_t old_offset = s->reftable_offset, old_clusters = s->reftable_clusters;
     s->reftable = table;
     s->reftable_entries = entries;
+    qcow2_overlap_invalidate(s);
     s->reftable_deferred = true;
     if ((ret = push_reserved(s, start, clusters, e)) == 0) {
         ret = qcow2_update_refcount(s, start << s->cluster_bits, clusters << s->cluster_bits,
@@ -346,6 +348,7 @@ undo:
     free(table);
     s->reftable = old_table;
     s->reftable_entries = old_entries;
+    qcow2_overlap_invalidate(s);
     return ret;
 }
 

@@ -67,6 +67,7 @@ int qcow2_write_snapshot_table(struct qcow2_state *s, struct err *e)
     uint64_t clusters = div_round_up(size, s->cluster_size);
     uint8_t *buf = NULL;
     int ret = 0;
+    qcow2_overlap_invalidate(s);    /* the caller changed the list */
     if (clusters) {
         if (!(buf = calloc(clusters, s->cluster_size)))
             return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
@@ -77,7 +78,7 @@ int qcow2_write_snapshot_table(struct qcow2_state *s, struct err *e)
             pos += entry_size(&s->snapshots[i]);
         }
         if ((ret = qcow2_alloc_clusters(s, clusters, &offset, e)) < 0 ||
-            (ret = transport_pwrite(s->bs->file, offset, buf, size, e)) < 0)
+            (ret = qcow2_pwrite_checked(s, 0, offset, buf, size, e)) < 0)
             goto out;
     }
     /* The new table and its refcounts are stable before the header points
@@ -86,7 +87,7 @@ int qcow2_write_snapshot_table(struct qcow2_state *s, struct err *e)
     be32_write(hdr, s->nb_snapshots);
     be64_write(hdr + 4, offset);
     if ((ret = qcow2_flush_metadata(s, e)) < 0 ||
-        (ret = transport_pwrite(s->bs->file, 60, hdr, sizeof(hdr), e)) < 0 ||
+        (ret = qcow2_pwrite_checked(s, QCOW2_OL_HEADER, 60, hdr, sizeof(hdr), e)) < 0 ||
         (ret = transport_flush(s->bs->file, e)) < 0)
         goto out;
     uint64_t old_offset = s->snapshots_offset, old_size = s->snapshots_size;
@@ -208,15 +209,17 @@ int qcow2_snapshot_find(struct qcow2_state *s, const char *id, const char *name)
     return -1;
 }
 
-static int write_l1(struct qcow2_state *s, uint64_t offset, const uint64_t *l1, uint32_t n,
-                    uint64_t bytes, struct err *e)
+/* Write an L1 table: `ignore` is QCOW2_OL_ACTIVE_L1 when it is the active
+ * table rewritten in place, 0 for a copy in newly allocated clusters. */
+static int write_l1(struct qcow2_state *s, unsigned ignore, uint64_t offset, const uint64_t *l1,
+                    uint32_t n, uint64_t bytes, struct err *e)
 {
     uint8_t *buf = calloc(1, bytes ? bytes : 1);
     if (!buf)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
     for (uint32_t i = 0; i < n; i++)
         be64_write(buf + 8 * i, l1[i]);
-    int ret = bytes ? transport_pwrite(s->bs->file, offset, buf, bytes, e) : 0;
+    int ret = bytes ? qcow2_pwrite_checked(s, ignore, offset, buf, bytes, e) : 0;
     free(buf);
     return ret;
 }
@@ -259,8 +262,10 @@ static int append_snapshot(struct qcow2_state *s, struct qcow2_snapshot *sn, str
     s->snapshots = list;
     list[s->nb_snapshots++] = *sn;
     int ret = qcow2_write_snapshot_table(s, e);
-    if (ret < 0)
+    if (ret < 0) {
         s->nb_snapshots--;     /* the entry's strings stay with the caller */
+        qcow2_overlap_invalidate(s);
+    }
     return ret;
 }
 
@@ -288,12 +293,12 @@ int qcow2_snapshot_create_locked(struct qcow2_state *s, const char *name, uint32
     uint64_t bytes = (uint64_t)s->l1_size * 8;
     if (bytes && ((ret = qcow2_alloc_clusters(s, div_round_up(bytes, s->cluster_size),
                                               &sn.l1_offset, e)) < 0 ||
-                  (ret = write_l1(s, sn.l1_offset, s->l1, s->l1_size, bytes, e)) < 0))
+                  (ret = write_l1(s, 0, sn.l1_offset, s->l1, s->l1_size, bytes, e)) < 0))
         goto fail;
     /* Clearing COPIED in the active tables is safe at any time; the table
      * write flushes everything before the header points to the snapshot. */
     if ((ret = qcow2_update_snapshot_refcount(s, s->l1, s->l1_size, 1, e)) < 0 ||
-        (ret = write_l1(s, s->l1_offset, s->l1, s->l1_size, bytes, e)) < 0 ||
+        (ret = write_l1(s, QCOW2_OL_ACTIVE_L1, s->l1_offset, s->l1, s->l1_size, bytes, e)) < 0 ||
         (ret = append_snapshot(s, &sn, e)) < 0)
         goto fail;
     return 0;
@@ -325,6 +330,7 @@ int qcow2_snapshot_delete_locked(struct qcow2_state *s, int index, struct err *e
                 (s->nb_snapshots - (uint32_t)index) * sizeof(sn));
         s->snapshots[index] = sn;
         s->nb_snapshots++;
+        qcow2_overlap_invalidate(s);
         free(l1);
         return ret;
     }
@@ -342,7 +348,8 @@ int qcow2_snapshot_delete_locked(struct qcow2_state *s, int index, struct err *e
     if (ret == 0)
         ret = qcow2_flush_metadata(s, e);
     if (ret == 0)
-        ret = write_l1(s, s->l1_offset, s->l1, s->l1_size, (uint64_t)s->l1_size * 8, e);
+        ret = write_l1(s, QCOW2_OL_ACTIVE_L1, s->l1_offset, s->l1, s->l1_size,
+                       (uint64_t)s->l1_size * 8, e);
     if (ret == 0)
         ret = transport_flush(s->bs->file, e);
     free(l1);
@@ -363,7 +370,7 @@ int qcow2_snapshot_apply_locked(struct qcow2_state *s, int index, struct err *e)
     uint64_t bytes = align_up((uint64_t)n * 8, s->cluster_size), offset = 0;
     if ((ret = qcow2_update_snapshot_refcount(s, l1, n, 1, e)) < 0 ||
         (bytes && (ret = qcow2_alloc_clusters(s, bytes / s->cluster_size, &offset, e)) < 0) ||
-        (ret = write_l1(s, offset, l1, n, bytes, e)) < 0 ||
+        (ret = write_l1(s, 0, offset, l1, n, bytes, e)) < 0 ||
         (ret = qcow2_flush_metadata(s, e)) < 0)
         goto out;
     /* size (24), crypt_method (32, always 0 here), l1_size (36),
@@ -372,7 +379,7 @@ int qcow2_snapshot_apply_locked(struct qcow2_state *s, int index, struct err *e)
     be64_write(hdr, sn->disk_size);
     be32_write(hdr + 12, n);
     be64_write(hdr + 16, offset);
-    if ((ret = transport_pwrite(s->bs->file, 24, hdr, sizeof(hdr), e)) < 0 ||
+    if ((ret = qcow2_pwrite_checked(s, QCOW2_OL_HEADER, 24, hdr, sizeof(hdr), e)) < 0 ||
         (ret = transport_flush(s->bs->file, e)) < 0)
         goto out;
     uint64_t *old = s->l1;
@@ -380,6 +387,7 @@ int qcow2_snapshot_apply_locked(struct qcow2_state *s, int index, struct err *e)
     uint64_t old_offset = s->l1_offset;
     s->l1 = l1;
     s->l1_size = n;
+    qcow2_overlap_invalidate(s);
     s->l1_offset = offset;
     s->size = sn->disk_size;
     s->bs->size = sn->disk_size;
@@ -395,7 +403,7 @@ int qcow2_snapshot_apply_locked(struct qcow2_state *s, int index, struct err *e)
     if (ret == 0)
         ret = qcow2_flush_metadata(s, e);
     if (ret == 0)
-        ret = write_l1(s, s->l1_offset, s->l1, s->l1_size, bytes, e);
+        ret = write_l1(s, QCOW2_OL_ACTIVE_L1, s->l1_offset, s->l1, s->l1_size, bytes, e);
     if (ret == 0)
         ret = transport_flush(s->bs->file, e);
 out:
@@ -421,5 +429,6 @@ int qcow2_snapshot_load_locked(struct qcow2_state *s, int index, struct err *e)
     free(s->l1);
     s->l1 = l1;
     s->l1_size = n;
+    qcow2_overlap_invalidate(s);
     return 0;
 }

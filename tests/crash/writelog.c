@@ -288,17 +288,31 @@ int creat64(const char *path, mode_t mode)
     return do_openat(AT_FDCWD, path, O_WRONLY | O_CREAT | O_TRUNC, mode);
 }
 
+/* After the real call of every write wrapper: log the `n` bytes written
+ * (of iov) at `off`, or, with AT_FILE_OFFSET (write, writev), at the file
+ * offset, which now lies n bytes further (also for O_APPEND); keeps errno
+ * and returns n. */
+#define AT_FILE_OFFSET ((off_t)-1)
+static ssize_t logged(int fd, off_t off, const struct iovec *iov, int iovcnt, ssize_t n)
+{
+    int saved = errno;
+    if (off == AT_FILE_OFFSET && n > 0) {
+        off_t end = lseek(fd, 0, SEEK_CUR);
+        off = end >= n ? end - n : AT_FILE_OFFSET;
+    }
+    if (off != AT_FILE_OFFSET)
+        log_write(fd, (uint64_t)off, iov, iovcnt, n);
+    errno = saved;
+    return n;
+}
+
 ssize_t pwrite(int fd, const void *buf, size_t len, off_t off)
 {
     REAL(ssize_t, pwrite, int, const void *, size_t, off_t);
     if (fail_write(fd))
         return -1;
-    ssize_t n = real_pwrite(fd, buf, len, off);
-    int saved = errno;
     struct iovec iov = { (void *)buf, len };
-    log_write(fd, (uint64_t)off, &iov, 1, n);
-    errno = saved;
-    return n;
+    return logged(fd, off, &iov, 1, real_pwrite(fd, buf, len, off));
 }
 
 ssize_t pwrite64(int fd, const void *buf, size_t len, off_t off)
@@ -311,11 +325,7 @@ ssize_t pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off)
     REAL(ssize_t, pwritev, int, const struct iovec *, int, off_t);
     if (fail_write(fd))
         return -1;
-    ssize_t n = real_pwritev(fd, iov, iovcnt, off);
-    int saved = errno;
-    log_write(fd, (uint64_t)off, iov, iovcnt, n);
-    errno = saved;
-    return n;
+    return logged(fd, off, iov, iovcnt, real_pwritev(fd, iov, iovcnt, off));
 }
 
 ssize_t pwritev64(int fd, const struct iovec *iov, int iovcnt, off_t off)
@@ -332,11 +342,7 @@ ssize_t pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off, int fla
         fatal("pwritev2 at the file offset");
     if (fail_write(fd))
         return -1;
-    ssize_t n = real_pwritev2(fd, iov, iovcnt, off, flags);
-    int saved = errno;
-    log_write(fd, (uint64_t)off, iov, iovcnt, n);
-    errno = saved;
-    return n;
+    return logged(fd, off, iov, iovcnt, real_pwritev2(fd, iov, iovcnt, off, flags));
 }
 
 ssize_t pwritev64v2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
@@ -344,22 +350,12 @@ ssize_t pwritev64v2(int fd, const struct iovec *iov, int iovcnt, off_t off, int 
     return pwritev2(fd, iov, iovcnt, off, flags);
 }
 
-/* write and writev: the data went to the file offset, which now lies n
- * bytes further (also for O_APPEND). */
 ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
 {
     REAL(ssize_t, writev, int, const struct iovec *, int);
     if (fail_write(fd))
         return -1;
-    ssize_t n = real_writev(fd, iov, iovcnt);
-    int saved = errno;
-    if (n > 0) {
-        off_t end = lseek(fd, 0, SEEK_CUR);
-        if (end >= n)
-            log_write(fd, (uint64_t)(end - n), iov, iovcnt, n);
-    }
-    errno = saved;
-    return n;
+    return logged(fd, AT_FILE_OFFSET, iov, iovcnt, real_writev(fd, iov, iovcnt));
 }
 
 ssize_t write(int fd, const void *buf, size_t len)
@@ -369,16 +365,8 @@ ssize_t write(int fd, const void *buf, size_t len)
         return real_write(fd, buf, len);
     if (fail_write(fd))
         return -1;
-    ssize_t n = real_write(fd, buf, len);
-    int saved = errno;
-    if (n > 0) {
-        off_t end = lseek(fd, 0, SEEK_CUR);
-        struct iovec iov = { (void *)buf, len };
-        if (end >= n)
-            log_write(fd, (uint64_t)(end - n), &iov, 1, n);
-    }
-    errno = saved;
-    return n;
+    struct iovec iov = { (void *)buf, len };
+    return logged(fd, AT_FILE_OFFSET, &iov, 1, real_write(fd, buf, len));
 }
 
 int ftruncate(int fd, off_t size)

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "formats/blockdev.h"
+#include "tests/fuzz/fuzz-image.h"
 
 /* Bounds so that one input cannot make the fuzzer spend seconds. */
 #define MAX_EXTENTS 4096
@@ -57,15 +58,10 @@ static void exercise(struct blockdev *bs)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    int fd = memfd_create("fuzz-image", MFD_CLOEXEC);
+    char path[64];
+    int fd = fuzz_image_fd(data, size, path, sizeof(path));
     if (fd < 0)
         return 0;
-    if (write(fd, data, size) != (ssize_t)size) {
-        close(fd);
-        return 0;
-    }
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
     struct blockdev *bs = NULL;
     struct err e = { 0 };
     /* No backing files: a fuzzed name must not open files of the host. */

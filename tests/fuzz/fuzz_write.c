@@ -17,6 +17,7 @@
 
 #include "formats/blockdev-bitmaps.h"
 #include "formats/blockdev.h"
+#include "tests/fuzz/fuzz-image.h"
 
 #define CHUNK (64u << 10)
 
@@ -97,15 +98,10 @@ static void repair(const char *path)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    int fd = memfd_create("fuzz-image", MFD_CLOEXEC);
+    char path[64];
+    int fd = fuzz_image_fd(data, size, path, sizeof(path));
     if (fd < 0)
         return 0;
-    if (write(fd, data, size) != (ssize_t)size) {
-        close(fd);
-        return 0;
-    }
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
     /* Repair first, as an administrator would on a damaged image, then
      * write to what the repair left (or to the image as it is, when the
      * repair refused), then repair again. */
