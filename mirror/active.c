@@ -70,6 +70,7 @@ struct active_mirror {
     enum active_copy_mode copy_mode;
     uint64_t speed;
     uint64_t done;                  /* bytes copied or written through */
+    uint64_t copied;                /* of which copied by the background pass (--speed) */
     uint64_t batch_left;            /* taken by the batch copying now, not done yet */
     bool ready;
     bool complete_requested;
@@ -97,7 +98,7 @@ struct active_mirror {
     pthread_mutex_t wa_lock;
     pthread_mutex_t event_lock;
     struct timespec started_at;     /* --speed: the pace counts from here ... */
-    uint64_t paced_from;            /* ... and from these bytes done */
+    uint64_t paced_from;            /* ... and from these bytes copied */
 };
 
 /* --- Events --- */
@@ -308,15 +309,19 @@ struct batch {
     struct copy_range ranges[BATCH_RANGES * 4]; /* what is dirty in them */
     size_t nranges;
     bool finished[BATCH_RANGES * 4];
-    uint64_t done_before;
+    uint64_t reported;              /* bytes this batch's copy reported so far */
     struct active_mirror *m;
 };
 
-/* The next dirty runs from `*cursor` on (wrapping), at most batch_bytes
- * (lock held). */
+/* The next dirty runs from `*cursor` on (wrapping), at most batch_bytes,
+ * or under --speed about a tenth of a second's worth, so that set-speed,
+ * cancel and complete are seen soon and client writes never wait long for
+ * a batch's range locks (lock held). */
 static void pick_runs_locked(struct active_mirror *m, struct batch *b, uint64_t *cursor)
 {
     uint64_t size = m->src->size, budget = m->batch_bytes;
+    if (m->speed)
+        budget = min_u64(budget, max_u64(m->speed / 10, m->gran));
     b->nruns = 0;
     for (int pass = 0; pass < 2 && b->nruns < BATCH_RANGES && budget; pass++) {
         uint64_t start = pass ? 0 : *cursor, end = pass ? *cursor : size;
@@ -375,26 +380,30 @@ static void on_copy_progress(void *opaque, uint64_t done, uint64_t total)
     struct batch *b = opaque;
     struct active_mirror *m = b->m;
     pthread_mutex_lock(&m->lock);
-    uint64_t before = m->done;
-    m->done = b->done_before + done;
+    /* Add what this batch copied since its last report: client writes
+     * written through meanwhile count in `done` too. */
+    uint64_t before = m->done, delta = done - b->reported;
+    b->reported = done;
+    m->done += delta;
+    m->copied += delta;
     m->batch_left = total - done;
     pthread_mutex_unlock(&m->lock);
-    emit(m, MIRROR_EVENT_PROGRESS, before, b->done_before + done - before, NULL);
+    emit(m, MIRROR_EVENT_PROGRESS, before, delta, NULL);
 }
 
 static int copy_batch(struct active_mirror *m, struct batch *b, struct err *e)
 {
     const struct mirror_params *mp = &m->p.mirror;
-    pthread_mutex_lock(&m->lock);
-    uint64_t speed = m->speed;
-    b->done_before = m->done;
-    pthread_mutex_unlock(&m->lock);
+    b->reported = 0;
     struct copy_job cj = {
         .src = m->src, .base = m->base, .dst = m->dst, .offset = 0, .length = m->src->size,
         .ranges = b->ranges, .nranges = b->nranges, .range_done = on_range_done,
         .explicit_zeroes = m->diff_image,
         .buf_size = mp->buf_size, .max_in_flight = (unsigned)mp->max_in_flight,
-        .speed = speed, .on_source_error = mp->on_source_error,
+        /* --speed paces between batches (pace_locked), which are small
+         * then: a batch holds its ranges locked against client writes
+         * while it copies, so it must not be slowed down itself. */
+        .speed = 0, .on_source_error = mp->on_source_error,
         .on_target_error = mp->on_target_error,
         .progress = on_copy_progress, .opaque = b, .cancel = &m->cancel,
     };
@@ -446,7 +455,9 @@ static void pace_locked(struct active_mirror *m)
         clock_gettime(CLOCK_REALTIME, &now);
         double elapsed = (double)(now.tv_sec - m->started_at.tv_sec) +
                          (double)(now.tv_nsec - m->started_at.tv_nsec) / 1e9;
-        double due = (double)(m->done - m->paced_from) / (double)m->speed;
+        /* Only the background pass is paced: client writes written
+         * through are the clients' business (as in QEMU). */
+        double due = (double)(m->copied - m->paced_from) / (double)m->speed;
         if (due <= elapsed)
             return;
         double wait = due - elapsed < 0.1 ? due - elapsed : 0.1;
@@ -460,19 +471,26 @@ static void pace_locked(struct active_mirror *m)
     }
 }
 
-/* Nothing dirty: flush the target if it was written, and be READY once the
- * flush found nothing new.  Returns < 0 if the flush failed. */
+/* Nothing dirty: flush the target if it was written, and be READY once
+ * nothing is dirty after that flush.  Client writes written through during
+ * the flush (write-blocking) leave nothing dirty: the target has them, so
+ * the job is in sync; the flush at completion makes them durable.  Asking
+ * for no newer flush than that is what makes write-blocking converge under
+ * a writer that never pauses.  Once READY, the target is flushed again only
+ * when completing (not at every client write).  Returns < 0 if the flush
+ * failed. */
 static int settle(struct active_mirror *m, struct err *e)
 {
     pthread_mutex_lock(&m->lock);
-    bool flush = m->target_dirty;
-    m->target_dirty = false;
+    bool flush = m->target_dirty && (!m->ready || m->complete_requested);
+    if (flush)
+        m->target_dirty = false;
     pthread_mutex_unlock(&m->lock);
     int ret = flush ? mirror_job_flush_target(m->job, e) : 0;
     if (ret < 0)
         return ret;
     pthread_mutex_lock(&m->lock);
-    bool now_ready = !m->ready && !hbitmap_count(m->dirty) && !m->target_dirty;
+    bool now_ready = !m->ready && !hbitmap_count(m->dirty);
     if (now_ready) {
         m->ready = true;
         m->status = ACTIVE_READY;
@@ -806,7 +824,7 @@ int active_mirror_set_speed(struct active_mirror *m, uint64_t speed, struct err 
     pthread_mutex_lock(&m->lock);
     m->speed = speed;
     clock_gettime(CLOCK_REALTIME, &m->started_at);
-    m->paced_from = m->done;    /* the pace restarts from now */
+    m->paced_from = m->copied;  /* the pace restarts from now */
     pthread_cond_broadcast(&m->changed);
     pthread_mutex_unlock(&m->lock);
     return 0;
