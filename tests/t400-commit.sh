@@ -255,8 +255,14 @@ expect_match "$(err)" "unexpected argument 'extra'"
 # reopened writable, before anything is copied.
 qemu-io -r -f qcow2 -c 'sleep 20000' src/alone.qcow2 >/dev/null 2>&1 &
 holder=$!
+# Wait (up to 60 s) until it holds QEMU's "write not shared" lock (byte
+# 201, /proc/locks: "N: OFDLCK ADVISORY READ -1 MAJ:MIN:INODE START END").
+# Probing with a second qemu-io instead could make both fail to start.
+ino=$(stat -c %i src/alone.qcow2)
 for _ in $(seq 600); do
-    qemu-io -f qcow2 -c 'read 0 512' src/alone.qcow2 >/dev/null 2>&1 || break
+    awk -v ino="$ino" '$2 == "OFDLCK" { split($6, d, ":"); if (d[3] == ino && $7 <= 201 && 201 <= $8) f = 1 }
+        END { exit !f }' /proc/locks && break
+    kill -0 "$holder" 2>/dev/null || die "qemu-io holding src/alone.qcow2 exited early"
     sleep 0.1
 done
 cp src/top.qcow2 top-before.qcow2
