@@ -766,28 +766,6 @@ int blk_create(const char *format, const struct blk_create_params *p, struct err
     return ret;
 }
 
-size_t iov_size(const struct iovec *iov, int iovcnt)
-{
-    size_t n = 0;
-    for (int i = 0; i < iovcnt; i++)
-        n += iov[i].iov_len;
-    return n;
-}
-
-void iov_memset(const struct iovec *iov, int iovcnt, size_t off, int c, size_t len)
-{
-    for (int i = 0; i < iovcnt && len; i++) {
-        if (off >= iov[i].iov_len) {
-            off -= iov[i].iov_len;
-            continue;
-        }
-        size_t n = min_u64(iov[i].iov_len - off, len);
-        memset((char *)iov[i].iov_base + off, c, n);
-        len -= n;
-        off = 0;
-    }
-}
-
 static int check_range(struct blockdev *bs, uint64_t off, uint64_t len, struct err *e)
 {
     if (off > bs->size || len > bs->size - off)

@@ -589,8 +589,5 @@ int blk_reopen_writable(struct blockdev *top, struct blockdev *layer, struct blo
 /* Common `info` fields plus the driver's format-specific data. */
 int blk_get_info(struct blockdev *bs, struct prop **out, struct err *e);
 
-/* iovec helpers */
-size_t iov_size(const struct iovec *iov, int iovcnt);
-void iov_memset(const struct iovec *iov, int iovcnt, size_t off, int c, size_t len);
 
 #endif

@@ -181,3 +181,25 @@ bool buffer_is_zero(const void *buf, size_t len)
             return false;
     return true;
 }
+
+size_t iov_size(const struct iovec *iov, int iovcnt)
+{
+    size_t n = 0;
+    for (int i = 0; i < iovcnt; i++)
+        n += iov[i].iov_len;
+    return n;
+}
+
+void iov_memset(const struct iovec *iov, int iovcnt, size_t off, int c, size_t len)
+{
+    for (int i = 0; i < iovcnt && len; i++) {
+        if (off >= iov[i].iov_len) {
+            off -= iov[i].iov_len;
+            continue;
+        }
+        size_t n = min_u64(iov[i].iov_len - off, len);
+        memset((char *)iov[i].iov_base + off, c, n);
+        len -= n;
+        off = 0;
+    }
+}

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 /* A caller-provided error message.  Library functions that fail return a
  * negative errno and describe the problem here, naming the file and the
@@ -76,5 +77,9 @@ int parse_size(const char *s, uint64_t *out);
 void format_size_human(uint64_t bytes, char *buf, size_t len);
 /* True if buf[0..len) is all zero bytes. */
 bool buffer_is_zero(const void *buf, size_t len);
+
+/* iovec helpers (for the block layer and the transports alike) */
+size_t iov_size(const struct iovec *iov, int iovcnt);
+void iov_memset(const struct iovec *iov, int iovcnt, size_t off, int c, size_t len);
 
 #endif

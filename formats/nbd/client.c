@@ -1005,9 +1005,7 @@ static int nbd_tp_preadv(struct transport *t, uint64_t off, const struct iovec *
                          int iovcnt, struct err *e)
 {
     struct nbd_transport *nt = to_nbd(t);
-    uint64_t len = 0;
-    for (int i = 0; i < iovcnt; i++)
-        len += iov[i].iov_len;
+    uint64_t len = iov_size(iov, iovcnt);
     if (len == 0)
         return 0;
     if (is_aligned(nt, off, len))
@@ -1043,9 +1041,7 @@ static int nbd_tp_pwritev(struct transport *t, uint64_t off, const struct iovec 
     int ret = check_writable(nt, e);
     if (ret < 0)
         return ret;
-    uint64_t len = 0;
-    for (int i = 0; i < iovcnt; i++)
-        len += iov[i].iov_len;
+    uint64_t len = iov_size(iov, iovcnt);
     if (len == 0)
         return 0;
     if (is_aligned(nt, off, len))

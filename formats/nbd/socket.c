@@ -143,9 +143,7 @@ int nbd_socket_writev(int fd, const struct iovec *iov, int iovcnt, const char *p
     while (iovcnt > 0) {
         int n = iovcnt < 16 ? iovcnt : 16;
         memcpy(cur, iov, sizeof(*cur) * (size_t)n);
-        size_t total = 0;
-        for (int i = 0; i < n; i++)
-            total += cur[i].iov_len;
+        size_t total = iov_size(cur, n);
         size_t done = 0;
         struct iovec *c = cur;
         int cn = n;
