@@ -59,3 +59,21 @@ map_alloc() {
              END { print start, len, z, d }'
 }
 passed() { echo "PASS ($checks checks)"; exit 0; }
+
+# replay_inputs BINS: run each fuzz replay program of BINS over inputs/,
+# one run per group of inputs (names that differ only in a trailing
+# number); every run must exit 0 within 120 s, and there must be at least
+# 100 inputs.
+replay_inputs() {
+    local count group bin rc
+    count=$(ls inputs | wc -l)
+    for group in $(ls inputs | sed 's/[0-9]*$//' | sort -u); do
+        for bin in $1; do
+            timeout 120 "$bin" inputs/"$group"* >/dev/null 2>"$T/replay.err"
+            rc=$?
+            [ $rc = 0 ] || die "$(basename "$bin") crashed or hung on inputs/$group* (exit $rc): $(head -c 2000 "$T/replay.err")"
+        done
+    done
+    checks=$((checks + count))
+    expect_match "$count" '^[0-9]{3,}$' "number of inputs"
+}

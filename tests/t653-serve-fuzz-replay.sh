@@ -54,14 +54,5 @@ for s in sessions:
         open(os.path.join(d, 'flip%d' % n), 'wb').write(bytes(b)); n += 1
 PY
 # One replay run per session's inputs (the program takes many files).
-count=$(ls inputs | wc -l)
-for group in $(ls inputs | sed 's/[0-9]*$//' | sort -u); do
-    for bin in $bins; do
-        timeout 120 "$bin" inputs/"$group"* >/dev/null 2>"$T/replay.err"
-        rc=$?
-        [ $rc = 0 ] || die "$(basename "$bin") crashed or hung on inputs/$group* (exit $rc): $(head -c 2000 "$T/replay.err")"
-    done
-done
-checks=$((checks + count))
-expect_match "$count" '^[0-9]{3,}$' "number of inputs"
+replay_inputs "$bins"
 passed
