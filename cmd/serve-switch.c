@@ -105,8 +105,10 @@ int serve_switch(struct serve_switch *sw, struct err *e)
         names[i] = dirty_bitmap_name(img->bitmaps[i]);
     const char *format;
     int ret = active_mirror_check_switch(m->job, names, img->nbitmaps, &format, e);
-    if (ret < 0)
+    if (ret < 0) {
+        err_prefix(e, "no switch (the job stays ready): ");
         return ret;
+    }
     nbd_export_gate_quiesce(img->gate);
     ret = active_mirror_complete(m->job, e);
     if (ret < 0) {
