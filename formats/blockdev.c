@@ -175,6 +175,11 @@ bool blk_name_is_network(const char *name)
     return transport_name_is_uri(name);
 }
 
+bool blk_is_network(const struct blockdev *bs)
+{
+    return bs->file && !transport_hostfile(bs->file);
+}
+
 bool blk_target_exists(const char *name)
 {
     return transport_name_is_uri(name) || access(name, F_OK) == 0;

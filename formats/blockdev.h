@@ -578,6 +578,8 @@ int blk_check_distinct(const struct blockdev *target, const struct blockdev *sou
                        struct err *e);
 /* Whether `name` is a network URI (an NBD export), not a path. */
 bool blk_name_is_network(const char *name);
+/* Whether bs's own data lives on a network transport (an NBD export). */
+bool blk_is_network(const struct blockdev *bs);
 /* Whether a target name exists: a file that exists, or any NBD URI (an
  * export can only be written into, never created). */
 bool blk_target_exists(const char *name);
