@@ -39,23 +39,6 @@ static void on_salvaged(void *opaque, uint64_t src_offset, const struct err *e)
              strerror(e->code ? e->code : EIO));
 }
 
-/* -l: "snapshot.id=ID,snapshot.name=NAME" (either or both) or else an ID
- * or name, as qemu-img's; returns an exit status, or -1 to go on. */
-static int parse_snapshot_arg(struct cmdline *cl, const char *arg, struct kvopts *kv,
-                              struct err *e)
-{
-    static const char prefix[] = "snapshot.";
-    if (strncmp(arg, prefix, sizeof(prefix) - 1))
-        return -1;
-    if (kvopts_parse(kv, arg, e) < 0)
-        return cmd_usage_error(cl, "Failed in parsing snapshot param '%s': %s", arg, e->msg);
-    for (size_t i = 0; i < kv->count; i++)
-        if (strcmp(kv->items[i].key, "snapshot.id") && strcmp(kv->items[i].key, "snapshot.name"))
-            return cmd_usage_error(cl, "Failed in parsing snapshot param '%s': Invalid "
-                                   "parameter '%s'", arg, kv->items[i].key);
-    return -1;
-}
-
 /* -S: qemu-img's sparse detection unit, a multiple of 512 up to 16 MiB;
  * 0: no detection, a fully allocated target. */
 static int parse_sparse_size(struct cmdline *cl, const char *s, uint64_t *out)
@@ -74,8 +57,7 @@ static int parse_sparse_size(struct cmdline *cl, const char *s, uint64_t *out)
 struct convert {
     char *src_fmt, *dst_fmt, *cache, *src_cache, *buf_size_s, *sparse_s, *rate_s;
     char *backing, *backing_fmt;
-    char *snapshot;                         /* -l */
-    struct kvopts snapshot_kv;              /* -l snapshot.id=...,snapshot.name=... */
+    struct cmd_snapshot_arg snapshot;       /* -l */
     int no_create, progress, quiet, force_share, target_is_zero, compress, out_of_order;
     int max_in_flight, copy_bitmaps, skip_broken, connections, salvage, copy_offload;
     struct cmd_format_opts a;
@@ -120,24 +102,14 @@ static int check_options(struct cmdline *cl, struct convert *c)
     c->o_backing_fmt = kvopts_get(&c->a.opts, "backing_fmt");
     if (c->nsrcs > 1 && c->copy_bitmaps)
         return cmd_usage_error(cl, "Copying bitmaps only possible with single source");
-    if (c->nsrcs > 1 && c->snapshot)
+    if (c->nsrcs > 1 && c->snapshot.arg)
         return cmd_usage_error(cl, "No support for concatenating multiple snapshot");
-    if (c->snapshot && (status = parse_snapshot_arg(cl, c->snapshot, &c->snapshot_kv,
-                                                    &c->a.e)) >= 0)
+    if ((status = cmd_parse_snapshot_arg(cl, &c->snapshot, &c->a.e)) >= 0)
         return status;
     if (c->nsrcs > 1 && (c->backing || c->o_backing))
         return cmd_usage_error(cl, "Having a backing file for the target makes no sense when "
                                "concatenating multiple input images");
     return -1;
-}
-
-/* -l: the source then reads as that snapshot. */
-static int load_snapshot(struct convert *c, struct blockdev *src, struct err *e)
-{
-    if (!c->snapshot_kv.count)
-        return blk_snapshot_load(src, NULL, NULL, c->snapshot, e);
-    return blk_snapshot_load(src, kvopts_get(&c->snapshot_kv, "snapshot.id"),
-                             kvopts_get(&c->snapshot_kv, "snapshot.name"), NULL, e);
 }
 
 /* Open the sources (all but the last argument), the first with -l's
@@ -154,10 +126,8 @@ static int open_sources(struct convert *c, const char *const *names,
     for (size_t i = 0; i < c->nsrcs; i++) {
         if ((ret = blk_open(names[i], c->src_fmt, flags, oo, &srcs[i], e)) < 0)
             return ret;
-        if (c->snapshot && (ret = load_snapshot(c, srcs[i], e)) < 0) {
-            err_prefix(e, "Failed to load snapshot: ");
+        if ((ret = cmd_load_snapshot(&c->snapshot, srcs[i], e)) < 0)
             return ret;
-        }
         if (srcs[i]->size > UINT64_MAX - *total)
             return err_set(e, EFBIG, "%s: the sources add up to more than 16 EiB", names[i]);
         *total += srcs[i]->size;
@@ -316,7 +286,7 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
           "SIZE" },
         { "rate-limit", 'r', POPT_ARG_STRING, &c.rate_s, 0, "at most RATE bytes per second",
           "RATE" },
-        { NULL, 'l', POPT_ARG_STRING, &c.snapshot, 0,
+        { NULL, 'l', POPT_ARG_STRING, &c.snapshot.arg, 0,
           "read the source as its internal snapshot recorded it (SNAPSHOT: "
           "snapshot.id=ID,snapshot.name=NAME, or ID_OR_NAME)", "SNAPSHOT" },
         { NULL, 'C', POPT_ARG_NONE, &c.copy_offload, 0,
@@ -403,7 +373,7 @@ out:
         blk_close(srcs[i]);
     free(srcs);
     kvopts_free(&c.a.opts);
-    kvopts_free(&c.snapshot_kv);
+    kvopts_free(&c.snapshot.kv);
     cmd_done(&cl);
     return status;
 }
