@@ -28,7 +28,13 @@
  * completed before it was called; drivers protect their metadata with their
  * own lock.  open, close, create, truncate, set_backing, make_empty and the
  * bitmap set changes are never called concurrently with anything else
- * (truncate drains the requests first, blk_drain).  Drivers must not call
+ * (truncate drains the requests first, blk_drain).  An image the NBD
+ * server exports through a gate (formats/nbd/server.h: serve --mirror's
+ * switch to the target) is used by server threads only between their
+ * acquire and release of the gate; while its owner has the export
+ * quiesced, the owner alone calls anything on it, flush and close
+ * included, and the image that replaces it is first touched by the
+ * server only after the resume.  Drivers must not call
  * blk_* I/O on their own blockdev (only on their backing file), or a request
  * would wait for itself. */
 #ifndef IMGTOOL_BLOCKDEV_H
