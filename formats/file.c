@@ -65,6 +65,8 @@ int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struc
     }
     f->tp.ops = &file_transport_ops;
     f->tp.name = f->path;
+    pthread_mutex_init(&f->wb_lock, NULL);
+    pthread_cond_init(&f->wb_wake, NULL);
     f->fd = fd;
     f->fd_buffered = -1;
     if (flags & HOSTFILE_DIRECT) {
@@ -100,14 +102,19 @@ int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struc
     return 0;
 }
 
+static void stop_write_behind(struct hostfile *f);
+
 void hostfile_close(struct hostfile *f)
 {
     if (!f)
         return;
+    stop_write_behind(f);
     if (f->fd >= 0)
         close(f->fd);   /* closing the descriptor releases its OFD locks */
     if (f->fd_buffered >= 0)
         close(f->fd_buffered);
+    pthread_mutex_destroy(&f->wb_lock);
+    pthread_cond_destroy(&f->wb_wake);
     free(f->path);
     free(f);
 }
@@ -334,18 +341,70 @@ static void fault_injection_point(struct hostfile *f)
 }
 
 /* Write-behind: every WRITE_BEHIND_BYTES of buffered writes, start the
- * writeback of the file's dirty pages (no waiting, no durability claim:
- * hostfile_flush still does that).  A copy then overlaps its writes to disk
- * with the work that produces them, instead of leaving all of it to the
- * final fdatasync. */
+ * writeback of the file's dirty pages (no durability claim: hostfile_flush
+ * still does that).  A copy then overlaps its writes to disk with the work
+ * that produces them, instead of leaving all of it to the final fdatasync.
+ *
+ * Starting writeback is not free: sync_file_range(SYNC_FILE_RANGE_WRITE)
+ * submits every dirty page of the file and sleeps whenever the device
+ * queue is full, 100 ms and more a call once writes outrun the disk.  So
+ * it runs in a thread of the file's own, woken by the write that crosses
+ * the mark; no write waits for it (an NBD client's write would, served by
+ * `imgtool serve`), and marks crossed while it runs make one more call. */
+static void *write_behind_main(void *opaque)
+{
+    struct hostfile *f = opaque;
+    pthread_mutex_lock(&f->wb_lock);
+    for (;;) {
+        while (!f->wb_pending && !f->wb_stop)
+            pthread_cond_wait(&f->wb_wake, &f->wb_lock);
+        if (f->wb_stop)
+            break;
+        f->wb_pending = false;
+        pthread_mutex_unlock(&f->wb_lock);
+        sync_file_range(f->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+        pthread_mutex_lock(&f->wb_lock);
+    }
+    pthread_mutex_unlock(&f->wb_lock);
+    return NULL;
+}
+
+/* With signals blocked, so that they reach the threads that handle them
+ * (lock held).  Without a thread there is no write-behind: it is a hint. */
+static void start_write_behind_locked(struct hostfile *f)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    f->wb_started = pthread_create(&f->wb_thread, NULL, write_behind_main, f) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+static void stop_write_behind(struct hostfile *f)
+{
+    pthread_mutex_lock(&f->wb_lock);
+    bool started = f->wb_started;
+    f->wb_stop = true;
+    pthread_cond_signal(&f->wb_wake);
+    pthread_mutex_unlock(&f->wb_lock);
+    if (started)
+        pthread_join(f->wb_thread, NULL);
+}
+
 static void write_behind(struct hostfile *f, int fd, uint64_t written)
 {
     if (f->direct && fd == f->fd)
         return;
     uint64_t before = atomic_fetch_add(&f->unsynced, written);
-    if (before + written >= WRITE_BEHIND_BYTES &&
-        atomic_exchange(&f->unsynced, 0) >= WRITE_BEHIND_BYTES)
-        sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    if (before + written < WRITE_BEHIND_BYTES ||
+        atomic_exchange(&f->unsynced, 0) < WRITE_BEHIND_BYTES)
+        return;
+    pthread_mutex_lock(&f->wb_lock);
+    if (!f->wb_started && !f->wb_stop)
+        start_write_behind_locked(f);
+    f->wb_pending = true;
+    pthread_cond_signal(&f->wb_wake);
+    pthread_mutex_unlock(&f->wb_lock);
 }
 
 int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, int iovcnt,
