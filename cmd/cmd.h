@@ -135,6 +135,18 @@ void progress_init(struct progress *p, bool requested, uint64_t total);
 void progress_update(struct progress *p, uint64_t done);
 void progress_finish(struct progress *p);
 
+/* -l of convert and measure, as qemu-img's: "snapshot.id=ID,
+ * snapshot.name=NAME" (either or both, in `kv`) or else an ID or name;
+ * `arg` NULL: none.  cmd_parse_snapshot_arg returns -1 to go on or the
+ * exit status of a usage error; cmd_load_snapshot makes `bs` read as the
+ * snapshot (nothing without -l), its error prefixed as qemu-img's. */
+struct cmd_snapshot_arg {
+    char *arg;
+    struct kvopts kv;
+};
+int cmd_parse_snapshot_arg(struct cmdline *cl, struct cmd_snapshot_arg *sa, struct err *e);
+int cmd_load_snapshot(struct cmd_snapshot_arg *sa, struct blockdev *bs, struct err *e);
+
 /* The snapshot table of an image (the "snapshots" array of blk_get_info)
  * as qemu-img prints it (info, snapshot -l). */
 void cmd_print_snapshots(const struct prop *snaps);

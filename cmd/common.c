@@ -543,6 +543,33 @@ static const char *snap_string(const struct prop *o, const char *key)
 }
 
 /* The snapshot table as qemu-img prints it. */
+int cmd_parse_snapshot_arg(struct cmdline *cl, struct cmd_snapshot_arg *sa, struct err *e)
+{
+    static const char prefix[] = "snapshot.";
+    if (!sa->arg || strncmp(sa->arg, prefix, sizeof(prefix) - 1))
+        return -1;
+    if (kvopts_parse(&sa->kv, sa->arg, e) < 0)
+        return cmd_usage_error(cl, "Failed in parsing snapshot param '%s': %s", sa->arg, e->msg);
+    for (size_t i = 0; i < sa->kv.count; i++)
+        if (strcmp(sa->kv.items[i].key, "snapshot.id") &&
+            strcmp(sa->kv.items[i].key, "snapshot.name"))
+            return cmd_usage_error(cl, "Failed in parsing snapshot param '%s': Invalid "
+                                   "parameter '%s'", sa->arg, sa->kv.items[i].key);
+    return -1;
+}
+
+int cmd_load_snapshot(struct cmd_snapshot_arg *sa, struct blockdev *bs, struct err *e)
+{
+    if (!sa->arg)
+        return 0;
+    int ret = sa->kv.count ? blk_snapshot_load(bs, kvopts_get(&sa->kv, "snapshot.id"),
+                                               kvopts_get(&sa->kv, "snapshot.name"), NULL, e)
+                           : blk_snapshot_load(bs, NULL, NULL, sa->arg, e);
+    if (ret < 0)
+        err_prefix(e, "Failed to load snapshot: ");
+    return ret;
+}
+
 void cmd_print_snapshots(const struct prop *snaps)
 {
     printf("Snapshot list:\n%-9s %-16s %8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE",

@@ -5,6 +5,7 @@
  * built under a temporary name and appears whole or not at all. */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -12,6 +13,9 @@
 #include "cmd/signals.h"
 #include "formats/blockdev-bitmaps.h"
 #include "mirror/copy.h"
+
+/* -m not given: the copy engine picks (copy.h, max_in_flight 0). */
+#define IN_FLIGHT_UNSET INT_MIN
 
 /* What the copy callbacks need: the bar, and where the source being
  * copied starts in the target (sources are copied one after the other). */
@@ -35,23 +39,6 @@ static void on_salvaged(void *opaque, uint64_t src_offset, const struct err *e)
              strerror(e->code ? e->code : EIO));
 }
 
-/* -l: "snapshot.id=ID,snapshot.name=NAME" (either or both) or else an ID
- * or name, as qemu-img's; returns an exit status, or -1 to go on. */
-static int parse_snapshot_arg(struct cmdline *cl, const char *arg, struct kvopts *kv,
-                              struct err *e)
-{
-    static const char prefix[] = "snapshot.";
-    if (strncmp(arg, prefix, sizeof(prefix) - 1))
-        return -1;
-    if (kvopts_parse(kv, arg, e) < 0)
-        return cmd_usage_error(cl, "Failed in parsing snapshot param '%s': %s", arg, e->msg);
-    for (size_t i = 0; i < kv->count; i++)
-        if (strcmp(kv->items[i].key, "snapshot.id") && strcmp(kv->items[i].key, "snapshot.name"))
-            return cmd_usage_error(cl, "Failed in parsing snapshot param '%s': Invalid "
-                                   "parameter '%s'", arg, kv->items[i].key);
-    return -1;
-}
-
 /* -S: qemu-img's sparse detection unit, a multiple of 512 up to 16 MiB;
  * 0: no detection, a fully allocated target. */
 static int parse_sparse_size(struct cmdline *cl, const char *s, uint64_t *out)
@@ -70,8 +57,7 @@ static int parse_sparse_size(struct cmdline *cl, const char *s, uint64_t *out)
 struct convert {
     char *src_fmt, *dst_fmt, *cache, *src_cache, *buf_size_s, *sparse_s, *rate_s;
     char *backing, *backing_fmt;
-    char *snapshot;                         /* -l */
-    struct kvopts snapshot_kv;              /* -l snapshot.id=...,snapshot.name=... */
+    struct cmd_snapshot_arg snapshot;       /* -l */
     int no_create, progress, quiet, force_share, target_is_zero, compress, out_of_order;
     int max_in_flight, copy_bitmaps, skip_broken, connections, salvage, copy_offload;
     struct cmd_format_opts a;
@@ -88,7 +74,8 @@ static int check_options(struct cmdline *cl, struct convert *c)
     int status;
     if (c->buf_size_s && (status = cmd_parse_buf_size(cl, c->buf_size_s, &c->buf_size)) >= 0)
         return status;
-    if (c->max_in_flight < 1 || c->max_in_flight > COPY_MAX_IN_FLIGHT)
+    if (c->max_in_flight != IN_FLIGHT_UNSET &&
+        (c->max_in_flight < 1 || c->max_in_flight > COPY_MAX_IN_FLIGHT))
         return cmd_usage_error(cl, "--max-in-flight must be between 1 and %d",
                                COPY_MAX_IN_FLIGHT);
     if (c->target_is_zero && !c->no_create)
@@ -115,24 +102,14 @@ static int check_options(struct cmdline *cl, struct convert *c)
     c->o_backing_fmt = kvopts_get(&c->a.opts, "backing_fmt");
     if (c->nsrcs > 1 && c->copy_bitmaps)
         return cmd_usage_error(cl, "Copying bitmaps only possible with single source");
-    if (c->nsrcs > 1 && c->snapshot)
+    if (c->nsrcs > 1 && c->snapshot.arg)
         return cmd_usage_error(cl, "No support for concatenating multiple snapshot");
-    if (c->snapshot && (status = parse_snapshot_arg(cl, c->snapshot, &c->snapshot_kv,
-                                                    &c->a.e)) >= 0)
+    if ((status = cmd_parse_snapshot_arg(cl, &c->snapshot, &c->a.e)) >= 0)
         return status;
     if (c->nsrcs > 1 && (c->backing || c->o_backing))
         return cmd_usage_error(cl, "Having a backing file for the target makes no sense when "
                                "concatenating multiple input images");
     return -1;
-}
-
-/* -l: the source then reads as that snapshot. */
-static int load_snapshot(struct convert *c, struct blockdev *src, struct err *e)
-{
-    if (!c->snapshot_kv.count)
-        return blk_snapshot_load(src, NULL, NULL, c->snapshot, e);
-    return blk_snapshot_load(src, kvopts_get(&c->snapshot_kv, "snapshot.id"),
-                             kvopts_get(&c->snapshot_kv, "snapshot.name"), NULL, e);
 }
 
 /* Open the sources (all but the last argument), the first with -l's
@@ -149,10 +126,8 @@ static int open_sources(struct convert *c, const char *const *names,
     for (size_t i = 0; i < c->nsrcs; i++) {
         if ((ret = blk_open(names[i], c->src_fmt, flags, oo, &srcs[i], e)) < 0)
             return ret;
-        if (c->snapshot && (ret = load_snapshot(c, srcs[i], e)) < 0) {
-            err_prefix(e, "Failed to load snapshot: ");
+        if ((ret = cmd_load_snapshot(&c->snapshot, srcs[i], e)) < 0)
             return ret;
-        }
         if (srcs[i]->size > UINT64_MAX - *total)
             return err_set(e, EFBIG, "%s: the sources add up to more than 16 EiB", names[i]);
         *total += srcs[i]->size;
@@ -249,7 +224,8 @@ static int copy_sources(const struct convert *c, struct blockdev **srcs, struct 
             .write_zeroes_as_data = c->sparse_s && c->sparse_size == 0,
             .speed = c->rate,
             .buf_size = c->buf_size,
-            .max_in_flight = (unsigned)c->max_in_flight,
+            .max_in_flight = c->max_in_flight == IN_FLIGHT_UNSET ? 0
+                                                                 : (unsigned)c->max_in_flight,
             .compress = c->compress,
             .salvage = c->salvage, .salvaged = on_salvaged,
             /* -B compares what it writes: nothing to offload. */
@@ -272,7 +248,7 @@ static int copy_sources(const struct convert *c, struct blockdev **srcs, struct 
 
 int cmd_convert(const struct command *cmd, int argc, const char **argv)
 {
-    struct convert c = { .max_in_flight = COPY_DEFAULT_IN_FLIGHT, .connections = 1 };
+    struct convert c = { .max_in_flight = IN_FLIGHT_UNSET, .connections = 1 };
     struct poptOption options[] = {
         { "format", 'f', POPT_ARG_STRING, &c.src_fmt, 0, "source format (default: probe)",
           "FMT" },
@@ -289,7 +265,7 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
         { "buf-size", '\0', POPT_ARG_STRING, &c.buf_size_s, 0, "bytes per request (default 2M)",
           "SIZE" },
         { "max-in-flight", 'm', POPT_ARG_INT, &c.max_in_flight, 0,
-          "requests in flight at once (default 4)", "N" },
+          "requests in flight at once (default 4, 16 from an NBD export)", "N" },
         { "compress", 'c', POPT_ARG_NONE, &c.compress, 0,
           "write compressed clusters (qcow2: -o compression_type=zlib|zstd)", NULL },
         { NULL, 'W', POPT_ARG_NONE, &c.out_of_order, 0,
@@ -310,7 +286,7 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
           "SIZE" },
         { "rate-limit", 'r', POPT_ARG_STRING, &c.rate_s, 0, "at most RATE bytes per second",
           "RATE" },
-        { NULL, 'l', POPT_ARG_STRING, &c.snapshot, 0,
+        { NULL, 'l', POPT_ARG_STRING, &c.snapshot.arg, 0,
           "read the source as its internal snapshot recorded it (SNAPSHOT: "
           "snapshot.id=ID,snapshot.name=NAME, or ID_OR_NAME)", "SNAPSHOT" },
         { NULL, 'C', POPT_ARG_NONE, &c.copy_offload, 0,
@@ -397,7 +373,7 @@ out:
         blk_close(srcs[i]);
     free(srcs);
     kvopts_free(&c.a.opts);
-    kvopts_free(&c.snapshot_kv);
+    kvopts_free(&c.snapshot.kv);
     cmd_done(&cl);
     return status;
 }

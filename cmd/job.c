@@ -162,6 +162,7 @@ static void qmp_close(struct qmp *q)
 struct job_opts {
     char *control, *copy_mode, *output;
     int force;
+    int switch_to_target, stop;         /* complete --switch / --stop */
     enum output_mode mode;
     const char *verb, *speed_arg, *id;
     uint64_t speed;
@@ -258,6 +259,10 @@ static int do_finish(struct qmp *q, struct job_opts *o, const char *command, str
     prop_add_string(args, "device", o->id);
     if (o->force)
         prop_add_bool(args, "force", true);
+    /* imgtool serve's own argument (imgtool-job(1)); without it the
+     * server does what its --on-complete says. */
+    if (o->switch_to_target || o->stop)
+        prop_add_string(args, "on-complete", o->switch_to_target ? "switch" : "stop");
     q->job = o->id;
     int ret = qmp_execute(q, command, args, &r, e);
     prop_free(args);
@@ -370,6 +375,11 @@ static int check_usage(struct cmdline *cl, struct job_opts *o)
         return cmd_usage_error(cl, "--copy-mode must be background or write-blocking");
     if (o->force && strcmp(o->verb, "cancel"))
         return cmd_usage_error(cl, "--force is for 'cancel' only");
+    if ((o->switch_to_target || o->stop) && strcmp(o->verb, "complete"))
+        return cmd_usage_error(cl, "--%s is for 'complete' only",
+                               o->stop ? "stop" : "switch");
+    if (o->switch_to_target && o->stop)
+        return cmd_usage_error(cl, "--switch and --stop cannot be combined");
     return -1;
 }
 
@@ -383,6 +393,10 @@ int cmd_job(const struct command *cmd, int argc, const char **argv)
           "change: the new copy mode", "background|write-blocking" },
         { "force", '\0', POPT_ARG_NONE, &o.force, 0,
           "cancel: abandon a ready job instead of finishing it as a copy", NULL },
+        { "switch", '\0', POPT_ARG_NONE, &o.switch_to_target, 0,
+          "complete: the server then serves the target in the source's place", NULL },
+        { "stop", '\0', POPT_ARG_NONE, &o.stop, 0,
+          "complete: the server then stops (its default unless --on-complete=switch)", NULL },
         { "output", '\0', POPT_ARG_STRING, &o.output, 0, "output format", "human|json" },
         POPT_TABLEEND
     };

@@ -36,10 +36,11 @@ static void print_measure(const struct blk_measure *m, enum output_mode mode)
 }
 
 /* The argument checks of qemu-img measure, with its messages. */
-static int check_args(struct cmdline *cl, const char *format, const char *size_s)
+static int check_args(struct cmdline *cl, const char *format, const char *snapshot,
+                      const char *size_s)
 {
-    if (!cl->nargs && format)
-        return cmd_usage_error(cl, "-f requires a filename argument");
+    if (!cl->nargs && (format || snapshot))
+        return cmd_usage_error(cl, "--image-opts, -f, and -l require a filename argument.");
     if (cl->nargs && size_s)
         return cmd_usage_error(cl, "--size N cannot be used together with a filename");
     if (!cl->nargs && !size_s)
@@ -52,6 +53,7 @@ int cmd_measure(const struct command *cmd, int argc, const char **argv)
     char *format = NULL, *out_fmt = NULL, *size_s = NULL, *output = NULL;
     int force_share = 0;
     struct cmd_format_opts a = { 0 };
+    struct cmd_snapshot_arg snapshot = { 0 };
     struct poptOption options[] = {
         { "format", 'f', POPT_ARG_STRING, &format, 0, "format of the image (default: probe)",
           "FMT" },
@@ -62,6 +64,9 @@ int cmd_measure(const struct command *cmd, int argc, const char **argv)
           "OPT=VAL,..." },
         { "size", '\0', POPT_ARG_STRING, &size_s, 0, "virtual size of an empty new image",
           "SIZE" },
+        { NULL, 'l', POPT_ARG_STRING, &snapshot.arg, 0,
+          "measure the image as its internal snapshot recorded it (SNAPSHOT: "
+          "snapshot.id=ID,snapshot.name=NAME, or ID_OR_NAME)", "SNAPSHOT" },
         CMD_OPTION_OUTPUT(output),
         CMD_OPTION_FORCE_SHARE(force_share),
         POPT_TABLEEND
@@ -71,7 +76,8 @@ int cmd_measure(const struct command *cmd, int argc, const char **argv)
     struct blockdev *bs = NULL;
     int status = cmd_parse(&cl, cmd, argc, argv, options, 0, 1, on_option, &a);
     if (status >= 0 || (status = cmd_parse_output(&cl, output, &mode)) >= 0 ||
-        (status = check_args(&cl, format, size_s)) >= 0)
+        (status = check_args(&cl, format, snapshot.arg, size_s)) >= 0 ||
+        (status = cmd_parse_snapshot_arg(&cl, &snapshot, &a.e)) >= 0)
         goto out;
     uint64_t size;
     if (size_s) {
@@ -85,6 +91,8 @@ int cmd_measure(const struct command *cmd, int argc, const char **argv)
     if (cl.nargs && blk_open(cl.args[0], format, force_share ? BLK_OPEN_FORCE_SHARE : 0,
                              cmd_open_opts(), &bs, &a.e) < 0)
         goto fail;
+    if (bs && cmd_load_snapshot(&snapshot, bs, &a.e) < 0)
+        goto fail;
     struct blk_measure m;
     if (blk_measure(out_fmt ? out_fmt : "raw", &a.opts, bs, &m, &a.e) < 0)
         goto fail;
@@ -97,6 +105,7 @@ fail:
 out:
     blk_close(bs);
     kvopts_free(&a.opts);
+    kvopts_free(&snapshot.kv);
     cmd_done(&cl);
     return status;
 }

@@ -37,18 +37,25 @@ static int op_query(void *opaque, struct active_mirror_info *jobs, int max)
     return n;
 }
 
-/* block-job-complete: the server stops taking requests (those in flight
- * are answered), then completes the job as on SIGTERM (serve.c), so that
- * no client write meets a completing job; the reply comes first and
- * BLOCK_JOB_COMPLETED after it, as in QEMU.  From block-job-cancel of a
- * READY job: the job is completed now, the source served on. */
-static int op_complete(void *opaque, const char *id, bool switch_to_target, struct err *e)
+/* block-job-complete, stop: the server stops taking requests (those in
+ * flight are answered), then completes the job as on SIGTERM (serve.c),
+ * so that no client write meets a completing job; the reply comes first
+ * and BLOCK_JOB_COMPLETED after it, as in QEMU.  Switch: the job is
+ * completed and the export switched to the target here (serve-switch.h),
+ * the events before the reply.  From block-job-cancel of a READY job: the
+ * job is completed now, the source served on. */
+static int op_complete(void *opaque, const char *id, enum control_complete how, struct err *e)
 {
     struct serve_control *sc = opaque;
     pthread_mutex_lock(&sc->lock);
     int ret = job_for(sc, id, e);
-    if (ret == 0 && switch_to_target)
+    if (how == CONTROL_COMPLETE_DEFAULT)
+        how = sc->on_complete == SERVE_ON_COMPLETE_SWITCH ? CONTROL_COMPLETE_SWITCH
+                                                         : CONTROL_COMPLETE_STOP;
+    if (ret == 0 && how == CONTROL_COMPLETE_STOP)
         atomic_store(&cancel_requested, SIGTERM);
+    else if (ret == 0 && how == CONTROL_COMPLETE_SWITCH)
+        ret = serve_switch(sc->sw, e);
     else if (ret == 0 && (ret = active_mirror_complete(sc->m->job, e)) == 0)
         dismiss(sc);
     pthread_mutex_unlock(&sc->lock);

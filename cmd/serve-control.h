@@ -1,12 +1,14 @@
 /* imgtool serve --control=PATH: the control socket (mirror/control.h, QMP)
  * wired to the live mirror of serve --mirror (cmd/serve-mirror.h).
  *
- * What the commands do here: block-job-complete stops the server as a
- * SIGTERM does: no new requests, those in flight answered, then the
- * mirror is completed (last pass, flush, a new target renamed into
- * place) and BLOCK_JOB_COMPLETED sent; the target is in sync and is what
- * to serve next (serving it in the same process, under the connected
- * clients, is not done); block-job-cancel of a
+ * What the commands do here: block-job-complete does what its
+ * "on-complete" argument says, or without one what serve --on-complete
+ * says (stop by default).  Stop: the server stops as a SIGTERM does (no
+ * new requests, those in flight answered), then the mirror is completed
+ * (last pass, flush, a new target renamed into place) and
+ * BLOCK_JOB_COMPLETED sent.  Switch: the mirror is completed and the
+ * export switched to the target under the connected clients
+ * (cmd/serve-switch.h), and the server goes on.  block-job-cancel of a
  * READY job without force finishes it as a copy and keeps serving the
  * source (QEMU's semantics); block-job-cancel otherwise cancels, and the
  * source is served on.  Either way the job is then gone (QMP's
@@ -23,6 +25,7 @@
 #include <stdbool.h>
 
 #include "cmd/serve-mirror.h"
+#include "cmd/serve-switch.h"
 #include "mirror/control.h"
 
 struct serve_control {
@@ -30,6 +33,8 @@ struct serve_control {
     int fd;
     struct control *ctl;
     struct serve_mirror *m;
+    enum serve_on_complete on_complete;  /* --on-complete: for block-job-complete {device} */
+    struct serve_switch *sw;        /* how to switch (serve.c fills it) */
     pthread_mutex_t lock;           /* held by each op, and from serve_control_close on */
     bool closed;
     atomic_uint_fast64_t speed;     /* the job's rate limit now (for the events) */

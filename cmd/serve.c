@@ -20,6 +20,7 @@
 #include "cmd/commands.h"
 #include "cmd/serve-control.h"
 #include "cmd/serve-mirror.h"
+#include "cmd/serve-switch.h"
 #include "cmd/signals.h"
 #include "formats/blockdev-bitmaps.h"
 #include "formats/nbd/proto.h"
@@ -28,7 +29,7 @@
 enum { OPT_EXPORT_NAME = 1, OPT_DESCRIPTION, OPT_BITMAP, OPT_TARGET_OPTS };
 
 #define MAX_EXPORTS 64
-#define MAX_BITMAPS 64
+#define MAX_BITMAPS SERVE_MAX_BITMAPS
 
 struct serve_cli {
     const char *names[MAX_EXPORTS];
@@ -78,21 +79,7 @@ static int on_option(struct cmdline *cl, int val, const char *arg, void *opaque)
 static void print_event(struct serve_cli *c, const char *name, const char *k1,
                         const char *v1, const char *k2, const char *v2)
 {
-    if (c->mode != OUTPUT_JSON)
-        return;
-    flockfile(stdout);     /* the mirror's events come from its thread */
-    printf("{\"event\": \"%s\"", name);
-    if (k1 && v1) {
-        printf(", \"%s\": ", k1);
-        json_print_string(stdout, v1);
-    }
-    if (k2 && v2) {
-        printf(", \"%s\": ", k2);
-        json_print_string(stdout, v2);
-    }
-    printf("}\n");
-    fflush(stdout);
-    funlockfile(stdout);
+    serve_print_event(c->mode, name, k1, v1, k2, v2, NULL);
 }
 
 static void on_server_event(void *opaque, const struct nbd_server_event *ev)
@@ -181,12 +168,6 @@ static int listen_tcp(const char *addr, const char *port, int *out, struct err *
 
 /* --- Images --- */
 
-struct served {
-    struct blockdev *bs;
-    struct dirty_bitmap *bitmaps[MAX_BITMAPS];
-    size_t nbitmaps;
-};
-
 /* -B: the bitmaps of this image that are asked for.  A bitmap that no
  * image has is an error; one that is inconsistent (a crashed writer) too,
  * since its bits may miss writes. */
@@ -244,6 +225,8 @@ static int close_images(struct served *s, int n, struct err *e)
         }
         blk_close(s[i].bs);
         s[i].bs = NULL;
+        nbd_export_gate_free(s[i].gate);
+        s[i].gate = NULL;
     }
     return ret;
 }
@@ -314,17 +297,20 @@ static void report_ready(int *ready_fd)
 
 struct serve_opts {
     char *format, *socket_path, *bind_addr, *port, *cache, *discard, *output, *pid_file;
+    char *on_complete;
     int read_only, shared, persistent, fork, allocation_depth;
     int ready_fd;                   /* --fork: the pipe to the waiting parent */
+    unsigned open_flags;            /* what the images were opened with */
 };
 
-static int open_images(struct cmdline *cl, const struct serve_opts *o,
-                       const struct serve_cli *c, struct served *s, struct err *e)
+static int open_images(struct cmdline *cl, struct serve_opts *o, const struct serve_cli *c,
+                       struct served *s, struct err *e)
 {
     int ret;
     unsigned flags = cmd_open_flags(!o->read_only, false, o->cache, e, &ret);
     if (ret < 0)
         return ret;
+    o->open_flags = flags;
     for (int i = 0; i < cl->nargs; i++) {
         if ((ret = blk_open(cl->args[i], o->format, flags, cmd_open_opts(), &s[i].bs, e)) < 0 ||
             (ret = pick_bitmaps(&s[i], c, e)) < 0)
@@ -351,7 +337,7 @@ static void fill_exports(struct cmdline *cl, const struct serve_opts *o,
             /* Every connection sees every write (one open image), but
              * qemu-nbd only promises it for shared read-only exports. */
             .multi_conn = o->read_only && o->shared > 1,
-            .bitmaps = s[i].bitmaps, .nbitmaps = s[i].nbitmaps,
+            .bitmaps = s[i].bitmaps, .nbitmaps = s[i].nbitmaps, .gate = s[i].gate,
         };
     }
 }
@@ -362,7 +348,7 @@ static int check_mirror_usage(struct cmdline *cl, const struct serve_opts *o,
     struct serve_mirror *m = &c->mirror;
     bool mirror_options = m->sync || m->bitmap || m->bitmap_mode || m->target_format ||
                           m->mode || m->speed || m->on_source_error || m->on_target_error ||
-                          m->copy_mode || m->opts.count;
+                          m->copy_mode || m->opts.count || o->on_complete;
     if (!m->target)
         return mirror_options ? cmd_usage_error(cl, "the mirror options need --mirror=TARGET")
                               : -1;
@@ -371,6 +357,13 @@ static int check_mirror_usage(struct cmdline *cl, const struct serve_opts *o,
     if (o->read_only)
         return cmd_usage_error(cl, "--mirror mirrors a disk in use: it cannot be combined "
                                "with -r (use imgtool mirror for a copy of an idle image)");
+    if (o->on_complete && !strcmp(o->on_complete, "switch"))
+        c->control.on_complete = SERVE_ON_COMPLETE_SWITCH;
+    else if (o->on_complete && strcmp(o->on_complete, "stop"))
+        return cmd_usage_error(cl, "--on-complete must be stop or switch");
+    if (c->control.on_complete == SERVE_ON_COMPLETE_SWITCH && !c->control.path)
+        return cmd_usage_error(cl, "--on-complete=switch is for complete commands on the "
+                               "control socket: it needs --control=PATH (SIGTERM always stops)");
     m->json = c->mode == OUTPUT_JSON;
     return serve_mirror_check(cl, m);
 }
@@ -437,17 +430,35 @@ static int start_control(struct serve_cli *c, struct err *e)
     return 0;
 }
 
+/* --mirror: the job on the (one) image, served through a gate so that a
+ * complete can switch the export to the target (serve-switch.h). */
+static int start_mirror(const struct serve_opts *o, struct serve_cli *c, struct served *s,
+                        struct serve_switch *sw, struct err *e)
+{
+    int ret = nbd_export_gate_new(s->bs, s->bitmaps, s->nbitmaps, &s->gate, e);
+    if (ret < 0)
+        return ret;
+    *sw = (struct serve_switch){
+        .image = s, .export_name = c->nnames ? c->names[0] : "", .mirror = &c->mirror,
+        .open_flags = o->open_flags, .defer_flushes = o->cache && !strcmp(o->cache, "unsafe"),
+        .mode = c->mode,
+    };
+    c->control.sw = sw;
+    return serve_mirror_start(&c->mirror, s->bs, e);
+}
+
 static int serve(struct cmdline *cl, struct serve_opts *o, struct serve_cli *c)
 {
     struct served s[MAX_EXPORTS] = { 0 };
     struct nbd_server_export x[MAX_EXPORTS];
+    struct serve_switch sw;
     struct err e = { 0 };
     int fd = -1;
     int ret = o->fork ? fork_early(&o->ready_fd, &e) : 0;
     if (ret == 0)
         ret = open_images(cl, o, c, s, &e);
     if (ret == 0 && c->mirror.target)
-        ret = serve_mirror_start(&c->mirror, s[0].bs, &e);
+        ret = start_mirror(o, c, &s[0], &sw, &e);
     if (ret == 0 && c->control.path)
         ret = start_control(c, &e);
     if (ret == 0)
@@ -520,6 +531,9 @@ int cmd_serve(const struct command *cmd, int argc, const char **argv)
           "mirror job (imgtool job, QMP clients)", "PATH" },
         { "mirror", '\0', POPT_ARG_STRING, &c.mirror.target, 0, "mirror the image to TARGET "
           "while serving it", "TARGET" },
+        { "on-complete", '\0', POPT_ARG_STRING, &o.on_complete, 0, "--mirror: once a complete "
+          "command has completed the job, stop (default) or serve the target in the source's "
+          "place", "stop|switch" },
         { "copy-mode", '\0', POPT_ARG_STRING, &c.mirror.copy_mode, 0, "--mirror: copy in the "
           "background only (default), or also write client writes through",
           "background|write-blocking" },

@@ -175,6 +175,11 @@ bool blk_name_is_network(const char *name)
     return transport_name_is_uri(name);
 }
 
+bool blk_is_network(const struct blockdev *bs)
+{
+    return bs->file && !transport_hostfile(bs->file);
+}
+
 bool blk_target_exists(const char *name)
 {
     return transport_name_is_uri(name) || access(name, F_OK) == 0;
@@ -646,8 +651,10 @@ int blk_amend(struct blockdev *bs, struct kvopts *opts, const struct blk_progres
     return bs->drv->amend(bs, opts, progress, e);
 }
 
-int blk_create_begin(const char *format, const struct blk_create_params *params,
-                     char **tmp_path, struct err *e)
+/* blk_create_begin; with `flush`, the new image is flushed before it is
+ * returned (blk_create commits it at once). */
+static int create_begin(const char *format, const struct blk_create_params *params, bool flush,
+                        char **tmp_path, struct err *e)
 {
     const struct blockdrv *drv = blk_find_driver(format);
     if (!drv)
@@ -716,7 +723,11 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
         ret = drv->create(&f->tp, &p, e);
     free(backing_name);
     hostfile_defer_flushes(f, false);
-    if (ret == 0)
+    /* A block device is written in place: its new header is flushed now.
+     * A temporary file is flushed once, when it is complete: the caller's
+     * flush of the filled image (fdatasync covers the whole file, the
+     * header written here too) comes before blk_create_commit. */
+    if (ret == 0 && (flush || special))
         ret = hostfile_flush(f, e);
     hostfile_close(f);
     if (ret < 0) {
@@ -727,6 +738,12 @@ int blk_create_begin(const char *format, const struct blk_create_params *params,
     }
     *tmp_path = tmp;
     return 0;
+}
+
+int blk_create_begin(const char *format, const struct blk_create_params *params,
+                     char **tmp_path, struct err *e)
+{
+    return create_begin(format, params, false, tmp_path, e);
 }
 
 int blk_create_commit(const char *tmp_path, const char *filename, struct err *e)
@@ -758,7 +775,7 @@ void blk_create_abort(const char *tmp_path, const char *filename)
 int blk_create(const char *format, const struct blk_create_params *p, struct err *e)
 {
     char *tmp;
-    int ret = blk_create_begin(format, p, &tmp, e);
+    int ret = create_begin(format, p, true, &tmp, e);
     if (ret < 0)
         return ret;
     ret = blk_create_commit(tmp, p->filename, e);

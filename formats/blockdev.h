@@ -28,7 +28,13 @@
  * completed before it was called; drivers protect their metadata with their
  * own lock.  open, close, create, truncate, set_backing, make_empty and the
  * bitmap set changes are never called concurrently with anything else
- * (truncate drains the requests first, blk_drain).  Drivers must not call
+ * (truncate drains the requests first, blk_drain).  An image the NBD
+ * server exports through a gate (formats/nbd/server.h: serve --mirror's
+ * switch to the target) is used by server threads only between their
+ * acquire and release of the gate; while its owner has the export
+ * quiesced, the owner alone calls anything on it, flush and close
+ * included, and the image that replaces it is first touched by the
+ * server only after the resume.  Drivers must not call
  * blk_* I/O on their own blockdev (only on their backing file), or a request
  * would wait for itself. */
 #ifndef IMGTOOL_BLOCKDEV_H
@@ -426,10 +432,14 @@ int blk_create(const char *format, const struct blk_create_params *p, struct err
 int blk_backing_size(const struct blk_create_params *p, uint64_t *size, struct err *e);
 /* The same in steps, for commands that fill the new image before it may
  * appear: begin creates it under a temporary name in the target's
- * directory (returned in *tmp_path, malloc'ed); commit flushes nothing but
- * renames it into place and syncs the directory (an error if that sync fails:
- * the image is then in place but perhaps not durable); abort removes it.  Block
- * devices are written in place (*tmp_path is then the device itself). */
+ * directory (returned in *tmp_path, malloc'ed) and flushes nothing (a crash
+ * leaves a temporary file nobody opens); the caller opens it, fills it and
+ * flushes it (blk_flush: that one flush makes the whole file durable, what
+ * begin wrote too); commit flushes nothing but renames it into place and
+ * syncs the directory (an error if that sync fails: the image is then in
+ * place but perhaps not durable); abort removes it.  Block devices are
+ * written in place (*tmp_path is then the device itself; begin flushes
+ * their new header). */
 int blk_create_begin(const char *format, const struct blk_create_params *p, char **tmp_path,
                      struct err *e);
 int blk_create_commit(const char *tmp_path, const char *filename, struct err *e);
@@ -585,6 +595,8 @@ int blk_check_distinct(const struct blockdev *target, const struct blockdev *sou
                        struct err *e);
 /* Whether `name` is a network URI (an NBD export), not a path. */
 bool blk_name_is_network(const char *name);
+/* Whether bs's own data lives on a network transport (an NBD export). */
+bool blk_is_network(const struct blockdev *bs);
 /* Whether a target name exists: a file that exists, or any NBD URI (an
  * export can only be written into, never created). */
 bool blk_target_exists(const char *name);

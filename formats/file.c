@@ -77,6 +77,7 @@ int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struc
         }
     }
     f->writable = flags & HOSTFILE_RDWR;
+    atomic_init(&f->unflushed, f->writable);
     f->direct = flags & HOSTFILE_DIRECT;
     f->is_block_device = S_ISBLK(st.st_mode);
     f->may_change = flags & (HOSTFILE_FORCE_SHARE | HOSTFILE_NO_LOCK);
@@ -317,6 +318,14 @@ int hostfile_preadv(struct hostfile *f, uint64_t off, const struct iovec *iov, i
     return 0;
 }
 
+/* The file changed (or may have: called after failures too), so the next
+ * flush must reach the disk.  Called once the change returned: a flush
+ * that starts after it then sees the flag. */
+static void note_change(struct hostfile *f)
+{
+    atomic_store(&f->unflushed, true);
+}
+
 /* The crash-test hook (transport.h, struct fault_injection): kill the
  * process instead of issuing the write after the limit. */
 static void fault_injection_point(struct hostfile *f)
@@ -355,6 +364,7 @@ int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, 
         if (r < 0) {
             if (errno == EINTR)
                 continue;
+            note_change(f);     /* a part may have been written */
             return err_errno(e, errno, "%s: write error at offset %llu", f->path,
                              (unsigned long long)off);
         }
@@ -362,6 +372,7 @@ int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, 
         written += (uint64_t)r;
         n = iov_advance(&iov, &iovcnt, &skip, (size_t)r, cur);
     }
+    note_change(f);
     write_behind(f, fd, written);
     return 0;
 }
@@ -373,10 +384,9 @@ static bool copy_range_unsupported(int err)
            err == ENOTSUP || err == EBADF;
 }
 
-int hostfile_copy_range(struct hostfile *dst, uint64_t dst_off, struct hostfile *src,
-                        uint64_t src_off, uint64_t len, struct err *e)
+static int copy_range_loop(struct hostfile *dst, uint64_t dst_off, struct hostfile *src,
+                           uint64_t src_off, uint64_t len, struct err *e)
 {
-    fault_injection_point(dst);
     while (len) {
         loff_t in = (loff_t)src_off, out = (loff_t)dst_off;
         ssize_t r = copy_file_range(src->fd, &in, dst->fd, &out, (size_t)min_u64(len, 1u << 30),
@@ -399,12 +409,23 @@ int hostfile_copy_range(struct hostfile *dst, uint64_t dst_off, struct hostfile 
     return 0;
 }
 
+int hostfile_copy_range(struct hostfile *dst, uint64_t dst_off, struct hostfile *src,
+                        uint64_t src_off, uint64_t len, struct err *e)
+{
+    fault_injection_point(dst);
+    int ret = copy_range_loop(dst, dst_off, src, src_off, len, e);
+    note_change(dst);
+    return ret;
+}
+
 int hostfile_flush(struct hostfile *f, struct err *e)
 {
-    if (f->flush_deferred)
+    if (f->flush_deferred || !atomic_exchange(&f->unflushed, false))
         return 0;
-    if (fdatasync(f->fd) < 0 || (f->fd_buffered >= 0 && fdatasync(f->fd_buffered) < 0))
+    if (fdatasync(f->fd) < 0 || (f->fd_buffered >= 0 && fdatasync(f->fd_buffered) < 0)) {
+        note_change(f);     /* still to be flushed */
         return err_errno(e, errno, "%s: flush failed", f->path);
+    }
     return 0;
 }
 
@@ -497,7 +518,9 @@ int hostfile_truncate(struct hostfile *f, uint64_t size, struct err *e)
             return err_set(e, ENOSPC, "%s: cannot grow a block device", f->path);
         return 0;
     }
-    if (ftruncate(f->fd, (off_t)size) < 0)
+    int ret = ftruncate(f->fd, (off_t)size);
+    note_change(f);
+    if (ret < 0)
         return err_errno(e, errno, "%s: cannot resize to %llu bytes", f->path,
                          (unsigned long long)size);
     return 0;
@@ -522,8 +545,20 @@ static int write_zero_buffers(struct hostfile *f, uint64_t off, uint64_t len, st
     return ret;
 }
 
-int hostfile_write_zeroes(struct hostfile *f, uint64_t off, uint64_t len, unsigned flags,
-                          struct err *e)
+static int punch_range(struct hostfile *f, uint64_t off, uint64_t len, struct err *e)
+{
+    if (len && fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+                         (off_t)len) < 0) {
+        /* Discard is advisory: unsupported file systems keep the data. */
+        if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL)
+            return err_errno(e, errno, "%s: discard failed at offset %llu", f->path,
+                             (unsigned long long)off);
+    }
+    return 0;
+}
+
+static int zero_range(struct hostfile *f, uint64_t off, uint64_t len, unsigned flags,
+                      struct err *e)
 {
     bool may_unmap = flags & TRANSPORT_ZERO_MAY_UNMAP;
     if (!len)
@@ -550,8 +585,16 @@ int hostfile_write_zeroes(struct hostfile *f, uint64_t off, uint64_t len, unsign
     return write_zero_buffers(f, off, len, e);
 }
 
-int hostfile_preallocate(struct hostfile *f, uint64_t off, uint64_t len, bool full,
-                         struct err *e)
+int hostfile_write_zeroes(struct hostfile *f, uint64_t off, uint64_t len, unsigned flags,
+                          struct err *e)
+{
+    int ret = zero_range(f, off, len, flags, e);
+    note_change(f);
+    return ret;
+}
+
+static int preallocate_range(struct hostfile *f, uint64_t off, uint64_t len, bool full,
+                             struct err *e)
 {
     if (!len)
         return 0;
@@ -566,17 +609,19 @@ int hostfile_preallocate(struct hostfile *f, uint64_t off, uint64_t len, bool fu
     return write_zero_buffers(f, off, len, e);
 }
 
+int hostfile_preallocate(struct hostfile *f, uint64_t off, uint64_t len, bool full,
+                         struct err *e)
+{
+    int ret = preallocate_range(f, off, len, full, e);
+    note_change(f);
+    return ret;
+}
+
 int hostfile_discard(struct hostfile *f, uint64_t off, uint64_t len, struct err *e)
 {
-    (void)e;
-    if (len && fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
-                         (off_t)len) < 0) {
-        /* Discard is advisory: unsupported file systems keep the data. */
-        if (errno != EOPNOTSUPP && errno != ENOSYS && errno != EINVAL)
-            return err_errno(e, errno, "%s: discard failed at offset %llu", f->path,
-                             (unsigned long long)off);
-    }
-    return 0;
+    int ret = punch_range(f, off, len, e);
+    note_change(f);
+    return ret;
 }
 
 int hostfile_data_status(struct hostfile *f, uint64_t off, uint64_t bytes, bool *is_data,

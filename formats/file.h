@@ -55,6 +55,12 @@ struct hostfile {
      * metadata writes are skipped (a crash leaves nothing anyone opens);
      * the final flush comes after hostfile_defer_flushes(f, false). */
     bool flush_deferred;
+    /* Something may have been written since the last flush that succeeded
+     * (true from the open: the file may hold writes of an earlier
+     * descriptor), so that a flush with nothing to do costs no fdatasync
+     * (blk_flush before a close that flushes again, a job's final flush
+     * after a copy that wrote nothing). */
+    atomic_bool unflushed;
     struct fault_injection *fault;  /* test hook (transport.h), or NULL */
     atomic_uint_fast64_t unsynced;  /* bytes written since writeback was last started */
 };

@@ -559,6 +559,7 @@ static int end_job(struct active_mirror *m, int ret, struct err *e)
     pthread_mutex_lock(&m->lock);
     quiesce_locked(m);
     bool ready = m->ready;
+    m->dst = NULL;      /* mirror_job_end closes it (active_mirror_check_switch) */
     pthread_mutex_unlock(&m->lock);
     bool keep = ret == 0 || (ret == -ECANCELED && ready);
     struct err fe = { 0 };
@@ -572,7 +573,6 @@ static int end_job(struct active_mirror *m, int ret, struct err *e)
     int eret = mirror_job_end(m->job, keep, ret == 0, ret == 0, &ee);
     m->job = NULL;
     m->wa = NULL;
-    m->dst = NULL;
     if (eret < 0 && (ret == 0 || ret == -ECANCELED)) {
         ret = eret;
         *e = ee;
@@ -801,6 +801,40 @@ int active_mirror_complete(struct active_mirror *m, struct err *e)
     pthread_cond_broadcast(&m->changed);
     pthread_mutex_unlock(&m->lock);
     return wait_concluded(m, e);
+}
+
+/* (dst: the target as opened, perhaps under a temporary name; the
+ * messages say the name the user gave.) */
+static int check_target_bitmap(const struct active_mirror *m, const char *name, struct err *e)
+{
+    const char *target = m->p.mirror.target;
+    struct dirty_bitmap *bm = blk_bitmap_find(m->dst, name);
+    if (!bm)
+        return err_set(e, ENOENT, "%s: the target has no bitmap '%s' (offered as "
+                       "qemu:dirty-bitmap:%s): it cannot take the source's place", target, name,
+                       name);
+    if (dirty_bitmap_inconsistent(bm))
+        return err_set(e, EINVAL, "%s: the target's bitmap '%s' is inconsistent: it cannot "
+                       "take the source's place", target, name);
+    return 0;
+}
+
+int active_mirror_check_switch(struct active_mirror *m, const char *const *bitmaps, size_t n,
+                               const char **format, struct err *e)
+{
+    pthread_mutex_lock(&m->lock);
+    int ret = 0;
+    if (!m->dst || m->status == ACTIVE_CONCLUDED || m->status == ACTIVE_COMPLETING)
+        ret = err_set(e, EBUSY, "job '%s' is ending", m->id);
+    for (size_t i = 0; ret == 0 && i < n; i++) {
+        blk_bitmaps_lock(m->dst);
+        ret = check_target_bitmap(m, bitmaps[i], e);
+        blk_bitmaps_unlock(m->dst);
+    }
+    if (ret == 0)
+        *format = m->dst->drv->name;
+    pthread_mutex_unlock(&m->lock);
+    return ret;
 }
 
 int active_mirror_cancel(struct active_mirror *m, struct err *e)

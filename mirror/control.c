@@ -221,15 +221,35 @@ static void cmd_query_block_jobs(struct command_ctx *c)
         add_job_info(list, &jobs[i]);
 }
 
+/* An enum argument: its index in `values`, or -1 (with the reply). */
+static int arg_enum(const struct prop *args, const char *name, const char *const *values,
+                    struct reply *r)
+{
+    const char *v = arg_str(args, name);
+    for (int i = 0; values[i]; i++)
+        if (!strcmp(values[i], v))
+            return i;
+    reply_error(r, "GenericError", "Parameter '%s' does not accept value '%s'", name, v);
+    return -1;
+}
+
 static void cmd_complete(struct command_ctx *c)
 {
-    static const struct arg_spec spec[] = { { "device", ARG_STR, false }, { NULL, 0, 0 } };
+    static const struct arg_spec spec[] = {
+        { "device", ARG_STR, false }, { "on-complete", ARG_STR, true }, { NULL, 0, 0 },
+    };
+    static const char *const actions[] = { "stop", "switch", NULL };
     struct active_mirror_info info;
+    int action = -1;
     if (!check_args(c->args, spec, c->r) ||
+        (prop_get(c->args, "on-complete") &&
+         (action = arg_enum(c->args, "on-complete", actions, c->r)) < 0) ||
         !find_job(c->p, arg_str(c->args, "device"), "complete", &info, c->r))
         return;
+    enum control_complete how = action < 0 ? CONTROL_COMPLETE_DEFAULT
+                                : action == 0 ? CONTROL_COMPLETE_STOP : CONTROL_COMPLETE_SWITCH;
     struct err e = { 0 };
-    int ret = c->p->ops->complete(c->p->opaque, info.id, true, &e);
+    int ret = c->p->ops->complete(c->p->opaque, info.id, how, &e);
     if (ret < 0)
         reply_errno(c->r, ret, &e);
 }
@@ -249,7 +269,7 @@ static void cmd_cancel(struct command_ctx *c)
     struct err e = { 0 };
     int ret;
     if (info.status == ACTIVE_READY && !(force && force->v.b))
-        ret = c->p->ops->complete(c->p->opaque, info.id, false, &e);
+        ret = c->p->ops->complete(c->p->opaque, info.id, CONTROL_COMPLETE_COPY, &e);
     else
         ret = c->p->ops->cancel(c->p->opaque, info.id, &e);
     if (ret < 0)
@@ -275,18 +295,6 @@ static void cmd_set_speed(struct command_ctx *c)
     int ret = c->p->ops->set_speed(c->p->opaque, info.id, speed->v.u, &e);
     if (ret < 0)
         reply_errno(c->r, ret, &e);
-}
-
-/* An enum argument: its index in `values`, or -1 (with the reply). */
-static int arg_enum(const struct prop *args, const char *name, const char *const *values,
-                    struct reply *r)
-{
-    const char *v = arg_str(args, name);
-    for (int i = 0; values[i]; i++)
-        if (!strcmp(values[i], v))
-            return i;
-    reply_error(r, "GenericError", "Parameter '%s' does not accept value '%s'", name, v);
-    return -1;
 }
 
 /* QEMU 8.2's block-job-change for mirror jobs: the copy mode. */

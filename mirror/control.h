@@ -18,7 +18,10 @@
  * qmp_capabilities, query-version, query-commands, query-block-jobs,
  * block-job-complete {device}, block-job-cancel {device, force?},
  * block-job-set-speed {device, speed}, block-job-change {id, type:
- * "mirror", copy-mode}.  As in QEMU, block-job-cancel without force on a
+ * "mirror", copy-mode}; and one argument of imgtool's own,
+ * block-job-complete's optional "on-complete": "stop" | "switch" (what
+ * the server does once the job has completed; without it, the server's
+ * --on-complete; QMP clients that do not know it get that default).  As in QEMU, block-job-cancel without force on a
  * READY mirror finishes it as a copy (a last pass, BLOCK_JOB_COMPLETED)
  * without switching to the target; with force, or before READY, it
  * cancels (BLOCK_JOB_CANCELLED).  A job that has concluded is dismissed at
@@ -57,15 +60,23 @@ enum {
     CONTROL_MAX_JOBS = 16,
 };
 
+/* What block-job-complete (and block-job-cancel of a READY job) asks the
+ * driver to do once the job has completed. */
+enum control_complete {
+    CONTROL_COMPLETE_DEFAULT,   /* block-job-complete {device}: the driver's default */
+    CONTROL_COMPLETE_STOP,      /* ... "on-complete": "stop": stop serving */
+    CONTROL_COMPLETE_SWITCH,    /* ... "on-complete": "switch": serve the target */
+    CONTROL_COMPLETE_COPY,      /* block-job-cancel of a READY job: keep the source */
+};
+
 struct control_ops {
     /* query-block-jobs: fill at most `max` entries, return how many.  The
      * strings must stay valid until the next call. */
     int (*query)(void *opaque, struct active_mirror_info *jobs, int max);
-    /* The job is READY (checked just before).  switch_to_target: from
-     * block-job-complete (the driver then serves the target or stops, as
-     * it was told); false: from block-job-cancel of a READY job (keep
-     * serving the source).  Returns once the job has finished. */
-    int (*complete)(void *opaque, const char *id, bool switch_to_target, struct err *e);
+    /* The job is READY (checked just before); `how` says what follows.
+     * Returns once the job has finished (for CONTROL_COMPLETE_SWITCH: once
+     * the target is served, or the switch has failed). */
+    int (*complete)(void *opaque, const char *id, enum control_complete how, struct err *e);
     int (*cancel)(void *opaque, const char *id, struct err *e);
     int (*set_speed)(void *opaque, const char *id, uint64_t speed, struct err *e);
     int (*set_copy_mode)(void *opaque, const char *id, enum active_copy_mode mode,

@@ -1056,12 +1056,18 @@ static unsigned start_workers(struct engine *eng, struct worker *w, unsigned n, 
     return started;
 }
 
+static unsigned default_in_flight(const struct copy_job *job)
+{
+    return job->src && blk_is_network(job->src) ? COPY_NETWORK_IN_FLIGHT
+                                                : COPY_DEFAULT_IN_FLIGHT;
+}
+
 int copy_run(struct copy_job *job, struct err *e)
 {
     int ret = check_job(job, e);
     if (ret < 0)
         return ret;
-    unsigned nworkers = job->max_in_flight ? job->max_in_flight : COPY_DEFAULT_IN_FLIGHT;
+    unsigned nworkers = job->max_in_flight ? job->max_in_flight : default_in_flight(job);
     struct worker *workers = calloc(nworkers, sizeof(*workers));
     if (!workers)
         return err_set(e, ENOMEM, "out of memory");

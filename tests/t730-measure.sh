@@ -108,7 +108,24 @@ same_measure -O qcow2 -o help --size 1G
 expect_status 1 imgtool measure -O nosuchformat --size 1G
 expect_match "$(err)" "unknown format 'nosuchformat'"
 expect_status 1 imgtool measure -f qcow2 --size 1G
-expect_match "$(err)" "-f requires a filename argument"
+expect_match "$(err)" "--image-opts, -f, and -l require a filename argument."
+expect_status 1 imgtool measure -l s1 --size 1G
+expect_match "$(err)" "--image-opts, -f, and -l require a filename argument."
+# -l: the image as an internal snapshot recorded it, by name, ID or both.
+ok qemu-img create -q -f qcow2 snap.qcow2 64M
+ok qemu-io -c 'write -P 1 0 8M' snap.qcow2
+ok qemu-img snapshot -c s1 snap.qcow2
+ok qemu-io -c 'write -P 2 16M 24M' snap.qcow2
+for l in s1 1 snapshot.name=s1 snapshot.id=1 snapshot.id=1,snapshot.name=s1; do
+    same_measure -O qcow2 -l $l snap.qcow2
+    same_measure -O qcow2 -o cluster_size=4k --output=json -l $l snap.qcow2
+done
+[ "$(imgtool measure -O qcow2 -l s1 snap.qcow2)" != "$(imgtool measure -O qcow2 snap.qcow2)" ] ||
+    die "-l measures the snapshot, not the active image"
+expect_status 1 imgtool measure -l nosuch snap.qcow2
+expect_eq "$(err)" "imgtool: Failed to load snapshot: snap.qcow2: Can't find snapshot"
+expect_status 1 imgtool measure -l snapshot.xx=1 snap.qcow2
+expect_match "$(err)" "Failed in parsing snapshot param 'snapshot.xx=1'"
 expect_status 1 imgtool measure nonexistent.qcow2
 expect_match "$(err)" "nonexistent.qcow2"
 expect_status 1 imgtool measure d.qcow2 r.raw

@@ -62,4 +62,17 @@ int server_handshake(struct server_conn *c);
 void server_transmission(struct server_conn *c);
 size_t server_context_count(const struct nbd_server_export *exp);
 
+/* The export's image as a request sees it (server-gate.c): taken by
+ * export_acquire, which waits while the owner has the export quiesced,
+ * and held until export_release; nothing of it may be used after that.
+ * Without a gate, the export's own bs and bitmaps. */
+struct export_image {
+    struct blockdev *bs;
+    struct dirty_bitmap *const *bitmaps;    /* the export's nbitmaps */
+};
+void export_acquire(const struct nbd_server_export *x, struct export_image *img);
+void export_release(const struct nbd_server_export *x);
+/* The size the clients negotiated (never changes, even across a swap). */
+uint64_t export_size(const struct nbd_server_export *x);
+
 #endif

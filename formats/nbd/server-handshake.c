@@ -35,8 +35,11 @@ static const char *context_name(const struct nbd_server_export *exp, size_t i, c
         return NBD_CONTEXT_BASE_ALLOCATION;
     if (i == CTX_ALLOCATION_DEPTH)
         return NBD_CONTEXT_ALLOCATION_DEPTH;
+    struct export_image img;
+    export_acquire(exp, &img);
     snprintf(buf, len, "%s%s", NBD_CONTEXT_DIRTY_BITMAP,
-             dirty_bitmap_name(exp->bitmaps[i - CTX_FIRST_BITMAP]));
+             dirty_bitmap_name(img.bitmaps[i - CTX_FIRST_BITMAP]));
+    export_release(exp);
     return buf;
 }
 
@@ -133,7 +136,7 @@ static int opt_info_go(struct server_conn *c, uint32_t option, const uint8_t *da
     }
     uint16_t flags = transmission_flags(c, x);
     struct nbd_buf b = { 0 };
-    nbd_encode_info_export(&b, x->bs->size, flags);
+    nbd_encode_info_export(&b, export_size(x), flags);
     int ret = send_info(c, option, &b);
     for (uint16_t i = 0; ret == 0 && i < g.ninfo; i++) {
         if (g.info[i] == NBD_INFO_NAME) {
@@ -175,7 +178,7 @@ static int opt_export_name(struct server_conn *c, const uint8_t *data, uint32_t 
     uint8_t reply[NBD_EXPORT_NAME_REPLY_SIZE];
     c->exp = x;
     c->flags = transmission_flags(c, x);
-    nbd_encode_export_name_reply(reply, x->bs->size, c->flags);
+    nbd_encode_export_name_reply(reply, export_size(x), c->flags);
     size_t n = c->no_zeroes ? NBD_EXPORT_NAME_REPLY_SHORT : NBD_EXPORT_NAME_REPLY_SIZE;
     return conn_write(c, reply, n) < 0 ? -1 : 1;
 }

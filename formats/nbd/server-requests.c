@@ -122,7 +122,7 @@ static uint32_t validate(const struct server_conn *c, const struct nbd_request *
     if (writes && !x->writable)
         return NBD_EPERM;
     if (takes_range(r->type) &&
-        (r->offset > x->bs->size || r->length > x->bs->size - r->offset))
+        (r->offset > export_size(x) || r->length > export_size(x) - r->offset))
         return r->type == NBD_CMD_WRITE || r->type == NBD_CMD_WRITE_ZEROES ? NBD_ENOSPC
                                                                            : NBD_EINVAL;
     if (r->type == NBD_CMD_BLOCK_STATUS && (!r->length || !has_contexts(c)))
@@ -198,18 +198,19 @@ static void bitmap_extents(struct blockdev *bs, const struct dirty_bitmap *bm, u
     blk_bitmaps_unlock(bs);
 }
 
-static int context_extents(struct server_conn *c, size_t ctx, const struct nbd_request *r,
-                           struct extents *x, struct err *e)
+static int context_extents(const struct export_image *img, size_t ctx,
+                           const struct nbd_request *r, struct extents *x, struct err *e)
 {
-    struct blockdev *bs = c->exp->bs;
+    struct blockdev *bs = img->bs;
     if (ctx == CTX_BASE_ALLOCATION || ctx == CTX_ALLOCATION_DEPTH)
         return chain_extents(bs, r->offset, r->length, ctx == CTX_ALLOCATION_DEPTH, x, e);
-    bitmap_extents(bs, c->exp->bitmaps[ctx - CTX_FIRST_BITMAP], r->offset, r->length, x);
+    bitmap_extents(bs, img->bitmaps[ctx - CTX_FIRST_BITMAP], r->offset, r->length, x);
     return 0;
 }
 
 /* One BLOCK_STATUS chunk per selected context, the last one DONE. */
-static void do_block_status(struct server_conn *c, const struct nbd_request *r)
+static void do_block_status(struct server_conn *c, const struct export_image *img,
+                            const struct nbd_request *r)
 {
     struct extents x = { .max = (r->flags & NBD_CMD_FLAG_REQ_ONE) ? 1 : MAX_EXTENTS };
     x.ext = malloc(x.max * sizeof(*x.ext));
@@ -226,7 +227,7 @@ static void do_block_status(struct server_conn *c, const struct nbd_request *r)
             continue;
         struct err e = { 0 };
         x.count = 0;
-        int ret = context_extents(c, i, r, &x, &e);
+        int ret = context_extents(img, i, r, &x, &e);
         if (ret < 0) {
             send_error(c, r, nbd_errno_to_wire(-ret), e.msg);
             break;
@@ -246,11 +247,11 @@ static void do_block_status(struct server_conn *c, const struct nbd_request *r)
 
 /* --- Carrying requests out --- */
 
-static void do_read(struct server_conn *c, const struct nbd_request *r)
+static void do_read(struct server_conn *c, struct blockdev *bs, const struct nbd_request *r)
 {
     uint8_t *buf = malloc(r->length ? r->length : 1);
     struct err e = { 0 };
-    int ret = buf ? blk_pread(c->exp->bs, r->offset, buf, r->length, &e)
+    int ret = buf ? blk_pread(bs, r->offset, buf, r->length, &e)
                   : err_set(&e, ENOMEM, "out of memory");
     if (ret < 0) {
         send_error(c, r, nbd_errno_to_wire(-ret), e.msg);
@@ -292,9 +293,9 @@ static bool zeroes_fast(struct blockdev *bs, const struct nbd_request *r)
     return reads_zero(bs, r->offset, r->length);
 }
 
-static int do_write_zeroes(struct server_conn *c, const struct nbd_request *r, struct err *e)
+static int do_write_zeroes(struct server_conn *c, struct blockdev *bs,
+                           const struct nbd_request *r, struct err *e)
 {
-    struct blockdev *bs = c->exp->bs;
     if ((r->flags & NBD_CMD_FLAG_FAST_ZERO) && !zeroes_fast(bs, r))
         return err_set(e, ENOTSUP, "zeroing this range is not fast");
     unsigned flags = !(r->flags & NBD_CMD_FLAG_NO_HOLE) && c->exp->unmap ? BLK_ZERO_MAY_UNMAP
@@ -303,17 +304,17 @@ static int do_write_zeroes(struct server_conn *c, const struct nbd_request *r, s
 }
 
 /* Requests answered with a simple reply: 0 or a negative errno. */
-static int do_simple(struct server_conn *c, const struct server_request *q, struct err *e)
+static int do_simple(struct server_conn *c, struct blockdev *bs, const struct server_request *q,
+                     struct err *e)
 {
     const struct nbd_request *r = &q->req;
-    struct blockdev *bs = c->exp->bs;
     int ret = 0;
     switch (r->type) {
     case NBD_CMD_WRITE:
         ret = blk_pwrite(bs, r->offset, q->payload, r->length, e);
         break;
     case NBD_CMD_WRITE_ZEROES:
-        ret = do_write_zeroes(c, r, e);
+        ret = do_write_zeroes(c, bs, r, e);
         break;
     case NBD_CMD_TRIM:
         if (c->exp->unmap)
@@ -330,6 +331,8 @@ static int do_simple(struct server_conn *c, const struct server_request *q, stru
     return ret;
 }
 
+/* The image is held from before the request starts until its reply is
+ * sent, so that a quiesced export has no request half done (server.h). */
 static void execute(struct server_conn *c, const struct server_request *q)
 {
     const struct nbd_request *r = &q->req;
@@ -337,15 +340,18 @@ static void execute(struct server_conn *c, const struct server_request *q)
         send_error(c, r, q->error, "invalid request");
         return;
     }
+    struct export_image img;
+    export_acquire(c->exp, &img);
     if (r->type == NBD_CMD_READ) {
-        do_read(c, r);
+        do_read(c, img.bs, r);
     } else if (r->type == NBD_CMD_BLOCK_STATUS) {
-        do_block_status(c, r);
+        do_block_status(c, &img, r);
     } else {
         struct err e = { 0 };
-        int ret = do_simple(c, q, &e);
+        int ret = do_simple(c, img.bs, q, &e);
         send_simple(c, r->cookie, ret < 0 ? nbd_errno_to_wire(-ret) : 0, NULL, 0);
     }
+    export_release(c->exp);
 }
 
 /* --- The queue --- */

@@ -30,18 +30,24 @@
 #include "blockdev.h"
 
 struct dirty_bitmap;
+struct nbd_export_gate;
 
 struct nbd_server_export {
     const char *name;           /* "" is the default export */
     const char *description;    /* NBD_INFO_DESCRIPTION, may be NULL */
-    struct blockdev *bs;        /* open; read-only unless writable */
+    struct blockdev *bs;        /* open; read-only unless writable (with a gate: unused) */
     bool writable;
     bool unmap;                 /* TRIM and zero writes may deallocate (--discard=unmap) */
     bool allocation_depth;      /* offer qemu:allocation-depth */
     bool multi_conn;            /* advertise NBD_FLAG_CAN_MULTI_CONN */
-    /* Offered as qemu:dirty-bitmap:NAME (NAME = the bitmap's name). */
+    /* Offered as qemu:dirty-bitmap:NAME (NAME = the bitmap's name).  With
+     * a gate, only nbitmaps counts: the bitmaps are the gate's. */
     struct dirty_bitmap *const *bitmaps;
     size_t nbitmaps;
+    /* NULL: bs and bitmaps are served for the server's whole life.  Else
+     * the image (and bitmaps) in the gate, which its owner may replace
+     * under the connected clients (below). */
+    struct nbd_export_gate *gate;
 };
 
 enum nbd_server_event_type {
@@ -90,6 +96,46 @@ enum {
 /* Serve until *stop is set (or, without persistent, the clients are gone).
  * Returns 0, or a negative errno if accepting failed for good. */
 int nbd_server_run(const struct nbd_server_params *p, struct err *e);
+
+/* --- Replacing an export's image under its clients ---
+ *
+ * `imgtool serve --mirror --on-complete=switch` pivots an export to the
+ * mirror's target as QEMU's block-job-complete does: the clients stay
+ * connected and the size and contexts they negotiated stay valid.  The
+ * gate is how: every server thread that touches the export's image (a
+ * worker carrying out a read, write, zero write, trim, flush, cache or
+ * block status request, from its start until its reply is sent; a
+ * connection thread naming a bitmap context in the handshake) holds the
+ * gate's image meanwhile, and none keeps a pointer to it afterwards.
+ * The size the clients see is the gate's, fixed when it is made.
+ *
+ * Who may call what:
+ *  - nbd_export_gate_new before the server runs (the export's image and
+ *    its offered bitmaps, in the order of nbd_server_export.bitmaps);
+ *    nbd_export_gate_free after nbd_server_run has returned.
+ *  - The owner, from a thread that is not one of the server's (it would
+ *    wait for itself), and one owner at a time: nbd_export_gate_quiesce
+ *    holds back every request that has not started on the export, from
+ *    all connections (they stay queued: nothing fails, the bounds of
+ *    server.h still apply, the reader stops reading once they are full),
+ *    and returns once those running have finished and been answered.
+ *    From then until nbd_export_gate_resume no server thread touches the
+ *    image: the owner may flush it, complete a job on it, close it.
+ *    nbd_export_gate_replace (only while quiesced) makes `bs` the image
+ *    served from the resume on: it must have the same size and, for each
+ *    offered bitmap, one of the same name (-EINVAL naming what differs;
+ *    the gate is then unchanged).  The old image is the owner's again.
+ *  - Other exports, the accept loop and the handshakes of clients that
+ *    choose other exports go on meanwhile; a stop (params.stop) waits
+ *    for the resume, since it finishes the requests in flight.
+ *  - The server never frees or closes an image, before or after a swap. */
+int nbd_export_gate_new(struct blockdev *bs, struct dirty_bitmap *const *bitmaps,
+                        size_t nbitmaps, struct nbd_export_gate **out, struct err *e);
+void nbd_export_gate_free(struct nbd_export_gate *g);
+void nbd_export_gate_quiesce(struct nbd_export_gate *g);
+int nbd_export_gate_replace(struct nbd_export_gate *g, struct blockdev *bs,
+                            struct dirty_bitmap *const *bitmaps, struct err *e);
+void nbd_export_gate_resume(struct nbd_export_gate *g);
 
 /* --- For tests/fuzz: the parsers a hostile client reaches --- */
 /* Feed one client's bytes (handshake then requests) through a connection

@@ -457,8 +457,31 @@ static int link_new_clusters(struct qcow2_state *s, uint64_t off, uint64_t n, ui
     return 0;
 }
 
+/* Where the data of a run of whole clusters comes from: position `pos`
+ * of an iovec (`part` has room for iovcnt entries), or, for copy
+ * offloading (copy_range_to), `pos` bytes past `from_off` of transport
+ * `from`. */
+struct run_source {
+    const struct iovec *iov;
+    int iovcnt;
+    struct iovec *part;
+    struct transport *from;
+    uint64_t from_off;
+};
+
+/* Put `len` bytes from position `pos` of the source at host offset `host`
+ * (without the lock). */
+static int put_run_data(struct qcow2_state *s, const struct run_source *src, size_t pos,
+                        uint64_t host, uint64_t len, struct err *e)
+{
+    if (src->from)
+        return transport_copy_range(s->bs->file, host, src->from, src->from_off + pos, len, e);
+    int nparts = iov_slice(src->iov, src->iovcnt, pos, len, src->part);
+    return transport_pwritev(s->bs->file, host, src->part, nparts, e);
+}
+
 /* Write whole clusters at guest `off` (cluster aligned), at most `max` of
- * them, from position `pos` of iov; *done is set to the number of
+ * them, from position `pos` of `src`; *done is set to the number of
  * clusters written.  One step handles a run of clusters of one L2 table
  * that need the same treatment, with one data write:
  *   - our own clusters at contiguous host offsets: written in place (then
@@ -470,8 +493,8 @@ static int link_new_clusters(struct qcow2_state *s, uint64_t off, uint64_t n, ui
  *     new clusters until their data is written, and the L2 table reaches
  *     the disk only after the data and the refcounts). */
 static int write_cluster_run(struct qcow2_state *s, uint64_t off, uint64_t max,
-                             const struct iovec *iov, int iovcnt, size_t pos,
-                             struct iovec *part, uint64_t *done, struct err *e)
+                             const struct run_source *src, size_t pos, uint64_t *done,
+                             struct err *e)
 {
     struct qcow2_l2e old[WRITE_RUN_MAX];
     uint64_t n = min_u64(min_u64(max, WRITE_RUN_MAX), qcow2_l2_entries_left(s, off));
@@ -492,7 +515,6 @@ static int write_cluster_run(struct qcow2_state *s, uint64_t off, uint64_t max,
         update |= !range_is_normal(s, old[count], 0, s->cluster_size);
     }
     *done = count;
-    int nparts = iov_slice(iov, iovcnt, pos, count << s->cluster_bits, part);
     if (allocate && (ret = qcow2_alloc_clusters(s, count, &host, e)) < 0)
         goto unlock;
     if ((ret = qcow2_pre_write_check(s, 0, host, count << s->cluster_bits, e)) < 0) {
@@ -501,7 +523,7 @@ static int write_cluster_run(struct qcow2_state *s, uint64_t off, uint64_t max,
         goto unlock;
     }
     pthread_mutex_unlock(&s->lock);
-    ret = transport_pwritev(s->bs->file, host, part, nparts, e);
+    ret = put_run_data(s, src, pos, host, count << s->cluster_bits, e);
     if (!allocate && (ret < 0 || !update))
         return ret;
     pthread_mutex_lock(&s->lock);
@@ -525,6 +547,7 @@ static int write_iov(struct qcow2_state *s, uint64_t off, const struct iovec *io
     struct iovec *part = malloc(sizeof(*part) * (size_t)(iovcnt > 0 ? iovcnt : 1));
     if (!part)
         return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
+    struct run_source src = { .iov = iov, .iovcnt = iovcnt, .part = part };
     uint64_t cs = s->cluster_size;
     int ret = 0;
     while (pos < len && ret == 0) {
@@ -534,8 +557,8 @@ static int write_iov(struct qcow2_state *s, uint64_t off, const struct iovec *io
             ret = write_partial(s, at, iov, iovcnt, pos, n, part, e);
         } else {
             uint64_t clusters;
-            ret = write_cluster_run(s, at, (len - pos) >> s->cluster_bits, iov, iovcnt, pos,
-                                    part, &clusters, e);
+            ret = write_cluster_run(s, at, (len - pos) >> s->cluster_bits, &src, pos,
+                                    &clusters, e);
             n = clusters << s->cluster_bits;
         }
         pos += n;
@@ -565,6 +588,46 @@ static int qcow2_pwritev(struct blockdev *bs, uint64_t off, const struct iovec *
 {
     int ret = refuse_if_corrupt(bs->opaque, e);
     return ret < 0 ? ret : write_iov(bs->opaque, off, iov, iovcnt, e);
+}
+
+/* A piece of an offloaded copy that is not whole clusters: read from
+ * `from` and written as any write (merged with the cluster's other
+ * bytes). */
+static int copy_through_buffer(struct qcow2_state *s, uint64_t off, uint64_t len,
+                               struct transport *from, uint64_t from_off, struct err *e)
+{
+    uint8_t *buf = malloc(len);
+    if (!buf)
+        return err_set(e, ENOMEM, "%s: out of memory", s->bs->filename);
+    int ret = transport_pread(from, from_off, buf, len, e);
+    if (ret == 0)
+        ret = write_buf(s, off, buf, len, e);
+    free(buf);
+    return ret;
+}
+
+/* convert -C: the whole clusters of the range are placed as a write
+ * places them and filled by the kernel from `from`; the partial clusters
+ * at its edges (at most two) go through a buffer. */
+static int qcow2_copy_range_to(struct blockdev *bs, uint64_t off, uint64_t len,
+                               struct transport *from, uint64_t from_off, struct err *e)
+{
+    struct qcow2_state *s = bs->opaque;
+    int ret = refuse_if_corrupt(s, e);
+    uint64_t a = min_u64(align_up(off, s->cluster_size), off + len);
+    uint64_t b = max_u64(align_down(off + len, s->cluster_size), a);
+    if (ret == 0 && a > off)
+        ret = copy_through_buffer(s, off, a - off, from, from_off, e);
+    struct run_source src = { .from = from, .from_off = from_off + (a - off) };
+    for (uint64_t pos = 0; pos < b - a && ret == 0;) {
+        uint64_t clusters;
+        ret = write_cluster_run(s, a + pos, (b - a - pos) >> s->cluster_bits, &src, pos,
+                                &clusters, e);
+        pos += clusters << s->cluster_bits;
+    }
+    if (ret == 0 && off + len > b)
+        ret = copy_through_buffer(s, b, off + len - b, from, from_off + (b - off), e);
+    return ret;
 }
 
 /* Write real zeroes (when the metadata cannot express them). */
@@ -1569,6 +1632,7 @@ const struct blockdrv blockdrv_qcow2 = {
     .set_backing = qcow2_set_backing,
     .make_empty = qcow2_make_empty,
     .pwrite_compressed = qcow2_pwrite_compressed,
+    .copy_range_to = qcow2_copy_range_to,
     .write_alignment = qcow2_write_alignment,
     .check = qcow2_check,
     .bitmaps_load = qcow2_bitmaps_load,

@@ -22,7 +22,7 @@ static int query(void *opaque, struct active_mirror_info *jobs, int max)
     jobs[0] = job;
     return 1;
 }
-static int complete(void *opaque, const char *id, bool pivot, struct err *e) { return 0; }
+static int complete(void *opaque, const char *id, enum control_complete pivot, struct err *e) { return 0; }
 static int cancel(void *opaque, const char *id, struct err *e) { return 0; }
 static int set_speed(void *opaque, const char *id, uint64_t speed, struct err *e)
 {

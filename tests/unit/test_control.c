@@ -128,6 +128,7 @@ struct fake {
     struct active_mirror_info job;
     struct control *c;
     int completes, pivots, cancels;
+    enum control_complete how;          /* the last complete's */
     uint64_t speed;
     enum active_copy_mode mode;
 };
@@ -150,11 +151,13 @@ static void fake_finish(struct fake *f, enum mirror_event_type type)
         control_job_event(f->c, f->job.id, &ev, f->job.speed);
 }
 
-static int fake_complete(void *opaque, const char *id, bool pivot, struct err *e)
+static int fake_complete(void *opaque, const char *id, enum control_complete how,
+                         struct err *e)
 {
     struct fake *f = opaque;
     f->completes++;
-    f->pivots += pivot;
+    f->pivots += how != CONTROL_COMPLETE_COPY;
+    f->how = how;
     fake_finish(f, MIRROR_EVENT_COMPLETED);
     return 0;
 }
@@ -317,12 +320,35 @@ static void test_complete_and_cancel(void)
                            OK "{\"return\": {}, \"id\": 9}\n");
     CU_ASSERT_EQUAL(f.completes, 1);
     CU_ASSERT_EQUAL(f.pivots, 1);
+    CU_ASSERT_EQUAL(f.how, CONTROL_COMPLETE_DEFAULT);
+    /* imgtool's on-complete: stop or switch, nothing else. */
+    f.job.status = ACTIVE_READY;
+    CU_ASSERT_STRING_EQUAL(feed(&f, CAPS "{\"execute\": \"block-job-complete\", \"arguments\": "
+                                "{\"device\": \"mirror0\", \"on-complete\": \"sw\"}}\n"
+                                "{\"execute\": \"block-job-complete\", \"arguments\": "
+                                "{\"device\": \"mirror0\", \"on-complete\": 1}}\n"
+                                "{\"execute\": \"block-job-complete\", \"arguments\": "
+                                "{\"device\": \"mirror0\", \"on-complete\": \"switch\"}}", NULL),
+                           OK "{\"error\": {\"class\": \"GenericError\", \"desc\": \"Parameter "
+                           "'on-complete' does not accept value 'sw'\"}}\n"
+                           "{\"error\": {\"class\": \"GenericError\", \"desc\": \"Invalid "
+                           "parameter type for 'on-complete', expected: string\"}}\n" OK);
+    CU_ASSERT_EQUAL(f.completes, 2);
+    CU_ASSERT_EQUAL(f.how, CONTROL_COMPLETE_SWITCH);
+    f.job.status = ACTIVE_READY;
+    CU_ASSERT_STRING_EQUAL(feed(&f, CAPS "{\"execute\": \"block-job-complete\", \"arguments\": "
+                                "{\"device\": \"mirror0\", \"on-complete\": \"stop\"}}", NULL),
+                           OK OK);
+    CU_ASSERT_EQUAL(f.completes, 3);
+    CU_ASSERT_EQUAL(f.how, CONTROL_COMPLETE_STOP);
+    CU_ASSERT_EQUAL(f.pivots, 3);
     /* Cancel of a READY mirror without force: finished as a copy. */
     f.job.status = ACTIVE_READY;
     CU_ASSERT_STRING_EQUAL(feed(&f, CAPS "{\"execute\": \"block-job-cancel\", \"arguments\": "
                                 "{\"device\": \"mirror0\"}}", NULL), OK OK);
-    CU_ASSERT_EQUAL(f.completes, 2);
-    CU_ASSERT_EQUAL(f.pivots, 1);
+    CU_ASSERT_EQUAL(f.completes, 4);
+    CU_ASSERT_EQUAL(f.how, CONTROL_COMPLETE_COPY);
+    CU_ASSERT_EQUAL(f.pivots, 3);
     CU_ASSERT_EQUAL(f.cancels, 0);
     f.job.status = ACTIVE_READY;
     CU_ASSERT_STRING_EQUAL(feed(&f, CAPS "{\"execute\": \"block-job-cancel\", \"arguments\": "
