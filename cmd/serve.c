@@ -3,7 +3,9 @@
  * (formats/nbd/server.h) reports clients by callback; this file opens the
  * images (with their locks and bitmaps), listens, prints the events, and
  * on SIGTERM/SIGINT lets the server finish what is in flight, then flushes
- * and stores the bitmaps. */
+ * and stores the bitmaps.  With --mirror, the image is served through a
+ * gate, so that a complete with --on-complete=switch can put the target
+ * in its place under the clients (serve-switch.c). */
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>

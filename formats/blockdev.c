@@ -1015,6 +1015,16 @@ int blk_pwrite(struct blockdev *bs, uint64_t off, const void *buf, size_t len, s
     return blk_pwritev(bs, off, &iov, 1, e);
 }
 
+int blk_map_run(const struct blk_extent *ext, size_t len, struct transport_view *v,
+                struct err *e)
+{
+    unsigned need = BLK_STATUS_DATA | BLK_STATUS_OFFSET;
+    *v = (struct transport_view){ 0 };
+    if ((ext->flags & (need | BLK_STATUS_ZERO)) != need || !ext->layer || len > ext->length)
+        return -ENOTSUP;
+    return transport_map_read(ext->layer->file, ext->host_offset, len, v, e);
+}
+
 /* blk_copy_range, with both ranges held. */
 static int copy_range_runs(struct blockdev *dst, uint64_t off, struct blockdev *src,
                            uint64_t src_off, uint64_t len, struct err *e)

@@ -447,6 +447,17 @@ void blk_create_abort(const char *tmp_path, const char *filename);
 
 /* --- I/O: offsets and lengths are checked against bs->size --- */
 int blk_pread(struct blockdev *bs, uint64_t off, void *buf, size_t len, struct err *e);
+/* Map the first `len` bytes of a run of block status (blk_block_status_host)
+ * read-only into memory (transport_map_read): the run's data as its layer
+ * stores it, plainly at ext->host_offset of the layer's file, read without
+ * a copy.  -ENOTSUP without a message when the run has no such data (zero,
+ * unallocated, compressed: not BLK_STATUS_DATA | BLK_STATUS_OFFSET) or
+ * the file cannot be mapped; on any failure the caller reads with
+ * blk_pread instead.  The view bypasses the block layer's request order:
+ * only for images nothing writes while it is mapped (open read-only, not
+ * force-shared). */
+int blk_map_run(const struct blk_extent *ext, size_t len, struct transport_view *v,
+                struct err *e);
 /* Copy [src_off, src_off + len) of src's disk to [off, off + len) of dst
  * by copy offloading (blockdrv.copy_range_to), the data never read into
  * memory: for each run of src's block status, from the host file that

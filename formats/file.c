@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -79,6 +80,7 @@ int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struc
     atomic_init(&f->unflushed, f->writable);
     f->direct = flags & HOSTFILE_DIRECT;
     f->is_block_device = S_ISBLK(st.st_mode);
+    f->may_change = flags & (HOSTFILE_FORCE_SHARE | HOSTFILE_NO_LOCK);
     if (!(flags & HOSTFILE_NO_LOCK)) {
         /* The permissions qemu-img and qemu-io take on an image file: read
          * (and write + resize when writable), and never let another process
@@ -439,6 +441,58 @@ int hostfile_size(struct hostfile *f, uint64_t *size, struct err *e)
         return err_errno(e, errno, "%s: cannot get size", f->path);
     *size = (uint64_t)end;
     return 0;
+}
+
+/* Whether [off, off + len) can be mapped: see hostfile_map_read. */
+static bool can_map(struct hostfile *f, uint64_t off, size_t len)
+{
+    uint64_t size = 0;
+    struct err ignored;
+    if (f->writable || f->direct || f->may_change || len == 0 ||
+        hostfile_size(f, &size, &ignored) < 0)
+        return false;
+    return off <= size && len <= size - off;
+}
+
+int hostfile_map_read(struct hostfile *f, uint64_t off, size_t len, struct transport_view *v,
+                      struct err *e)
+{
+#ifdef MADV_POPULATE_READ
+    *v = (struct transport_view){ 0 };
+    if (!can_map(f, off, len))
+        return -ENOTSUP;
+    uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+    uint64_t start = off & ~(page - 1);
+    size_t mapped = (size_t)(off - start) + len;
+    void *base = mmap(NULL, mapped, PROT_READ, MAP_SHARED, f->fd, (off_t)start);
+    if (base == MAP_FAILED)
+        return err_errno(e, errno, "%s: cannot map offset %llu", f->path,
+                         (unsigned long long)off);
+    /* Fault it all in now, so that an I/O error (or a file that shrank
+     * meanwhile) is an error here instead of a SIGBUS on a later read. */
+    if (madvise(base, mapped, MADV_POPULATE_READ) < 0) {
+        int err = errno;
+        munmap(base, mapped);
+        if (err == EINVAL)
+            return -ENOTSUP;
+        return err_errno(e, err, "%s: read error at offset %llu", f->path,
+                         (unsigned long long)off);
+    }
+    *v = (struct transport_view){ .data = (const uint8_t *)base + (off - start), .base = base,
+                                  .mapped = mapped };
+    return 0;
+#else
+    (void)f; (void)off; (void)len; (void)e;
+    *v = (struct transport_view){ 0 };
+    return -ENOTSUP;
+#endif
+}
+
+void hostfile_unmap(struct transport_view *v)
+{
+    if (v->base)
+        munmap(v->base, v->mapped);
+    *v = (struct transport_view){ 0 };
 }
 
 int hostfile_allocated_size(struct hostfile *f, uint64_t *size, struct err *e)

@@ -44,6 +44,10 @@ struct hostfile {
     bool writable;
     bool direct;
     bool is_block_device;
+    /* Others may write or resize it under us (opened with
+     * HOSTFILE_FORCE_SHARE or HOSTFILE_NO_LOCK): never mapped, as a
+     * truncation would turn reads of the mapping into SIGBUS. */
+    bool may_change;
     unsigned perm;      /* permissions we hold (locked at 100 + bit) */
     unsigned shared;    /* permissions we let others hold */
     bool locked;
@@ -98,6 +102,15 @@ int hostfile_preallocate(struct hostfile *f, uint64_t off, uint64_t len, bool fu
  * example), or when src ends first; bytes copied before stay copied. */
 int hostfile_copy_range(struct hostfile *dst, uint64_t dst_off, struct hostfile *src,
                         uint64_t src_off, uint64_t len, struct err *e);
+/* transport_map_read for a host file: -ENOTSUP (no message) when the file
+ * is open for writing, with O_DIRECT (the user asked to bypass the page
+ * cache), or where others may resize it (may_change), when the range is
+ * empty or passes the end of the file, or when the kernel cannot read a
+ * mapping in (MADV_POPULATE_READ, Linux 5.14); -errno with a message when
+ * mapping or reading it in fails (an I/O error, or the file shrank). */
+int hostfile_map_read(struct hostfile *f, uint64_t off, size_t len, struct transport_view *v,
+                      struct err *e);
+void hostfile_unmap(struct transport_view *v);
 /* Punch a hole if the file system can; otherwise do nothing (discard is a
  * hint).  Reads of the range then return zeroes or the old data. */
 int hostfile_discard(struct hostfile *f, uint64_t off, uint64_t len, struct err *e);

@@ -117,6 +117,19 @@ int transport_preallocate(struct transport *t, uint64_t off, uint64_t len, bool 
     return hostfile_preallocate(f, off, len, full, e);
 }
 
+int transport_map_read(struct transport *t, uint64_t off, size_t len, struct transport_view *v,
+                       struct err *e)
+{
+    struct hostfile *f = transport_hostfile(t);
+    *v = (struct transport_view){ 0 };
+    return f ? hostfile_map_read(f, off, len, v, e) : -ENOTSUP;
+}
+
+void transport_unmap(struct transport_view *v)
+{
+    hostfile_unmap(v);
+}
+
 int transport_copy_range(struct transport *dst, uint64_t dst_off, struct transport *src,
                          uint64_t src_off, uint64_t len, struct err *e)
 {

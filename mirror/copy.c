@@ -417,6 +417,33 @@ static int offload_chunk(struct engine *eng, const struct chunk *c, struct copy_
     return 0;
 }
 
+/* A chunk that is one run of source data stored plainly in a host file
+ * (blk_map_run) is written from a mapping of that file: the page cache's
+ * pages go to the target with one copy instead of two (into the buffer,
+ * out of it).  *mapped stays false, with nothing done, for any other
+ * chunk: several pieces, compressing or comparing (they need the buffer),
+ * salvaging (reads may fail), or a source that cannot be mapped. */
+static int write_mapped_chunk(struct engine *eng, const struct chunk *c, struct copy_stats *st,
+                              struct err *e, bool *mapped)
+{
+    struct copy_job *job = eng->job;
+    *mapped = false;
+    if (c->npieces != 1 || c->pieces[0].kind != CHUNK_DATA || job->compress ||
+        job->skip_identical || job->salvage)
+        return 0;
+    struct blk_extent ext;
+    struct transport_view v;
+    struct err ignored;
+    if (blk_block_status_host(job->src, src_at(job, c->off), c->len, &ext, &ignored) < 0 ||
+        blk_map_run(&ext, (size_t)c->len, &v, &ignored) < 0)
+        return 0;
+    *mapped = true;
+    st->bytes_read += c->len;
+    int ret = write_detecting_zeroes(eng, v.data, c->off, (size_t)c->len, st, e);
+    transport_unmap(&v);
+    return ret;
+}
+
 static int copy_data_chunk(struct engine *eng, const struct chunk *c, uint8_t *buf,
                            struct copy_stats *st, struct err *e, bool *source_error)
 {
@@ -430,7 +457,11 @@ static int copy_data_chunk(struct engine *eng, const struct chunk *c, uint8_t *b
         atomic_store(&eng->offload_failed, true);   /* the rest goes through buffers */
         err_clear(e);
     }
-    int ret = fill_buffer(eng, c, buf, st, e);
+    bool mapped;
+    int ret = write_mapped_chunk(eng, c, st, e, &mapped);
+    if (mapped)
+        return ret;
+    ret = fill_buffer(eng, c, buf, st, e);
     if (ret < 0) {
         *source_error = true;
         return ret;

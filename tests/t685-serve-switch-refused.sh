@@ -4,7 +4,8 @@
 # opened once the job has completed leaves the source served, writable,
 # to the client that stayed connected, with a switch-failed event.  A
 # plain QMP block-job-complete gets the server's --on-complete; imgtool
-# job complete --stop overrides it.  Usage errors.
+# job complete --stop overrides it.  An NBD target is switched to over a
+# connection of its own.  Usage errors.
 . "$(dirname "$0")/serve-mirror-lib.sh"
 need nbdsh /usr/bin/python3
 py=/usr/bin/python3
@@ -107,4 +108,19 @@ ok imgtool job complete --stop "$ctl"
 expect_eq "$(server_status s)" 0 "exit status after complete --stop"
 grep -q '"event": "switched"' s.ev && die "complete --stop switched"
 same_content src.qcow2 tgt4.qcow2
+
+# An NBD target: the export switches to a connection of its own to the
+# target's server (qemu-nbd -t, which takes a new client after the job's).
+ok qemu-img create -f qcow2 far.qcow2 16M
+qnbd q -t -f qcow2 far.qcow2
+serve_bg s -t "$ctl" --mirror="$(uri q)" --on-complete=switch src.qcow2
+wait_event s ready
+ok imgtool job complete "$ctl"
+wait_event s switched
+ok qemu-io -f raw -c 'write -P 37 9M 64k' "$(uri s)"
+expect_eq "$(server_status s TERM)" 0 "exit status after SIGTERM"
+stop q
+ok qemu-io -c 'read -P 37 9M 64k' -c 'read -P 33 0 64k' -c 'read -P 34 1M 64k' -c 'read -P 35 2M 64k' -c 'read -P 7 3M 64k' far.qcow2
+ok qemu-io -c 'read -P 0 9M 64k' src.qcow2
+qemu_clean far.qcow2
 passed

@@ -17,7 +17,8 @@ struct nbd_export_gate {
     size_t nbitmaps;
     uint64_t size;                  /* fixed at creation */
     unsigned users;                 /* server threads between acquire and release */
-    bool quiesced;
+    bool holding;                   /* new users wait (quiesce called) */
+    bool quiesced;                  /* ... and none is left (quiesce returned) */
 };
 
 int nbd_export_gate_new(struct blockdev *bs, struct dirty_bitmap *const *bitmaps,
@@ -54,9 +55,10 @@ void nbd_export_gate_free(struct nbd_export_gate *g)
 void nbd_export_gate_quiesce(struct nbd_export_gate *g)
 {
     pthread_mutex_lock(&g->lock);
-    g->quiesced = true;
+    g->holding = true;
     while (g->users)
         pthread_cond_wait(&g->changed, &g->lock);
+    g->quiesced = true;
     pthread_mutex_unlock(&g->lock);
 }
 
@@ -96,6 +98,7 @@ int nbd_export_gate_replace(struct nbd_export_gate *g, struct blockdev *bs,
 void nbd_export_gate_resume(struct nbd_export_gate *g)
 {
     pthread_mutex_lock(&g->lock);
+    g->holding = false;
     g->quiesced = false;
     pthread_cond_broadcast(&g->changed);
     pthread_mutex_unlock(&g->lock);
@@ -111,7 +114,7 @@ void export_acquire(const struct nbd_server_export *x, struct export_image *img)
         return;
     }
     pthread_mutex_lock(&g->lock);
-    while (g->quiesced)
+    while (g->holding)
         pthread_cond_wait(&g->changed, &g->lock);
     g->users++;
     *img = (struct export_image){ g->bs, g->bitmaps };
