@@ -76,9 +76,11 @@ static void dismiss_job(struct serve_mirror *m)
     m->job = NULL;
 }
 
-/* After the job completed: the target in the source's place, or (it
- * cannot be opened) the source served on. */
-static int swap_images(struct serve_switch *sw, const char *format, struct err *e)
+/* After the job completed: the target in the source's place (*source is
+ * then the retired image, for the caller to close), or (it cannot be
+ * opened) the source served on. */
+static int swap_images(struct serve_switch *sw, const char *format, struct blockdev **source,
+                       struct err *e)
 {
     struct served next = { 0 };
     int ret = open_target(sw, format, &next, e);
@@ -90,9 +92,8 @@ static int swap_images(struct serve_switch *sw, const char *format, struct err *
         blk_close(next.bs);
     if (ret < 0)
         return ret;
-    struct blockdev *source = sw->image->bs;
+    *source = sw->image->bs;
     *sw->image = next;
-    close_source(source);
     return 0;
 }
 
@@ -116,8 +117,13 @@ int serve_switch(struct serve_switch *sw, struct err *e)
         nbd_export_gate_resume(img->gate);
         return ret;
     }
-    ret = swap_images(sw, format, e);
+    struct blockdev *source = NULL;
+    ret = swap_images(sw, format, &source, e);
     nbd_export_gate_resume(img->gate);
+    /* No server thread uses the source any more: its flush need not hold
+     * the clients up. */
+    if (source)
+        close_source(source);
     if (ret < 0) {
         err_prefix(e, "the mirror completed, but the export '%s' cannot switch to %s (the "
                    "source %s is served on): ", sw->export_name, m->target, img->bs->filename);

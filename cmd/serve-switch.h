@@ -7,8 +7,9 @@
  * the job's last pass and the target's flush (active_mirror_complete), the
  * target opened read-write as an image of its own (its backing chain, its
  * locks, its bitmaps marked in use, as serve opens an image), the gate's
- * image replaced, the job dismissed, the source closed (flushed, bitmaps
- * stored, locks released), then requests resume on the target.  Nothing
+ * image replaced, the job dismissed, then requests resume on the target
+ * and the source is closed (flushed, bitmaps stored, locks released)
+ * before the switched event.  Nothing
  * the clients negotiated changes: the target has the source's size (the
  * job checked it) and, before anything is done, each bitmap offered with
  * -B is checked to exist in the target (else the switch is refused and
