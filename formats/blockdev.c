@@ -1015,12 +1015,19 @@ int blk_pwrite(struct blockdev *bs, uint64_t off, const void *buf, size_t len, s
     return blk_pwritev(bs, off, &iov, 1, e);
 }
 
+/* Whether a block status run's data is stored plainly in its layer's
+ * file, at ext->host_offset (what copy offloading and mapping need). */
+static bool stored_plainly(const struct blk_extent *ext)
+{
+    unsigned need = BLK_STATUS_DATA | BLK_STATUS_OFFSET;
+    return (ext->flags & (need | BLK_STATUS_ZERO)) == need && ext->layer;
+}
+
 int blk_map_run(const struct blk_extent *ext, size_t len, struct transport_view *v,
                 struct err *e)
 {
-    unsigned need = BLK_STATUS_DATA | BLK_STATUS_OFFSET;
     *v = (struct transport_view){ 0 };
-    if ((ext->flags & (need | BLK_STATUS_ZERO)) != need || !ext->layer || len > ext->length)
+    if (!stored_plainly(ext) || len > ext->length)
         return -ENOTSUP;
     return transport_map_read(ext->layer->file, ext->host_offset, len, v, e);
 }
@@ -1034,8 +1041,7 @@ static int copy_range_runs(struct blockdev *dst, uint64_t off, struct blockdev *
         int ret = blk_block_status(src, src_off, len, &ext, e);
         if (ret < 0)
             return ret;
-        unsigned need = BLK_STATUS_DATA | BLK_STATUS_OFFSET;
-        if ((ext.flags & (need | BLK_STATUS_ZERO)) != need || !ext.layer)
+        if (!stored_plainly(&ext))
             return err_set(e, ENOTSUP, "%s: no host data to offload at offset %llu",
                            src->filename, (unsigned long long)src_off);
         ret = dst->drv->copy_range_to(dst, off, ext.length, ext.layer->file, ext.host_offset,
