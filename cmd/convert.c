@@ -70,7 +70,9 @@ static int check_options(struct cmdline *cl, struct convert *c)
     int status;
     if (c->buf_size_s && (status = cmd_parse_buf_size(cl, c->buf_size_s, &c->buf_size)) >= 0)
         return status;
-    if (c->max_in_flight < 1 || c->max_in_flight > COPY_MAX_IN_FLIGHT)
+    /* -1: not given, the copy engine's default (copy.h) */
+    if (c->max_in_flight != -1 &&
+        (c->max_in_flight < 1 || c->max_in_flight > COPY_MAX_IN_FLIGHT))
         return cmd_usage_error(cl, "--max-in-flight must be between 1 and %d",
                                COPY_MAX_IN_FLIGHT);
     if (c->target_is_zero && !c->no_create)
@@ -219,7 +221,7 @@ static int copy_sources(const struct convert *c, struct blockdev **srcs, struct 
             .write_zeroes_as_data = c->sparse_s && c->sparse_size == 0,
             .speed = c->rate,
             .buf_size = c->buf_size,
-            .max_in_flight = (unsigned)c->max_in_flight,
+            .max_in_flight = c->max_in_flight > 0 ? (unsigned)c->max_in_flight : 0,
             .compress = c->compress,
             .salvage = c->salvage, .salvaged = on_salvaged,
             /* -B compares what it writes: nothing to offload. */
@@ -242,7 +244,7 @@ static int copy_sources(const struct convert *c, struct blockdev **srcs, struct 
 
 int cmd_convert(const struct command *cmd, int argc, const char **argv)
 {
-    struct convert c = { .max_in_flight = COPY_DEFAULT_IN_FLIGHT, .connections = 1 };
+    struct convert c = { .max_in_flight = -1, .connections = 1 };
     struct poptOption options[] = {
         { "format", 'f', POPT_ARG_STRING, &c.src_fmt, 0, "source format (default: probe)",
           "FMT" },
@@ -256,10 +258,10 @@ int cmd_convert(const struct command *cmd, int argc, const char **argv)
         { "cache", 't', POPT_ARG_STRING, &c.cache, 0, "target cache mode (none = O_DIRECT)",
           "MODE" },
         { "source-cache", 'T', POPT_ARG_STRING, &c.src_cache, 0, "source cache mode", "MODE" },
-        { "buf-size", '\0', POPT_ARG_STRING, &c.buf_size_s, 0, "bytes per request (default 2M)",
-          "SIZE" },
+        { "buf-size", '\0', POPT_ARG_STRING, &c.buf_size_s, 0,
+          "bytes per request (default 2M, 512k with an NBD export)", "SIZE" },
         { "max-in-flight", 'm', POPT_ARG_INT, &c.max_in_flight, 0,
-          "requests in flight at once (default 4)", "N" },
+          "requests in flight at once (default 4, 16 with an NBD export)", "N" },
         { "compress", 'c', POPT_ARG_NONE, &c.compress, 0,
           "write compressed clusters (qcow2: -o compression_type=zlib|zstd)", NULL },
         { NULL, 'W', POPT_ARG_NONE, &c.out_of_order, 0,

@@ -77,12 +77,15 @@ struct copy_job {
      * the target's data is read and only its non-zero units are zeroed.
      * Excludes compress, target_is_zero and explicit_zeroes. */
     bool skip_identical;
-    size_t buf_size;            /* bytes per request (default 2 MiB) */
+    /* Bytes per request (0: 2 MiB, or 512 KiB when the source or the
+     * target is an NBD export, so that a request's data stays in the CPU
+     * cache between its copies; copy.c). */
+    size_t buf_size;
     /* Requests in flight at once, each in its own worker thread with its
      * own buf_size buffer (two with skip_identical) (0 means
-     * COPY_DEFAULT_IN_FLIGHT, or COPY_NETWORK_IN_FLIGHT for `ranges` of a
-     * quarter buf_size or less on average from a network source; at most
-     * COPY_MAX_IN_FLIGHT).  Requests complete out of order. */
+     * COPY_DEFAULT_IN_FLIGHT, or COPY_NETWORK_IN_FLIGHT when the source or
+     * the target is an NBD export; at most COPY_MAX_IN_FLIGHT).  Requests
+     * complete out of order. */
     unsigned max_in_flight;
     /* Write data as compressed clusters (blk_pwrite_compressed): every
      * chunk then covers whole target clusters (blk_write_alignment), and a
@@ -158,11 +161,11 @@ struct copy_job {
 enum {
     COPY_RETRIES = 3,           /* COPY_ERROR_RETRY: attempts after the first */
     COPY_DEFAULT_IN_FLIGHT = 4,
-    /* From an NBD export every read is a round trip: for small ranges
+    /* From or to an NBD export every request is a round trip: more of
+     * them in flight keep the server's disk busy while replies travel
      * (the dirty 64 KiB clusters of a pull backup, each a request of its
-     * own) more of them in flight keep the server's disk busy while
-     * replies travel.  16 is what QEMU's NBD server works on at once per
-     * connection. */
+     * own; the 512 KiB requests of a whole-disk copy).  16 is what QEMU's
+     * NBD server works on at once per connection. */
     COPY_NETWORK_IN_FLIGHT = 16,
     COPY_MAX_IN_FLIGHT = 64,
 };

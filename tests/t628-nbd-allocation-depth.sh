@@ -14,11 +14,20 @@ ok qemu-io -f qcow2 -c 'write -P 1 0 1M' -c 'write -P 2 2M 1M' base.qcow2
 ok qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2
 ok qemu-io -f qcow2 -c 'write -P 3 512k 1M' -c 'write -z 2304k 64k' -c 'write -P 4 3584k 64k' \
     top.qcow2
-nooffset() { qemu-img map --output=json "$1" | sed 's/, "offset": [0-9]*//'; }
+# The allocation: map runs without host offsets, adjacent runs alike merged
+# (copies write out of order, so host clusters need not follow each other).
+nooffset() {
+    qemu-img map --output=json "$1" |
+        sed -n 's/.*"start": \([0-9]*\), "length": \([0-9]*\), \(.*"data": [a-z]*\).*/\1 \2 \3/p' |
+        awk '{ rest = $0; sub(/^[0-9]+ [0-9]+ /, "", rest) }
+             NR > 1 && rest == r { len += $2; next }
+             NR > 1 { print start, len, r } { start = $1; len = $2; r = rest }
+             END { print start, len, r }'
+}
 # The reference: the same copy from the top image itself.
 ok imgtool convert -O qcow2 -o backing_file=base.qcow2,backing_fmt=qcow2 top.qcow2 ref.qcow2
 ref_map=$(nooffset ref.qcow2)
-expect_match "$ref_map" '"start": 2359296, "length": 65536, "depth": 0, "present": true, "zero": true' \
+expect_match "$ref_map" '2359296 65536 "depth": 0, "present": true, "zero": true' \
     "the top layer's zero cluster in the reference"
 
 start_qemu_nbd a.sock -r -A -f qcow2 top.qcow2; ua=$NBD_URI
@@ -48,7 +57,7 @@ same_content top.qcow2 q.qcow2
 start_qemu_nbd n.sock -r -f qcow2 top.qcow2; un=$NBD_URI
 ok imgtool convert -O qcow2 -o backing_file=base.qcow2,backing_fmt=qcow2 "$un" n.qcow2
 same_content top.qcow2 n.qcow2
-expect_match "$(nooffset n.qcow2 | head -n 1)" '"start": 0, "length": 1572864, "depth": 0, "present": true, "zero": false, "data": true' \
+expect_match "$(nooffset n.qcow2 | head -n 1)" '0 1572864 "depth": 0, "present": true, "zero": false, "data": true' \
     "the backing file's data copied without allocation depth"
 ok qemu-img convert -O raw top.qcow2 top.raw
 start_nbdkit k.sock file "$T/top.raw"; uk=$NBD_URI

@@ -27,6 +27,14 @@
 #define NBD_MAX_CONTEXTS  32
 #define NBD_EXTRA_CONN_TIMEOUT 2    /* seconds, for multi-conn's extra connections */
 #define NBD_DEFAULT_MAX_BLOCK (32u << 20)   /* spec: without constraints, 32 MiB */
+/* Reads and writes go out in requests of at most this size, however large
+ * the caller's buffer: a request's payload then stays in the CPU's cache
+ * (L2, 512 KiB to 2 MiB a core) between the copy in and the copy out, on
+ * the server (file into its buffer, buffer into the socket) and here
+ * (socket into the buffer).  2 MiB requests from qemu-nbd cost both sides
+ * about twice the CPU time (4 GiB raw into a file, 2 CPUs: the server
+ * ~2.0 s instead of ~0.9 s); nbdcopy's requests are 256 KiB. */
+#define NBD_PIECE_SIZE    (512u << 10)
 /* Zero and trim carry no payload: larger requests, aligned to 1 MiB. */
 #define NBD_MAX_ZERO_LEN  (0xffffffffu & ~((1u << 20) - 1))
 
@@ -90,6 +98,7 @@ struct nbd_transport {
     uint64_t size;
     uint16_t flags;
     uint32_t min_block, max_block;
+    uint32_t request_size;      /* pieces of reads and writes (NBD_PIECE_SIZE) */
     /* Contexts: [0] base:allocation, then the extras asked for, then the
      * qemu: contexts the server lists (owned, from owned_from on). */
     const char *contexts[NBD_MAX_CONTEXTS];
@@ -941,7 +950,7 @@ static bool send_piece(struct nbd_transport *nt, uint16_t type, uint64_t off,
 }
 
 /* A READ or WRITE of len bytes at off (aligned to the minimum block size):
- * requests of at most the server's maximum block size, up to
+ * requests of at most request_size (within the server's maximum), up to
  * NBD_SPLIT_WINDOW of them in flight at once (spread over the connections)
  * rather than one round trip after the other.  The first error is
  * returned once every piece sent has been answered. */
@@ -956,7 +965,7 @@ static int split_request(struct nbd_transport *nt, uint16_t type, uint64_t off,
         cache_invalidate(nt);
     while ((done < len && ret == 0) || count) {
         if (done < len && ret == 0 && count < NBD_SPLIT_WINDOW) {
-            uint32_t n = (uint32_t)min_u64(len - done, nt->max_block);
+            uint32_t n = (uint32_t)min_u64(len - done, nt->request_size);
             struct split_piece *p = &win[(head + count) % NBD_SPLIT_WINDOW];
             /* Holding slots, never wait for one: collect a reply instead. */
             if (send_piece(nt, type, off, iov, iovcnt, done, n, n == len, count == 0, p, &ret,
@@ -1385,6 +1394,11 @@ static int adopt_export(struct nbd_transport *nt, struct nbd_conn *c, struct err
         if (nt->max_block > NBD_MAX_PAYLOAD)
             nt->max_block = NBD_MAX_PAYLOAD;
         nt->max_block = (uint32_t)align_down(nt->max_block, nt->min_block);
+        /* Whole preferred blocks (a power of two, spec), never below it. */
+        uint32_t pref = x->have_block_size ? x->pref_block : 1;
+        nt->request_size = (uint32_t)min_u64(max_u64(NBD_PIECE_SIZE, pref), nt->max_block);
+        nt->request_size = (uint32_t)max_u64(align_down(nt->request_size, nt->min_block),
+                                             nt->min_block);
         if (nt->writable && (x->flags & NBD_FLAG_READ_ONLY))
             return err_set(e, EROFS, "%s: the export is read-only", nt->uri_text);
         return 0;
