@@ -48,7 +48,13 @@
 
 enum {
     MIN_GRANULARITY = 4096,
-    BATCH_RANGES = 64,              /* dirty runs copied per copy_run */
+    BATCH_RUNS = 64,                /* locked runs per batch (one copy_run) */
+    BATCH_RANGES = 256,             /* dirty extents copied per batch */
+    /* Dirty extents this close share one locked run: a batch of scattered
+     * extents then fills its budget (and the copy engine's workers)
+     * instead of ending at BATCH_RUNS small extents.  Client writes into
+     * the clean gaps wait for the batch as writes to its extents do. */
+    COALESCE_GAP = 1u << 20,
     IGNORED_ERROR_PAUSE_MS = 100,   /* --on-target-error=ignore: before trying again */
 };
 
@@ -62,6 +68,9 @@ struct active_mirror {
     bool diff_image;                /* --sync=bitmap: zeroes are written explicitly */
     uint64_t gran;
     uint64_t batch_bytes;
+    /* The background pass's copy workers, kept from batch to batch (the
+     * job's thread starts and stops them, in copy_loop). */
+    struct copy_workers *workers;
 
     pthread_mutex_t lock;           /* everything below, and `dirty` */
     pthread_cond_t changed;
@@ -303,18 +312,31 @@ static void detach(struct active_mirror *m, bool refuse)
 /* --- The background pass (the job's thread) --- */
 
 struct batch {
-    struct range_lock locks[BATCH_RANGES];
-    struct copy_range runs[BATCH_RANGES];       /* locked, granule-aligned */
+    struct range_lock locks[BATCH_RUNS];
+    struct copy_range runs[BATCH_RUNS];         /* locked, granule-aligned */
     size_t nruns;
-    struct copy_range ranges[BATCH_RANGES * 4]; /* what is dirty in them */
+    struct copy_range ranges[BATCH_RANGES];     /* what is dirty in them */
     size_t nranges;
-    bool finished[BATCH_RANGES * 4];
+    bool finished[BATCH_RANGES];
     uint64_t reported;              /* bytes this batch's copy reported so far */
     struct active_mirror *m;
 };
 
-/* The next dirty runs from `*cursor` on (wrapping), at most batch_bytes,
- * or under --speed about a tenth of a second's worth, so that set-speed,
+/* Add the extent [s, e) to the batch's runs: it extends the last run if
+ * it starts at most COALESCE_GAP after its end. */
+static void add_run(struct batch *b, uint64_t s, uint64_t e)
+{
+    struct copy_range *last = b->nruns ? &b->runs[b->nruns - 1] : NULL;
+    if (last && s >= last->offset + last->length &&
+        s - (last->offset + last->length) <= COALESCE_GAP)
+        last->length = e - last->offset;
+    else
+        b->runs[b->nruns++] = (struct copy_range){ s, e - s };
+}
+
+/* The next dirty extents from `*cursor` on (wrapping), at most
+ * batch_bytes of them and BATCH_RANGES, as at most BATCH_RUNS runs, or
+ * under --speed about a tenth of a second's worth, so that set-speed,
  * cancel and complete are seen soon and client writes never wait long for
  * a batch's range locks (lock held). */
 static void pick_runs_locked(struct active_mirror *m, struct batch *b, uint64_t *cursor)
@@ -323,14 +345,16 @@ static void pick_runs_locked(struct active_mirror *m, struct batch *b, uint64_t 
     if (m->speed)
         budget = min_u64(budget, max_u64(m->speed / 10, m->gran));
     b->nruns = 0;
-    for (int pass = 0; pass < 2 && b->nruns < BATCH_RANGES && budget; pass++) {
+    size_t extents = 0;
+    for (int pass = 0; pass < 2 && budget; pass++) {
         uint64_t start = pass ? 0 : *cursor, end = pass ? *cursor : size;
         uint64_t off, len;
-        while (b->nruns < BATCH_RANGES && budget &&
+        while (b->nruns < BATCH_RUNS && extents < BATCH_RANGES && budget &&
                hbitmap_next_dirty_extent(m->dirty, start, end, &off, &len)) {
             uint64_t s, e;
             range_of(m, off, min_u64(len, budget), &s, &e);
-            b->runs[b->nruns++] = (struct copy_range){ s, e - s };
+            add_run(b, s, e);
+            extents++;
             budget -= min_u64(budget, e - s);
             start = e;
             *cursor = e >= size ? 0 : e;
@@ -347,7 +371,7 @@ static void take_dirty_locked(struct active_mirror *m, struct batch *b)
     b->nranges = 0;
     for (size_t i = 0; i < b->nruns; i++) {
         uint64_t start = b->runs[i].offset, end = start + b->runs[i].length, off, len;
-        while (b->nranges < BATCH_RANGES * 4 &&
+        while (b->nranges < BATCH_RANGES &&
                hbitmap_next_dirty_extent(m->dirty, start, end, &off, &len)) {
             uint64_t s, e;
             range_of(m, off, len, &s, &e);
@@ -391,11 +415,12 @@ static void on_copy_progress(void *opaque, uint64_t done, uint64_t total)
     emit(m, MIRROR_EVENT_PROGRESS, before, delta, NULL);
 }
 
-static int copy_batch(struct active_mirror *m, struct batch *b, struct err *e)
+/* A copy of the batch's ranges (none yet: copy_workers_start sizes the
+ * workers from it). */
+static struct copy_job batch_copy_job(struct active_mirror *m, struct batch *b)
 {
     const struct mirror_params *mp = &m->p.mirror;
-    b->reported = 0;
-    struct copy_job cj = {
+    return (struct copy_job){
         .src = m->src, .base = m->base, .dst = m->dst, .offset = 0, .length = m->src->size,
         .ranges = b->ranges, .nranges = b->nranges, .range_done = on_range_done,
         .explicit_zeroes = m->diff_image,
@@ -406,7 +431,14 @@ static int copy_batch(struct active_mirror *m, struct batch *b, struct err *e)
         .speed = 0, .on_source_error = mp->on_source_error,
         .on_target_error = mp->on_target_error,
         .progress = on_copy_progress, .opaque = b, .cancel = &m->cancel,
+        .workers = m->workers,
     };
+}
+
+static int copy_batch(struct active_mirror *m, struct batch *b, struct err *e)
+{
+    b->reported = 0;
+    struct copy_job cj = batch_copy_job(m, b);
     int ret = copy_run(&cj, e);
     pthread_mutex_lock(&m->lock);
     m->stats.bytes_read += cj.stats.bytes_read;
@@ -512,15 +544,11 @@ static void wait_for_work_locked(struct active_mirror *m)
 
 /* Copy until cancelled, failed, or completed (READY, complete asked for,
  * gate closed, nothing dirty, target flushed).  Returns 0 when completed. */
-static int copy_loop(struct active_mirror *m, struct err *e)
+static int copy_batches(struct active_mirror *m, struct batch *b, struct err *e)
 {
     uint64_t cursor = 0;
-    struct batch *b = calloc(1, sizeof(*b));
-    if (!b)
-        return err_set(e, ENOMEM, "out of memory");
-    b->m = m;
-    int ret = 0;
     for (;;) {
+        int ret = 0;
         pthread_mutex_lock(&m->lock);
         if (m->complete_requested && !m->gate_closed)
             quiesce_locked(m);
@@ -535,18 +563,34 @@ static int copy_loop(struct active_mirror *m, struct err *e)
         bool finished = !b->nruns && m->complete_requested && !m->target_dirty;
         pthread_mutex_unlock(&m->lock);
         if (ret < 0 || finished)
-            break;
+            return ret;
         if (b->nruns) {
             if ((ret = run_batch(m, b, e)) < 0)
-                break;
+                return ret;
             continue;
         }
         if ((ret = settle(m, e)) < 0)
-            break;
+            return ret;
         pthread_mutex_lock(&m->lock);
         wait_for_work_locked(m);
         pthread_mutex_unlock(&m->lock);
     }
+}
+
+/* The batches share one set of copy workers, started here and stopped
+ * when the pass ends. */
+static int copy_loop(struct active_mirror *m, struct err *e)
+{
+    struct batch *b = calloc(1, sizeof(*b));
+    if (!b)
+        return err_set(e, ENOMEM, "out of memory");
+    b->m = m;
+    struct copy_job like = batch_copy_job(m, b);
+    int ret = copy_workers_start(&like, &m->workers, e);
+    if (ret == 0)
+        ret = copy_batches(m, b, e);
+    copy_workers_stop(m->workers);
+    m->workers = NULL;
     free(b);
     return ret;
 }

@@ -111,6 +111,22 @@ struct worker {
     struct engine *eng;
     pthread_t thread;
     uint8_t *buf;
+    struct copy_workers *pool;  /* a kept worker's pool, else NULL */
+};
+
+/* Kept workers (copy.h): each waits for the next copy_run (a new
+ * generation), works on its engine as a copy_run's own worker does, and
+ * counts itself out of `busy` when that engine has nothing more for it. */
+struct copy_workers {
+    pthread_mutex_t lock;
+    pthread_cond_t changed;     /* a new generation, stop, or busy dropped to 0 */
+    struct worker *w;
+    unsigned n;                 /* started */
+    size_t buf_bytes;           /* each worker's buffer */
+    struct engine *eng;         /* the copy_run being served */
+    unsigned long generation;
+    unsigned busy;              /* workers not done with this generation yet */
+    bool stop;
 };
 
 static bool cancel_requested(const struct copy_job *job)
@@ -1047,22 +1063,21 @@ static void engine_destroy(struct engine *eng)
 
 /* Start the workers with signals blocked, so that SIGINT and SIGTERM reach
  * the calling thread (which polls the cancel flag) and never interrupt a
- * worker's I/O.  Returns how many started. */
-static unsigned start_workers(struct engine *eng, struct worker *w, unsigned n, struct err *e)
+ * worker's I/O.  Each gets a buffer of `bytes`.  Returns how many started. */
+static unsigned start_workers(struct worker *w, unsigned n, size_t bytes,
+                              void *(*main)(void *), struct err *e)
 {
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
     unsigned started = 0;
     for (unsigned i = 0; i < n; i++) {
-        w[i].eng = eng;
-        size_t bytes = eng->buf_size * (eng->job->skip_identical ? 2 : 1);
         if (posix_memalign((void **)&w[i].buf, 4096, bytes)) {
             w[i].buf = NULL;
             err_set(e, ENOMEM, "out of memory for a %zu-byte copy buffer", bytes);
             break;
         }
-        int ret = pthread_create(&w[i].thread, NULL, worker_main, &w[i]);
+        int ret = pthread_create(&w[i].thread, NULL, main, &w[i]);
         if (ret) {
             free(w[i].buf);
             w[i].buf = NULL;
@@ -1075,6 +1090,30 @@ static unsigned start_workers(struct engine *eng, struct worker *w, unsigned n, 
     return started;
 }
 
+/* A kept worker: one engine per generation, until the pool stops. */
+static void *kept_worker_main(void *opaque)
+{
+    struct worker *w = opaque;
+    struct copy_workers *pool = w->pool;
+    unsigned long seen = 0;
+    pthread_mutex_lock(&pool->lock);
+    for (;;) {
+        while (!pool->stop && pool->generation == seen)
+            pthread_cond_wait(&pool->changed, &pool->lock);
+        if (pool->stop)
+            break;
+        seen = pool->generation;
+        w->eng = pool->eng;
+        pthread_mutex_unlock(&pool->lock);
+        worker_main(w);
+        pthread_mutex_lock(&pool->lock);
+        if (--pool->busy == 0)
+            pthread_cond_broadcast(&pool->changed);
+    }
+    pthread_mutex_unlock(&pool->lock);
+    return NULL;
+}
+
 /* COPY_NETWORK_IN_FLIGHT from or to a network export, whose requests are
  * each a round trip: the small ranges of a pull backup (its dirty 64 KiB
  * clusters, each a request of its own) and the NETWORK_BUF_SIZE chunks of
@@ -1084,29 +1123,75 @@ static unsigned default_in_flight(const struct copy_job *job)
     return network_job(job) ? COPY_NETWORK_IN_FLIGHT : COPY_DEFAULT_IN_FLIGHT;
 }
 
+/* The bytes of buffer each worker needs for `eng`. */
+static size_t worker_buf_bytes(const struct engine *eng)
+{
+    return eng->buf_size * (eng->job->skip_identical ? 2 : 1);
+}
+
+/* Size the engine as copy_run would for `job` (check_job passed). */
+static unsigned job_workers(const struct copy_job *job)
+{
+    if (job->workers)
+        return job->workers->n;
+    return job->max_in_flight ? job->max_in_flight : default_in_flight(job);
+}
+
+/* Hand the engine to the kept workers, copy, wait until each is done
+ * with it (they then wait for the next copy_run). */
+static int run_kept(struct copy_workers *pool, struct engine *eng, struct err *e)
+{
+    if (worker_buf_bytes(eng) > pool->buf_bytes)
+        return err_set(e, EINVAL, "copy buffers of %zu bytes are too small for %zu-byte "
+                       "requests", pool->buf_bytes, worker_buf_bytes(eng));
+    pthread_mutex_lock(&pool->lock);
+    pool->eng = eng;
+    pool->busy = pool->n;
+    pool->generation++;
+    pthread_cond_broadcast(&pool->changed);
+    pthread_mutex_unlock(&pool->lock);
+    dispatch_all(eng);
+    pthread_mutex_lock(&pool->lock);
+    while (pool->busy)
+        pthread_cond_wait(&pool->changed, &pool->lock);
+    pool->eng = NULL;
+    pthread_mutex_unlock(&pool->lock);
+    return 0;
+}
+
+/* Start workers of the copy's own, copy, join them. */
+static int run_own(struct engine *eng, unsigned nworkers, struct err *e)
+{
+    struct worker *workers = calloc(nworkers, sizeof(*workers));
+    if (!workers)
+        return err_set(e, ENOMEM, "out of memory");
+    for (unsigned i = 0; i < nworkers; i++)
+        workers[i].eng = eng;
+    /* Fewer workers than asked for still copy correctly. */
+    unsigned started = start_workers(workers, nworkers, worker_buf_bytes(eng), worker_main, e);
+    if (started) {
+        err_clear(e);
+        dispatch_all(eng);
+    }
+    for (unsigned i = 0; i < started; i++) {
+        pthread_join(workers[i].thread, NULL);
+        free(workers[i].buf);
+    }
+    free(workers);
+    return started ? 0 : -e->code;
+}
+
 int copy_run(struct copy_job *job, struct err *e)
 {
     int ret = check_job(job, e);
     if (ret < 0)
         return ret;
-    unsigned nworkers = job->max_in_flight ? job->max_in_flight : default_in_flight(job);
-    struct worker *workers = calloc(nworkers, sizeof(*workers));
-    if (!workers)
-        return err_set(e, ENOMEM, "out of memory");
+    unsigned nworkers = job_workers(job);
     struct engine eng = { 0 };
     ret = engine_init(&eng, job, nworkers, e);
-    unsigned started = 0;
+    if (ret == 0)
+        ret = job->workers ? run_kept(job->workers, &eng, e) : run_own(&eng, nworkers, e);
     if (ret == 0) {
-        /* Fewer workers than asked for still copy correctly. */
-        started = start_workers(&eng, workers, nworkers, e);
-        if (started == 0)
-            ret = -e->code;
-    }
-    if (ret == 0) {
-        err_clear(e);
-        dispatch_all(&eng);
-        for (unsigned i = 0; i < started; i++)
-            pthread_join(workers[i].thread, NULL);
         add_stats(&job->stats, &eng.stats);
         ret = eng.failed;
         if (ret < 0)
@@ -1117,9 +1202,54 @@ int copy_run(struct copy_job *job, struct err *e)
                           eng.nignored == 1 ? "" : "s", eng.nignored == 1 ? "was" : "were",
                           eng.ignored_error.msg);
     }
-    for (unsigned i = 0; i < started; i++)
-        free(workers[i].buf);
-    free(workers);
     engine_destroy(&eng);
     return ret;
+}
+
+int copy_workers_start(const struct copy_job *job, struct copy_workers **out, struct err *e)
+{
+    struct copy_workers *pool = calloc(1, sizeof(*pool));
+    unsigned n = job->max_in_flight ? job->max_in_flight : default_in_flight(job);
+    if (n > COPY_MAX_IN_FLIGHT)
+        n = COPY_MAX_IN_FLIGHT;
+    if (pool)
+        pool->w = calloc(n, sizeof(*pool->w));
+    if (!pool || !pool->w) {
+        free(pool);
+        return err_set(e, ENOMEM, "out of memory");
+    }
+    pthread_mutex_init(&pool->lock, NULL);
+    pthread_cond_init(&pool->changed, NULL);
+    uint32_t align = blk_write_alignment(job->dst);
+    size_t buf = job->buf_size ? job->buf_size : default_buf_size(job);
+    buf = (size_t)max_u64(align_up(buf, align), align);
+    pool->buf_bytes = buf * (job->skip_identical ? 2 : 1);
+    for (unsigned i = 0; i < n; i++)
+        pool->w[i].pool = pool;
+    pool->n = start_workers(pool->w, n, pool->buf_bytes, kept_worker_main, e);
+    if (!pool->n) {
+        copy_workers_stop(pool);
+        return -e->code;
+    }
+    err_clear(e);
+    *out = pool;
+    return 0;
+}
+
+void copy_workers_stop(struct copy_workers *pool)
+{
+    if (!pool)
+        return;
+    pthread_mutex_lock(&pool->lock);
+    pool->stop = true;
+    pthread_cond_broadcast(&pool->changed);
+    pthread_mutex_unlock(&pool->lock);
+    for (unsigned i = 0; i < pool->n; i++) {
+        pthread_join(pool->w[i].thread, NULL);
+        free(pool->w[i].buf);
+    }
+    pthread_mutex_destroy(&pool->lock);
+    pthread_cond_destroy(&pool->changed);
+    free(pool->w);
+    free(pool);
 }

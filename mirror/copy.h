@@ -155,6 +155,10 @@ struct copy_job {
      * threads read it too: a volatile sig_atomic_t flag orders accesses only
      * between a thread and its own signal handler. */
     const atomic_int *cancel;
+    /* Run on these kept workers (copy_workers_start) instead of starting
+     * threads and buffers of copy_run's own: max_in_flight is then theirs.
+     * NULL: copy_run's own. */
+    struct copy_workers *workers;
     struct copy_stats stats;
 };
 
@@ -174,5 +178,20 @@ enum {
  * abandoned and every worker has stopped before copy_run returns), and the
  * target holds a partial copy.  job->stats is filled in either case. */
 int copy_run(struct copy_job *job, struct err *e);
+
+/* Worker threads with their buffers, kept across the copy_run calls of a
+ * caller that copies many small batches (the live mirror's background
+ * pass, mirror/active.c): for a batch of a few MiB, starting threads and
+ * faulting in fresh buffers is a good part of the cost.  Started for copies
+ * like `job` (its dst, buf_size, max_in_flight or the default, and
+ * skip_identical size the buffers; nothing else of it is kept); a copy_run
+ * whose requests need bigger buffers fails with -EINVAL.
+ *
+ * Threads: start, stop and the copy_run calls that pass them may come from
+ * any thread, but one at a time: one copy_run on them at once, and stop
+ * only when none runs.  Between runs the workers sleep. */
+struct copy_workers;
+int copy_workers_start(const struct copy_job *job, struct copy_workers **out, struct err *e);
+void copy_workers_stop(struct copy_workers *workers);  /* joins them; NULL: nothing */
 
 #endif

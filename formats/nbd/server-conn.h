@@ -15,9 +15,12 @@
  * qemu:allocation-depth, then the export's bitmaps. */
 enum { CTX_BASE_ALLOCATION, CTX_ALLOCATION_DEPTH, CTX_FIRST_BITMAP };
 
+enum { SERVER_SPARE_PAYLOADS = 16 };    /* write buffers kept per connection */
+
 struct server_request {
     struct nbd_request req;
     uint8_t *payload;           /* write data (req.length bytes) */
+    size_t payload_size;        /* ... in a buffer of this many */
     size_t cost;                /* bytes counted in flight */
     uint32_t error;             /* found invalid by the reader: reply this */
     struct server_request *next;
@@ -43,6 +46,11 @@ struct server_conn {
     unsigned in_flight;             /* queued or running */
     size_t bytes_in_flight;
     bool reader_done;
+    /* Write payload buffers kept for the next writes (server-requests.c),
+     * under `lock`. */
+    uint8_t *spare[SERVER_SPARE_PAYLOADS];
+    size_t spare_size[SERVER_SPARE_PAYLOADS];
+    unsigned nspare;
     pthread_mutex_t send_lock;      /* one reply at a time on the socket */
     atomic_bool broken;             /* sending failed: drop the client */
     char error[400];                /* why the client was dropped ("" if not) */

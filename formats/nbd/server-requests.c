@@ -368,14 +368,59 @@ static struct server_request *take_request(struct server_conn *c)
     return q;
 }
 
+/* Write payloads are recycled: a client's writes are mostly of one size,
+ * and a buffer malloc'd for each one and freed by a worker makes glibc
+ * give the pages back and fault them in again (zeroed) for the next one,
+ * a page fault per 4 KiB received.  Kept per connection: at most
+ * SERVER_SPARE_PAYLOADS buffers of up to SPARE_MAX bytes, each reused for
+ * a write of at least half its size. */
+enum { SPARE_MAX = 1u << 20 };
+
+static uint8_t *take_payload(struct server_conn *c, size_t len, size_t *size)
+{
+    pthread_mutex_lock(&c->lock);
+    for (unsigned i = 0; i < c->nspare; i++) {
+        if (c->spare_size[i] >= len && c->spare_size[i] / 2 <= len) {
+            uint8_t *buf = c->spare[i];
+            *size = c->spare_size[i];
+            c->nspare--;
+            c->spare[i] = c->spare[c->nspare];
+            c->spare_size[i] = c->spare_size[c->nspare];
+            pthread_mutex_unlock(&c->lock);
+            return buf;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    *size = len;
+    return malloc(len);
+}
+
+/* Keep q's payload for a later write, or free it (lock held). */
+static void put_payload_locked(struct server_conn *c, struct server_request *q)
+{
+    if (q->payload && q->payload_size <= SPARE_MAX && c->nspare < SERVER_SPARE_PAYLOADS) {
+        c->spare[c->nspare] = q->payload;
+        c->spare_size[c->nspare++] = q->payload_size;
+    } else {
+        free(q->payload);
+    }
+    q->payload = NULL;
+}
+
+static void free_spares(struct server_conn *c)
+{
+    while (c->nspare)
+        free(c->spare[--c->nspare]);
+}
+
 static void finish_request(struct server_conn *c, struct server_request *q)
 {
     pthread_mutex_lock(&c->lock);
     c->in_flight--;
     c->bytes_in_flight -= q->cost;
+    put_payload_locked(c, q);
     pthread_cond_broadcast(&c->changed);
     pthread_mutex_unlock(&c->lock);
-    free(q->payload);
     free(q);
 }
 
@@ -457,7 +502,7 @@ static int read_request(struct server_conn *c)
     q->cost = REQUEST_OVERHEAD + (data ? r.length : 0);
     reserve(c, q->cost);
     if (r.type == NBD_CMD_WRITE) {
-        q->payload = malloc(r.length ? r.length : 1);
+        q->payload = take_payload(c, r.length ? r.length : 1, &q->payload_size);
         if (!q->payload || conn_read(c, q->payload, r.length) < 0) {
             conn_fail(c, q->payload ? "the client went away in a write" : "out of memory");
             unreserve(c, q->cost);
@@ -492,6 +537,7 @@ void server_transmission(struct server_conn *c)
     for (unsigned i = 0; i < started; i++)
         pthread_join(workers[i], NULL);
     free(workers);
+    free_spares(c);
     if (atomic_load(&c->broken))
         conn_fail(c, "the client went away before its replies were sent");
 }

@@ -943,6 +943,43 @@ static void test_ranges(void)
     }
 }
 
+/* Kept workers serve one copy_run after another (each range copied by
+ * its own run, as the live mirror's batches are), and refuse a copy whose
+ * requests need bigger buffers than theirs. */
+static void test_kept_workers(void)
+{
+    make_raw("sparse.raw", SPARSE_SIZE, sparse_layout, 4);
+    static const struct region garbage[] = { { 0, SPARSE_SIZE, 0x5e } };
+    make_raw("kept-out.raw", SPARSE_SIZE, garbage, 1);
+    struct blockdev *src = open_raw("sparse.raw", false);
+    struct blockdev *dst = open_raw("kept-out.raw", true);
+    struct copy_job like = { .src = src, .dst = dst, .buf_size = 128 * KiB,
+                             .max_in_flight = 3 };
+    struct copy_workers *w = NULL;
+    struct err e = { 0 };
+    CU_ASSERT_FATAL(copy_workers_start(&like, &w, &e) == 0);
+    uint64_t read = 0;
+    for (uint64_t off = 0; off < SPARSE_SIZE; off += 4 * MiB) {
+        struct copy_range r = { off, 4 * MiB };
+        struct copy_job job = like;
+        job.offset = 0;
+        job.length = src->size;
+        job.ranges = &r;
+        job.nranges = 1;
+        job.workers = w;
+        CU_ASSERT_EQUAL(copy_run(&job, &e), 0);
+        read += job.stats.bytes_read;
+    }
+    CU_ASSERT_EQUAL(read, SPARSE_DATA);
+    CU_ASSERT_TRUE(same_contents(src, dst));
+    struct copy_job big = { .src = src, .dst = dst, .offset = 0, .length = src->size,
+                            .buf_size = 256 * KiB, .workers = w };
+    CU_ASSERT_EQUAL(copy_run(&big, &e), -EINVAL);
+    copy_workers_stop(w);
+    blk_close(src);
+    blk_close(dst);
+}
+
 /* Ranges must be sorted, non-empty and inside the copy. */
 static void test_ranges_invalid(void)
 {
@@ -1074,7 +1111,7 @@ static void cleanup(void)
     static const char *const names[] = {
         "sparse.raw", "sparse-out.raw", "part-out.raw", "garbage.raw", "cancel-out.raw",
         "small.raw", "big.raw", "progress-out.raw", "ranges-out.raw", "speed.raw",
-        "speed-out.raw",
+        "speed-out.raw", "kept-out.raw",
     };
     char path[512];
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
@@ -1103,6 +1140,7 @@ UNIT_MAIN("copy",
           UNIT_TEST(test_compress_whole_clusters),
           UNIT_TEST(test_base),
           UNIT_TEST(test_ranges),
+          UNIT_TEST(test_kept_workers),
           UNIT_TEST(test_skip_identical),
           UNIT_TEST(test_short_source),
           UNIT_TEST(test_ranges_invalid),
