@@ -141,7 +141,7 @@ static int open_target(const struct convert *c, const char *dst_name, struct blo
                        struct blockdev **dst, struct err *e)
 {
     int ret;
-    unsigned dflags = cmd_open_flags(true, false, c->cache, e, &ret);
+    unsigned dflags = cmd_open_flags(true, false, c->cache, e, &ret) | BLK_OPEN_DROP_BEHIND;
     if (ret < 0)
         return ret;
     const char *fmt = c->dst_fmt ? c->dst_fmt : "raw";

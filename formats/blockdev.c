@@ -309,6 +309,8 @@ static int open_layer(const char *filename, const char *format, unsigned flags,
         fflags |= HOSTFILE_FORCE_SHARE;
     if (flags & BLK_OPEN_NO_LOCK)
         fflags |= HOSTFILE_NO_LOCK;
+    if (flags & BLK_OPEN_DROP_BEHIND)
+        fflags |= HOSTFILE_DROP_BEHIND;
 
     struct blockdev *bs = calloc(1, sizeof(*bs));
     if (!bs || !(bs->filename = strdup(filename))) {

@@ -68,6 +68,10 @@ enum {
      * then the one atomic change); guest writes are refused and the bitmaps
      * are not marked in use.  See formats/blockdev-bitmaps.h. */
     BLK_OPEN_BITMAPS_ONLY = 1 << 6,
+    /* A copy's target, written front to back and not read back: the page
+     * cache it fills is dropped behind the writeback (HOSTFILE_DROP_BEHIND),
+     * as nbdcopy does, so that a backup does not evict the host's cache. */
+    BLK_OPEN_DROP_BEHIND = 1 << 7,
 };
 
 /* Settings for blk_open that come from the user or the environment (cmd/

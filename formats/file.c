@@ -67,6 +67,7 @@ int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struc
     f->tp.ops = &file_transport_ops;
     f->tp.name = f->path;
     pthread_mutex_init(&f->wb_lock, NULL);
+    pthread_mutex_init(&f->buffered_write_lock, NULL);
     pthread_cond_init(&f->wb_wake, NULL);
     f->fd = fd;
     f->fd_buffered = -1;
@@ -83,6 +84,7 @@ int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struc
     f->direct = flags & HOSTFILE_DIRECT;
     f->is_block_device = S_ISBLK(st.st_mode);
     f->may_change = flags & (HOSTFILE_FORCE_SHARE | HOSTFILE_NO_LOCK);
+    f->drop_behind = f->writable && (flags & HOSTFILE_DROP_BEHIND);
     if (!(flags & HOSTFILE_NO_LOCK)) {
         /* The permissions qemu-img and qemu-io take on an image file: read
          * (and write + resize when writable), and never let another process
@@ -116,6 +118,7 @@ void hostfile_close(struct hostfile *f)
     if (f->fd_buffered >= 0)
         close(f->fd_buffered);
     pthread_mutex_destroy(&f->wb_lock);
+    pthread_mutex_destroy(&f->buffered_write_lock);
     pthread_cond_destroy(&f->wb_wake);
     free(f->path);
     free(f);
@@ -353,6 +356,20 @@ static void fault_injection_point(struct hostfile *f)
  * it runs in a thread of the file's own, woken by the write that crosses
  * the mark; no write waits for it (an NBD client's write would, served by
  * `imgtool serve`), and marks crossed while it runs make one more call. */
+static void drop_written_back(struct hostfile *f)
+{
+    /* Only clean pages go: those written back since the last call (dirty
+     * ones stay until a later one).  It waits for nothing, so it neither
+     * delays the writes nor takes a writeback error from the descriptor
+     * (sync_file_range with a WAIT flag would, and the fdatasync of
+     * hostfile_flush must still see it).  Touching pages the guest of a
+     * virtual machine has not used lately is slow (the host gives them
+     * back), so this is also faster there: a cold 2 GiB copy from NBD into
+     * a raw file, client system time 4.1 s -> ~1 s. */
+    if (f->drop_behind)
+        posix_fadvise(f->fd, 0, 0, POSIX_FADV_DONTNEED);
+}
+
 static void *write_behind_main(void *opaque)
 {
     struct hostfile *f = opaque;
@@ -365,6 +382,7 @@ static void *write_behind_main(void *opaque)
         f->wb_pending = false;
         pthread_mutex_unlock(&f->wb_lock);
         sync_file_range(f->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+        drop_written_back(f);
         pthread_mutex_lock(&f->wb_lock);
     }
     pthread_mutex_unlock(&f->wb_lock);
@@ -409,6 +427,25 @@ static void write_behind(struct hostfile *f, int fd, uint64_t written)
     pthread_mutex_unlock(&f->wb_lock);
 }
 
+/* Buffered writes into a regular file take the inode's lock exclusively
+ * in the kernel, so concurrent ones never run in parallel; waiting for
+ * each other there, they spin while the holder copies (a third of the CPU
+ * of a 16-in-flight copy from NBD into a raw file went to
+ * rwsem_spin_on_owner).  Waiting here sleeps instead.  O_DIRECT writes
+ * and block devices are not serialised by the kernel, nor here. */
+static ssize_t locked_pwritev(struct hostfile *f, int fd, const struct iovec *iov, int n,
+                              uint64_t off)
+{
+    if (f->is_block_device || (f->direct && fd == f->fd))
+        return pwritev(fd, iov, n, (off_t)off);
+    pthread_mutex_lock(&f->buffered_write_lock);
+    ssize_t r = pwritev(fd, iov, n, (off_t)off);
+    int err = errno;
+    pthread_mutex_unlock(&f->buffered_write_lock);
+    errno = err;
+    return r;
+}
+
 int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, int iovcnt,
                      struct err *e)
 {
@@ -419,7 +456,7 @@ int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, 
     size_t skip = 0;
     int n = iov_advance(&iov, &iovcnt, &skip, 0, cur);
     while (n > 0) {
-        ssize_t r = pwritev(fd, cur, n, (off_t)off);
+        ssize_t r = locked_pwritev(f, fd, cur, n, off);
         if (r < 0) {
             if (errno == EINTR)
                 continue;

@@ -22,6 +22,9 @@ enum {
     HOSTFILE_FORCE_SHARE = 1 << 2,  /* do not ask others to stop writing */
     HOSTFILE_NO_LOCK     = 1 << 3,
     HOSTFILE_CREATE      = 1 << 4,  /* create exclusively (O_CREAT|O_EXCL) */
+    /* With RDWR: the write-behind also drops the pages it wrote back
+     * (file.c, write_behind_main). */
+    HOSTFILE_DROP_BEHIND = 1 << 5,
 };
 
 /* QEMU's block permissions (include/block/block-common.h): bit i of a
@@ -49,6 +52,7 @@ struct hostfile {
      * HOSTFILE_FORCE_SHARE or HOSTFILE_NO_LOCK): never mapped, as a
      * truncation would turn reads of the mapping into SIGBUS. */
     bool may_change;
+    bool drop_behind;   /* HOSTFILE_DROP_BEHIND */
     unsigned perm;      /* permissions we hold (locked at 100 + bit) */
     unsigned shared;    /* permissions we let others hold */
     bool locked;
@@ -67,6 +71,9 @@ struct hostfile {
     /* Write-behind (file.c): a thread of the file's own starts the
      * writeback, so that no write waits for it; started at the first
      * WRITE_BEHIND_BYTES written, joined by hostfile_close. */
+    /* Held around each buffered pwritev of a regular file (file.c:
+     * locked_pwritev). */
+    pthread_mutex_t buffered_write_lock;
     pthread_mutex_t wb_lock;        /* the three flags below */
     pthread_cond_t wb_wake;
     pthread_t wb_thread;

@@ -228,7 +228,8 @@ static int create_target(struct mirror_job *job, struct err *e)
     free(backing_name);
     if (ret < 0)
         return ret;
-    ret = blk_open(job->tmp_path, fmt, BLK_OPEN_RDWR, job->opts->open_opts, &job->dst, e);
+    ret = blk_open(job->tmp_path, fmt, BLK_OPEN_RDWR | BLK_OPEN_DROP_BEHIND, job->opts->open_opts,
+                   &job->dst, e);
     if (ret < 0)
         return ret;     /* mirror_run_set names the target instead */
     blk_defer_flushes(job->dst, true);  /* nobody sees it until the rename */
