@@ -345,17 +345,13 @@ static void fault_injection_point(struct hostfile *f)
         raise(SIGKILL);
 }
 
-/* Write-behind: every WRITE_BEHIND_BYTES of buffered writes, start the
- * writeback of the file's dirty pages (no durability claim: hostfile_flush
- * still does that).  A copy then overlaps its writes to disk with the work
- * that produces them, instead of leaving all of it to the final fdatasync.
- *
- * Starting writeback is not free: sync_file_range(SYNC_FILE_RANGE_WRITE)
- * submits every dirty page of the file and sleeps whenever the device
- * queue is full, 100 ms and more a call once writes outrun the disk.  So
- * it runs in a thread of the file's own, woken by the write that crosses
- * the mark; no write waits for it (an NBD client's write would, served by
- * `imgtool serve`), and marks crossed while it runs make one more call. */
+/* Whether a request on fd goes through the page cache (not O_DIRECT's
+ * descriptor). */
+static bool through_page_cache(const struct hostfile *f, int fd)
+{
+    return !(f->direct && fd == f->fd);
+}
+
 static void drop_written_back(struct hostfile *f)
 {
     /* Only clean pages go: those written back since the last call (dirty
@@ -370,6 +366,17 @@ static void drop_written_back(struct hostfile *f)
         posix_fadvise(f->fd, 0, 0, POSIX_FADV_DONTNEED);
 }
 
+/* Write-behind: every WRITE_BEHIND_BYTES of buffered writes, start the
+ * writeback of the file's dirty pages (no durability claim: hostfile_flush
+ * still does that).  A copy then overlaps its writes to disk with the work
+ * that produces them, instead of leaving all of it to the final fdatasync.
+ *
+ * Starting writeback is not free: sync_file_range(SYNC_FILE_RANGE_WRITE)
+ * submits every dirty page of the file and sleeps whenever the device
+ * queue is full, 100 ms and more a call once writes outrun the disk.  So
+ * it runs in a thread of the file's own, woken by the write that crosses
+ * the mark; no write waits for it (an NBD client's write would, served by
+ * `imgtool serve`), and marks crossed while it runs make one more call. */
 static void *write_behind_main(void *opaque)
 {
     struct hostfile *f = opaque;
@@ -413,7 +420,7 @@ static void stop_write_behind(struct hostfile *f)
 
 static void write_behind(struct hostfile *f, int fd, uint64_t written)
 {
-    if (f->direct && fd == f->fd)
+    if (!through_page_cache(f, fd))
         return;
     uint64_t before = atomic_fetch_add(&f->unsynced, written);
     if (before + written < WRITE_BEHIND_BYTES ||
@@ -436,7 +443,7 @@ static void write_behind(struct hostfile *f, int fd, uint64_t written)
 static ssize_t locked_pwritev(struct hostfile *f, int fd, const struct iovec *iov, int n,
                               uint64_t off)
 {
-    if (f->is_block_device || (f->direct && fd == f->fd))
+    if (f->is_block_device || !through_page_cache(f, fd))
         return pwritev(fd, iov, n, (off_t)off);
     pthread_mutex_lock(&f->buffered_write_lock);
     ssize_t r = pwritev(fd, iov, n, (off_t)off);

@@ -68,12 +68,12 @@ struct hostfile {
     atomic_bool unflushed;
     struct fault_injection *fault;  /* test hook (transport.h), or NULL */
     atomic_uint_fast64_t unsynced;  /* bytes written since writeback was last started */
-    /* Write-behind (file.c): a thread of the file's own starts the
-     * writeback, so that no write waits for it; started at the first
-     * WRITE_BEHIND_BYTES written, joined by hostfile_close. */
     /* Held around each buffered pwritev of a regular file (file.c:
      * locked_pwritev). */
     pthread_mutex_t buffered_write_lock;
+    /* Write-behind (file.c): a thread of the file's own starts the
+     * writeback, so that no write waits for it; started at the first
+     * WRITE_BEHIND_BYTES written, joined by hostfile_close. */
     pthread_mutex_t wb_lock;        /* the three flags below */
     pthread_cond_t wb_wake;
     pthread_t wb_thread;
