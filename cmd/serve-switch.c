@@ -30,27 +30,25 @@ void serve_print_event(enum output_mode mode, const char *name, ...)
     va_end(ap);
 }
 
-/* The target as an image of its own, with the offered bitmaps found by
- * name (in the export's order). */
-static int open_target(const struct serve_switch *sw, const char *format, struct served *next,
+/* The target as the job handed it over, with the offered bitmaps found by
+ * name (in the export's order); closed if one is missing. */
+static int take_target(const struct serve_switch *sw, struct blockdev *bs, struct served *next,
                        struct err *e)
 {
     const struct served *old = sw->image;
-    const char *target = sw->mirror->target;
-    int ret = blk_open(target, format, sw->open_flags, cmd_open_opts(), &next->bs, e);
-    if (ret < 0)
-        return ret;
     if (sw->defer_flushes)
-        blk_defer_flushes(next->bs, true);
+        blk_defer_flushes(bs, true);
+    next->bs = bs;
     next->nbitmaps = old->nbitmaps;
     next->gate = old->gate;
     for (size_t i = 0; i < old->nbitmaps; i++) {
         const char *name = dirty_bitmap_name(old->bitmaps[i]);
-        next->bitmaps[i] = blk_bitmap_find(next->bs, name);
+        next->bitmaps[i] = blk_bitmap_find(bs, name);
         if (!next->bitmaps[i] || dirty_bitmap_inconsistent(next->bitmaps[i])) {
-            blk_close(next->bs);
+            blk_close(bs);
             next->bs = NULL;
-            return err_set(e, ENOENT, "%s: has no consistent bitmap '%s'", target, name);
+            return err_set(e, ENOENT, "%s: has no consistent bitmap '%s'", sw->mirror->target,
+                           name);
         }
     }
     return 0;
@@ -76,14 +74,14 @@ static void dismiss_job(struct serve_mirror *m)
     m->job = NULL;
 }
 
-/* After the job completed: the target in the source's place (*source is
- * then the retired image, for the caller to close), or (it cannot be
- * opened) the source served on. */
-static int swap_images(struct serve_switch *sw, const char *format, struct blockdev **source,
+/* After the job completed: its target in the source's place (*source is
+ * then the retired image, for the caller to close), or (a bitmap is
+ * missing) the source served on. */
+static int swap_images(struct serve_switch *sw, struct blockdev *target, struct blockdev **source,
                        struct err *e)
 {
     struct served next = { 0 };
-    int ret = open_target(sw, format, &next, e);
+    int ret = take_target(sw, target, &next, e);
     /* The job goes first: its write notifier is on the source, and
      * without it the source takes writes again should the swap fail. */
     dismiss_job(sw->mirror);
@@ -104,21 +102,21 @@ int serve_switch(struct serve_switch *sw, struct err *e)
     const char *names[SERVE_MAX_BITMAPS];
     for (size_t i = 0; i < img->nbitmaps; i++)
         names[i] = dirty_bitmap_name(img->bitmaps[i]);
-    const char *format;
-    int ret = active_mirror_check_switch(m->job, names, img->nbitmaps, &format, e);
+    int ret = active_mirror_check_switch(m->job, names, img->nbitmaps, e);
     if (ret < 0) {
         err_prefix(e, "no switch (the job stays ready): ");
         return ret;
     }
     nbd_export_gate_quiesce(img->gate);
-    ret = active_mirror_complete(m->job, e);
+    struct blockdev *target;
+    ret = active_mirror_complete_handover(m->job, &target, e);
     if (ret < 0) {
         dismiss_job(m);     /* failed: the source is served on, untracked */
         nbd_export_gate_resume(img->gate);
         return ret;
     }
     struct blockdev *source = NULL;
-    ret = swap_images(sw, format, &source, e);
+    ret = swap_images(sw, target, &source, e);
     nbd_export_gate_resume(img->gate);
     /* No server thread uses the source any more: its flush need not hold
      * the clients up. */

@@ -4,18 +4,19 @@
  *
  * The steps (serve_switch), with the export quiesced (formats/nbd/
  * server.h: requests from every connection wait, those running finish):
- * the job's last pass and the target's flush (active_mirror_complete), the
- * target opened read-write as an image of its own (its backing chain, its
- * locks, its bitmaps marked in use, as serve opens an image), the gate's
- * image replaced, the job dismissed, then requests resume on the target
- * and the source is closed (flushed, bitmaps stored, locks released)
- * before the switched event.  Nothing
- * the clients negotiated changes: the target has the source's size (the
- * job checked it) and, before anything is done, each bitmap offered with
- * -B is checked to exist in the target (else the switch is refused and
- * the job stays READY).  If the target cannot be opened after the job
- * completed, the source is served on (writable again, the job gone) and
- * a switch-failed event says why.
+ * the job's last pass and the target's flush, the target handed over by
+ * the job still open (active_mirror_complete_handover: read-write, its
+ * backing chain, its locks never released, its bitmaps in use, as serve
+ * opens an image; under serve --cache=none the job wrote it with O_DIRECT
+ * already), the gate's image replaced, the job dismissed, then requests
+ * resume on the target and the source is closed (flushed, bitmaps stored,
+ * locks released) before the switched event.  Nothing the clients
+ * negotiated changes: the target has the source's size (the job checked
+ * it) and, before anything is done, each bitmap offered with -B is
+ * checked to exist in the target (else the switch is refused and the job
+ * stays READY).  If the target cannot take the source's place after the
+ * job completed, the source is served on (writable again, the job gone)
+ * and a switch-failed event says why.
  *
  * Threads: called from the control socket's thread with the control
  * lock held (cmd/serve-control.h), so that no other job command and no
@@ -46,15 +47,14 @@ struct serve_switch {
     struct served *image;           /* the mirrored export's */
     const char *export_name;
     struct serve_mirror *mirror;
-    unsigned open_flags;            /* blk_open flags the source was opened with */
     bool defer_flushes;             /* --cache=unsafe */
     enum output_mode mode;
 };
 
 /* The job is READY.  0 once the target is served (events completed,
  * switched); an error with the job still READY (a -B bitmap the target
- * lacks), or after the job failed or the target could not be opened (the
- * source is served on, the job gone). */
+ * lacks), or after the job failed or the target could not take the
+ * source's place (the source is served on, the job gone). */
 int serve_switch(struct serve_switch *sw, struct err *e);
 
 /* {"event": NAME, KEY: VALUE, ...} on stdout under --output=json: key and

@@ -302,7 +302,6 @@ struct serve_opts {
     char *on_complete;
     int read_only, shared, persistent, fork, allocation_depth;
     int ready_fd;                   /* --fork: the pipe to the waiting parent */
-    unsigned open_flags;            /* what the images were opened with */
 };
 
 static int open_images(struct cmdline *cl, struct serve_opts *o, const struct serve_cli *c,
@@ -312,7 +311,6 @@ static int open_images(struct cmdline *cl, struct serve_opts *o, const struct se
     unsigned flags = cmd_open_flags(!o->read_only, false, o->cache, e, &ret);
     if (ret < 0)
         return ret;
-    o->open_flags = flags;
     for (int i = 0; i < cl->nargs; i++) {
         if ((ret = blk_open(cl->args[i], o->format, flags, cmd_open_opts(), &s[i].bs, e)) < 0 ||
             (ret = pick_bitmaps(&s[i], c, e)) < 0)
@@ -442,7 +440,7 @@ static int start_mirror(const struct serve_opts *o, struct serve_cli *c, struct 
         return ret;
     *sw = (struct serve_switch){
         .image = s, .export_name = c->nnames ? c->names[0] : "", .mirror = &c->mirror,
-        .open_flags = o->open_flags, .defer_flushes = o->cache && !strcmp(o->cache, "unsafe"),
+        .defer_flushes = o->cache && !strcmp(o->cache, "unsafe"),
         .mode = c->mode,
     };
     c->control.sw = sw;

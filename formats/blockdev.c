@@ -768,6 +768,36 @@ int blk_create_commit(const char *tmp_path, const char *filename, struct err *e)
     return 0;
 }
 
+int blk_create_commit_open(struct blockdev *bs, const char *tmp_path, const char *filename,
+                           struct err *e)
+{
+    struct hostfile *f = transport_hostfile(bs->file);
+    char *name = strdup(filename);
+    if (!f || !name) {
+        free(name);
+        blk_create_abort(tmp_path, filename);
+        return f ? err_set(e, ENOMEM, "%s: out of memory", filename)
+                 : err_set(e, EINVAL, "%s: not a new image file", filename);
+    }
+    int ret = blk_create_commit(tmp_path, filename, e);
+    /* (Out of memory here leaves the messages naming tmp_path.) */
+    if (ret == 0 && hostfile_renamed(f, filename, &(struct err){ 0 }) == 0) {
+        free(bs->filename);
+        bs->filename = name;
+        name = NULL;
+    }
+    free(name);
+    return ret;
+}
+
+void blk_keep_page_cache(struct blockdev *bs)
+{
+    struct hostfile *f = transport_hostfile(bs->file);
+    bs->open_flags &= ~(unsigned)BLK_OPEN_DROP_BEHIND;
+    if (f)
+        hostfile_keep_page_cache(f);
+}
+
 void blk_create_abort(const char *tmp_path, const char *filename)
 {
     if (strcmp(tmp_path, filename) != 0)

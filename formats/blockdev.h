@@ -448,6 +448,15 @@ int blk_create_begin(const char *format, const struct blk_create_params *p, char
                      struct err *e);
 int blk_create_commit(const char *tmp_path, const char *filename, struct err *e);
 void blk_create_abort(const char *tmp_path, const char *filename);
+/* Commit with the new image still open as bs (flushed by the caller), so
+ * that it is never without its locks between a close and an open (serve's
+ * switch to a mirror's target): bs and its file are called `filename`
+ * from then on.  Only while no other thread uses bs. */
+int blk_create_commit_open(struct blockdev *bs, const char *tmp_path, const char *filename,
+                           struct err *e);
+/* End BLK_OPEN_DROP_BEHIND: the copy into bs is over, it is an image like
+ * any other from now on. */
+void blk_keep_page_cache(struct blockdev *bs);
 
 /* --- I/O: offsets and lengths are checked against bs->size --- */
 int blk_pread(struct blockdev *bs, uint64_t off, void *buf, size_t len, struct err *e);

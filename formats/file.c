@@ -84,7 +84,7 @@ int hostfile_open(const char *path, unsigned flags, struct hostfile **out, struc
     f->direct = flags & HOSTFILE_DIRECT;
     f->is_block_device = S_ISBLK(st.st_mode);
     f->may_change = flags & (HOSTFILE_FORCE_SHARE | HOSTFILE_NO_LOCK);
-    f->drop_behind = f->writable && (flags & HOSTFILE_DROP_BEHIND);
+    atomic_init(&f->drop_behind, f->writable && (flags & HOSTFILE_DROP_BEHIND));
     if (!(flags & HOSTFILE_NO_LOCK)) {
         /* The permissions qemu-img and qemu-io take on an image file: read
          * (and write + resize when writable), and never let another process
@@ -362,7 +362,7 @@ static void drop_written_back(struct hostfile *f)
      * virtual machine has not used lately is slow (the host gives them
      * back), so this is also faster there: a cold 2 GiB copy from NBD into
      * a raw file, client system time 4.1 s -> ~1 s. */
-    if (f->drop_behind)
+    if (atomic_load(&f->drop_behind))
         posix_fadvise(f->fd, 0, 0, POSIX_FADV_DONTNEED);
 }
 
@@ -535,6 +535,22 @@ int hostfile_flush(struct hostfile *f, struct err *e)
 void hostfile_defer_flushes(struct hostfile *f, bool defer)
 {
     f->flush_deferred = defer;
+}
+
+int hostfile_renamed(struct hostfile *f, const char *path, struct err *e)
+{
+    char *p = strdup(path);
+    if (!p)
+        return err_set(e, ENOMEM, "%s: out of memory", path);
+    free(f->path);
+    f->path = p;
+    f->tp.name = p;
+    return 0;
+}
+
+void hostfile_keep_page_cache(struct hostfile *f)
+{
+    atomic_store(&f->drop_behind, false);
 }
 
 int hostfile_size(struct hostfile *f, uint64_t *size, struct err *e)

@@ -52,7 +52,7 @@ struct hostfile {
      * HOSTFILE_FORCE_SHARE or HOSTFILE_NO_LOCK): never mapped, as a
      * truncation would turn reads of the mapping into SIGBUS. */
     bool may_change;
-    bool drop_behind;   /* HOSTFILE_DROP_BEHIND */
+    atomic_bool drop_behind;    /* HOSTFILE_DROP_BEHIND (hostfile_keep_page_cache ends it) */
     unsigned perm;      /* permissions we hold (locked at 100 + bit) */
     unsigned shared;    /* permissions we let others hold */
     bool locked;
@@ -96,6 +96,12 @@ int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, 
                      struct err *e);
 int hostfile_flush(struct hostfile *f, struct err *e);
 void hostfile_defer_flushes(struct hostfile *f, bool defer);
+/* The file was renamed to `path` while open (a new image put in place):
+ * messages name it so from now on.  Only while no other thread uses f. */
+int hostfile_renamed(struct hostfile *f, const char *path, struct err *e);
+/* Stop dropping written pages (HOSTFILE_DROP_BEHIND): the copy is over
+ * and the file is read and written as any other from now on. */
+void hostfile_keep_page_cache(struct hostfile *f);
 int hostfile_size(struct hostfile *f, uint64_t *size, struct err *e);
 /* Bytes the file occupies on disk (st_blocks * 512). */
 int hostfile_allocated_size(struct hostfile *f, uint64_t *size, struct err *e);

@@ -64,6 +64,10 @@ struct active_mirror {
     struct blockdev *src, *dst;
     struct mirror_job *job;
     struct mirror_set_options set_opts;
+    /* active_mirror_complete_handover: the job ends by handing its target
+     * over (handed) instead of closing it. */
+    bool handover;
+    struct blockdev *handed;
     const struct blockdev *base;
     bool diff_image;                /* --sync=bitmap: zeroes are written explicitly */
     uint64_t gran;
@@ -602,8 +606,8 @@ static int end_job(struct active_mirror *m, int ret, struct err *e)
 {
     pthread_mutex_lock(&m->lock);
     quiesce_locked(m);
-    bool ready = m->ready;
-    m->dst = NULL;      /* mirror_job_end closes it (active_mirror_check_switch) */
+    bool ready = m->ready, handover = m->handover && ret == 0;
+    m->dst = NULL;      /* mirror_job_end closes or hands it over (active_mirror_check_switch) */
     pthread_mutex_unlock(&m->lock);
     bool keep = ret == 0 || (ret == -ECANCELED && ready);
     struct err fe = { 0 };
@@ -614,7 +618,12 @@ static int end_job(struct active_mirror *m, int ret, struct err *e)
         *e = fe;
     }
     struct err ee = { 0 };
-    int eret = mirror_job_end(m->job, keep, ret == 0, ret == 0, &ee);
+    struct blockdev *handed = NULL;
+    int eret = mirror_job_end(m->job, keep, ret == 0, ret == 0,
+                              handover ? &handed : NULL, &ee);
+    pthread_mutex_lock(&m->lock);
+    m->handed = handed;
+    pthread_mutex_unlock(&m->lock);
     m->job = NULL;
     m->wa = NULL;
     if (eret < 0 && (ret == 0 || ret == -ECANCELED)) {
@@ -721,7 +730,8 @@ static void destroy(struct active_mirror *m)
         blk_remove_write_notifier(m->src, &m->notifier);
     }
     if (m->job)
-        mirror_job_end(m->job, false, false, false, &(struct err){ 0 });
+        mirror_job_end(m->job, false, false, false, NULL, &(struct err){ 0 });
+    blk_close(m->handed);   /* handed over, never taken */
     hbitmap_free(m->dirty);
     hbitmap_free(m->wa_disk);
     pthread_mutex_destroy(&m->wa_lock);
@@ -825,7 +835,7 @@ static int wait_concluded(struct active_mirror *m, struct err *e)
     return ret;
 }
 
-int active_mirror_complete(struct active_mirror *m, struct err *e)
+static int complete(struct active_mirror *m, bool handover, struct err *e)
 {
     pthread_mutex_lock(&m->lock);
     if (m->status != ACTIVE_READY) {
@@ -842,9 +852,29 @@ int active_mirror_complete(struct active_mirror *m, struct err *e)
     }
     m->status = ACTIVE_COMPLETING;
     m->complete_requested = true;
+    m->handover = handover;
     pthread_cond_broadcast(&m->changed);
     pthread_mutex_unlock(&m->lock);
     return wait_concluded(m, e);
+}
+
+int active_mirror_complete(struct active_mirror *m, struct err *e)
+{
+    return complete(m, false, e);
+}
+
+int active_mirror_complete_handover(struct active_mirror *m, struct blockdev **target,
+                                    struct err *e)
+{
+    *target = NULL;
+    int ret = complete(m, true, e);
+    pthread_mutex_lock(&m->lock);
+    if (ret == 0) {
+        *target = m->handed;
+        m->handed = NULL;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return ret;
 }
 
 /* (dst: the target as opened, perhaps under a temporary name; the
@@ -864,7 +894,7 @@ static int check_target_bitmap(const struct active_mirror *m, const char *name, 
 }
 
 int active_mirror_check_switch(struct active_mirror *m, const char *const *bitmaps, size_t n,
-                               const char **format, struct err *e)
+                               struct err *e)
 {
     pthread_mutex_lock(&m->lock);
     int ret = 0;
@@ -875,8 +905,6 @@ int active_mirror_check_switch(struct active_mirror *m, const char *const *bitma
         ret = check_target_bitmap(m, bitmaps[i], e);
         blk_bitmaps_unlock(m->dst);
     }
-    if (ret == 0)
-        *format = m->dst->drv->name;
     pthread_mutex_unlock(&m->lock);
     return ret;
 }

@@ -80,14 +80,21 @@ int active_mirror_start(const struct active_mirror_params *p, struct active_mirr
  * target; reads go on.) */
 int active_mirror_complete(struct active_mirror *m, struct err *e);
 
-/* Before a complete that is to switch the export to the target (serve
- * --on-complete=switch): 0 if the target, as the job has it open, has a
- * consistent bitmap for each of the `n` names (the -B contexts the
- * clients may have chosen), else -ENOENT/-EINVAL naming it; -EBUSY once
- * the job is ending.  *format: the target's format (a static string), to
- * open it as the job did. */
+/* As active_mirror_complete, to serve the target in the source's place
+ * (serve --on-complete=switch): the job does not close its target but
+ * hands it over in *target (mirror_job_end's handover: flushed, renamed
+ * into place if new, read-write with its bitmaps in use, as the served
+ * image is opened), so that it is never without its locks; the caller
+ * closes it.  *target is NULL when it fails. */
+int active_mirror_complete_handover(struct active_mirror *m, struct blockdev **target,
+                                    struct err *e);
+
+/* Before a complete that is to switch the export to the target: 0 if the
+ * target, as the job has it open, has a consistent bitmap for each of the
+ * `n` names (the -B contexts the clients may have chosen), else
+ * -ENOENT/-EINVAL naming it; -EBUSY once the job is ending. */
 int active_mirror_check_switch(struct active_mirror *m, const char *const *bitmaps, size_t n,
-                               const char **format, struct err *e);
+                               struct err *e);
 
 /* block-job-cancel: stop the job, leave the target consistent (flushed),
  * remove a new target unless the job was READY, leave bitmaps as their

@@ -209,6 +209,13 @@ static const struct blockdev *new_target_backing(struct mirror_job *job)
     return NULL;
 }
 
+/* A live mirror's target is written with the served image's cache mode
+ * (O_DIRECT under serve --cache=none), as it may be served in its place. */
+static unsigned target_open_flags(const struct mirror_job *job)
+{
+    return BLK_OPEN_RDWR | (job->live ? job->src->open_flags & BLK_OPEN_DIRECT : 0);
+}
+
 static int create_target(struct mirror_job *job, struct err *e)
 {
     const struct mirror_params *p = job->p;
@@ -228,8 +235,8 @@ static int create_target(struct mirror_job *job, struct err *e)
     free(backing_name);
     if (ret < 0)
         return ret;
-    ret = blk_open(job->tmp_path, fmt, BLK_OPEN_RDWR | BLK_OPEN_DROP_BEHIND, job->opts->open_opts,
-                   &job->dst, e);
+    ret = blk_open(job->tmp_path, fmt, target_open_flags(job) | BLK_OPEN_DROP_BEHIND,
+                   job->opts->open_opts, &job->dst, e);
     if (ret < 0)
         return ret;     /* mirror_run_set names the target instead */
     blk_defer_flushes(job->dst, true);  /* nobody sees it until the rename */
@@ -239,7 +246,8 @@ static int create_target(struct mirror_job *job, struct err *e)
 static int open_existing_target(struct mirror_job *job, struct err *e)
 {
     const struct mirror_params *p = job->p;
-    int ret = blk_open(p->target, p->target_format, BLK_OPEN_RDWR, job->opts->open_opts, &job->dst, e);
+    int ret = blk_open(p->target, p->target_format, target_open_flags(job), job->opts->open_opts,
+                       &job->dst, e);
     if (ret < 0 || (ret = blk_check_distinct(job->dst, job->src, e)) < 0)
         return ret;
     if (job->dst->size != job->src->size)
@@ -742,11 +750,33 @@ int mirror_job_flush_target(struct mirror_job *job, struct err *e)
     return blk_flush(job->dst, e);
 }
 
-int mirror_job_end(struct mirror_job *job, bool keep_target, bool success, bool in_sync,
-                   struct err *e)
+/* keep_target with a handover: the target renamed into place open, so
+ * that no other process can take it between a close and an open. */
+static int hand_target_over(struct mirror_job *job, struct blockdev **handover, struct err *e)
 {
     int ret = 0;
-    if (keep_target) {
+    if (job->tmp_path) {
+        ret = blk_create_commit_open(job->dst, job->tmp_path, job->p->target, e);
+        free(job->tmp_path);
+        job->tmp_path = NULL;
+    }
+    if (ret < 0)
+        return ret;
+    blk_keep_page_cache(job->dst);
+    *handover = job->dst;
+    job->dst = NULL;
+    return 0;
+}
+
+int mirror_job_end(struct mirror_job *job, bool keep_target, bool success, bool in_sync,
+                   struct blockdev **handover, struct err *e)
+{
+    int ret = 0;
+    if (handover)
+        *handover = NULL;
+    if (keep_target && handover) {
+        ret = hand_target_over(job, handover, e);
+    } else if (keep_target) {
         blk_close(job->dst);
         job->dst = NULL;
         if (job->tmp_path) {
@@ -766,6 +796,10 @@ int mirror_job_end(struct mirror_job *job, bool keep_target, bool success, bool 
     }
     if (ret < 0 && job->tmp_path)
         err_replace(e, job->tmp_path, job->p->target);
+    if (ret < 0 && handover && *handover) {
+        blk_close(*handover);
+        *handover = NULL;
+    }
     close_job(job, keep_target && ret == 0);
     free(job);
     return ret;

@@ -153,9 +153,14 @@ int mirror_job_flush_target(struct mirror_job *job, struct err *e);
  * frozen, as the live mirror's is unless --bitmap-mode=never: the caller
  * stores it before a write it records reaches the disk.  Else NULL. */
 struct dirty_bitmap *mirror_job_write_ahead_bitmap(const struct mirror_job *job);
-/* Frees the job whatever happens; the first error is returned. */
+/* Frees the job whatever happens; the first error is returned.  With
+ * `handover` (and keep_target), the target is not closed but passed to
+ * the caller in *handover, open as the job had it: renamed into place if
+ * new, its bitmaps still in use, its written pages no longer dropped
+ * (blk_keep_page_cache); the caller closes it.  *handover is NULL on
+ * failure (the target is then closed, as without it). */
 int mirror_job_end(struct mirror_job *job, bool keep_target, bool success, bool in_sync,
-                   struct err *e);
+                   struct blockdev **handover, struct err *e);
 
 /* Parsers shared by the command line and job files. */
 int mirror_parse_sync(const char *s, enum mirror_sync *sync, bool *incremental);

@@ -20,7 +20,7 @@ static struct blockdev image(const char *name, uint64_t size)
 
 struct user {
     const struct nbd_server_export *x;
-    atomic_int state;               /* 0 waiting, 1 holding, 2 done */
+    atomic_int state;               /* 0 waiting, 1 holding, 2 releasing */
     atomic_int release;
     struct blockdev *seen;
     pthread_t thread;
@@ -35,8 +35,10 @@ static void *user_main(void *arg)
     atomic_store(&u->state, 1);
     while (!atomic_load(&u->release))
         usleep(1000);
-    export_release(u->x);
+    /* 2 before the release: a quiesce that returns after it sees 2
+     * (stored after the release, a quiesce could return in between). */
     atomic_store(&u->state, 2);
+    export_release(u->x);
     return NULL;
 }
 
