@@ -11,7 +11,10 @@
  * order.  What a connection holds is bounded: at most
  * NBD_SERVER_MAX_REQUESTS requests and max_bytes_in_flight bytes of data
  * (write payloads read, read data to send) at once; the reader stops
- * reading the socket until there is room again.  A client that breaks the
+ * reading the socket until there is room again.  Beside those, a
+ * connection keeps up to SERVER_SPARE_PAYLOADS idle write buffers of at
+ * most 1 MiB for reuse (server-requests.c): 16 MiB at most, outside the
+ * bytes in flight, freed with the connection.  A client that breaks the
  * protocol (bad magic, an oversized write, an option too long) is dropped;
  * a request that is merely wrong (out of range, unknown flags or command,
  * a write to a read-only export) gets an error reply.
