@@ -874,6 +874,8 @@ int active_mirror_complete_handover(struct active_mirror *m, struct blockdev **t
         m->handed = NULL;
     }
     pthread_mutex_unlock(&m->lock);
+    if (ret == 0 && !*target)   /* cannot happen: a completed job kept its target */
+        ret = err_set(e, EIO, "job '%s' completed without a target to hand over", m->id);
     return ret;
 }
 
