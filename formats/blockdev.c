@@ -772,22 +772,25 @@ int blk_create_commit_open(struct blockdev *bs, const char *tmp_path, const char
                            struct err *e)
 {
     struct hostfile *f = transport_hostfile(bs->file);
-    char *name = strdup(filename);
-    if (!f || !name) {
-        free(name);
+    /* Both names first: nothing can fail once the file is renamed. */
+    char *name = strdup(filename), *file_name = strdup(filename);
+    int ret;
+    if (!f || !name || !file_name) {
         blk_create_abort(tmp_path, filename);
-        return f ? err_set(e, ENOMEM, "%s: out of memory", filename)
-                 : err_set(e, EINVAL, "%s: not a new image file", filename);
+        ret = f ? err_set(e, ENOMEM, "%s: out of memory", filename)
+                : err_set(e, EINVAL, "%s: not a new image file", filename);
+    } else {
+        ret = blk_create_commit(tmp_path, filename, e);
     }
-    int ret = blk_create_commit(tmp_path, filename, e);
-    /* (Out of memory here leaves the messages naming tmp_path.) */
-    if (ret == 0 && hostfile_renamed(f, filename, &(struct err){ 0 }) == 0) {
-        free(bs->filename);
-        bs->filename = name;
-        name = NULL;
+    if (ret < 0) {
+        free(name);
+        free(file_name);
+        return ret;
     }
-    free(name);
-    return ret;
+    hostfile_renamed(f, file_name);
+    free(bs->filename);
+    bs->filename = name;
+    return 0;
 }
 
 void blk_keep_page_cache(struct blockdev *bs)

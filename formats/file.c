@@ -537,15 +537,11 @@ void hostfile_defer_flushes(struct hostfile *f, bool defer)
     f->flush_deferred = defer;
 }
 
-int hostfile_renamed(struct hostfile *f, const char *path, struct err *e)
+void hostfile_renamed(struct hostfile *f, char *path)
 {
-    char *p = strdup(path);
-    if (!p)
-        return err_set(e, ENOMEM, "%s: out of memory", path);
     free(f->path);
-    f->path = p;
-    f->tp.name = p;
-    return 0;
+    f->path = path;
+    f->tp.name = path;
 }
 
 void hostfile_keep_page_cache(struct hostfile *f)

@@ -96,9 +96,10 @@ int hostfile_pwritev(struct hostfile *f, uint64_t off, const struct iovec *iov, 
                      struct err *e);
 int hostfile_flush(struct hostfile *f, struct err *e);
 void hostfile_defer_flushes(struct hostfile *f, bool defer);
-/* The file was renamed to `path` while open (a new image put in place):
- * messages name it so from now on.  Only while no other thread uses f. */
-int hostfile_renamed(struct hostfile *f, const char *path, struct err *e);
+/* The file was renamed to `path` (malloc'ed, now f's) while open (a new
+ * image put in place): messages name it so from now on.  Only while no
+ * other thread uses f. */
+void hostfile_renamed(struct hostfile *f, char *path);
 /* Stop dropping written pages (HOSTFILE_DROP_BEHIND): the copy is over
  * and the file is read and written as any other from now on. */
 void hostfile_keep_page_cache(struct hostfile *f);

@@ -750,22 +750,29 @@ int mirror_job_flush_target(struct mirror_job *job, struct err *e)
     return blk_flush(job->dst, e);
 }
 
-/* keep_target with a handover: the target renamed into place open, so
- * that no other process can take it between a close and an open. */
-static int hand_target_over(struct mirror_job *job, struct blockdev **handover, struct err *e)
+/* keep_target: a new target renamed into place, closed first, or (with a
+ * handover) open, so that no other process can take it between a close
+ * and an open, and then passed on. */
+static int put_target_in_place(struct mirror_job *job, struct blockdev **handover,
+                               struct err *e)
 {
     int ret = 0;
+    if (!handover) {
+        blk_close(job->dst);
+        job->dst = NULL;
+    }
     if (job->tmp_path) {
-        ret = blk_create_commit_open(job->dst, job->tmp_path, job->p->target, e);
+        ret = handover ? blk_create_commit_open(job->dst, job->tmp_path, job->p->target, e)
+                       : blk_create_commit(job->tmp_path, job->p->target, e);
         free(job->tmp_path);
         job->tmp_path = NULL;
     }
-    if (ret < 0)
-        return ret;
-    blk_keep_page_cache(job->dst);
-    *handover = job->dst;
-    job->dst = NULL;
-    return 0;
+    if (ret == 0 && handover) {
+        blk_keep_page_cache(job->dst);
+        *handover = job->dst;
+        job->dst = NULL;
+    }
+    return ret;
 }
 
 int mirror_job_end(struct mirror_job *job, bool keep_target, bool success, bool in_sync,
@@ -774,17 +781,8 @@ int mirror_job_end(struct mirror_job *job, bool keep_target, bool success, bool 
     int ret = 0;
     if (handover)
         *handover = NULL;
-    if (keep_target && handover) {
-        ret = hand_target_over(job, handover, e);
-    } else if (keep_target) {
-        blk_close(job->dst);
-        job->dst = NULL;
-        if (job->tmp_path) {
-            ret = blk_create_commit(job->tmp_path, job->p->target, e);
-            free(job->tmp_path);
-            job->tmp_path = NULL;
-        }
-    }
+    if (keep_target)
+        ret = put_target_in_place(job, handover, e);
     struct err be = { 0 };
     /* Client threads may still mark the bitmaps (their writes wait). */
     blk_bitmaps_lock(job->src);
